@@ -1,0 +1,113 @@
+"""Who is calling: one key per request, from a header only, checked in one place.
+
+Keys in the URL are refused (400) because URLs end up in proxy logs, browser history and
+Referer headers. Every failed check answers the same 401, so a client learns nothing about
+which check failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from flask import Blueprint, Flask, g, request
+from werkzeug.datastructures import Headers
+
+from .errors import fail, problem
+from .keys import InvalidKey, KeyRing, MalformedKey
+
+URL_KEY_PARAMETERS = frozenset({"api_key", "apikey", "api-key", "access_token"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="api"'}
+# Longer than any key; bounds the work done on a hostile header.
+MAX_PRESENTED = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The authenticated caller, as views see it on ``g.caller``."""
+
+    key_id: str
+    tenant: str
+    scopes: frozenset[str]
+
+
+def presented_key(headers: Headers) -> str | None:
+    """The key from ``Authorization: Bearer`` or ``X-API-Key``; None when neither is sent.
+
+    Raises MalformedKey for anything that cannot be a key, including two different keys.
+    """
+    bearer = None
+    authorization = headers.get("Authorization")
+    if authorization is not None:
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() != "bearer":
+            raise MalformedKey
+        bearer = credentials.strip()
+    api_key = headers.get("X-API-Key")
+    if api_key is not None:
+        api_key = api_key.strip()
+    if bearer is not None and api_key is not None and bearer != api_key:
+        raise MalformedKey
+    key = bearer if bearer is not None else api_key
+    # Header values arrive as latin-1 text: anything non-ASCII cannot be a key, and
+    # rejecting it here keeps undecodable bytes away from hashing and comparison.
+    if key is not None and (len(key) > MAX_PRESENTED or not key.isascii()):
+        raise MalformedKey
+    return key
+
+
+def _identify(ring: KeyRing) -> Callable[[], object]:
+    def identify() -> object:
+        if any(name.lower() in URL_KEY_PARAMETERS for name in request.args):
+            return problem(400, "API keys are not accepted in the URL; send an Authorization header.")
+        g.caller = None
+        try:
+            key = presented_key(request.headers)
+            if key is not None:
+                found = ring.verify(key)
+                g.caller = Caller(found.key_id, found.tenant, found.scopes)
+                request.environ["app.key_id"] = found.key_id
+        except InvalidKey as error:
+            g.auth_failure = type(error).__name__
+        return None
+
+    return identify
+
+
+def install_auth(app: Flask, ring: KeyRing) -> None:
+    """Identify the caller before anything else runs, rate limiting included."""
+    app.before_request(_identify(ring))
+
+
+def current_caller() -> Caller:
+    """The caller of a protected view (its blueprint has already refused anonymous calls)."""
+    caller: Caller | None = g.get("caller")
+    if caller is None:
+        fail(401, headers=CHALLENGE)
+    return caller
+
+
+def scoped_blueprint(
+    name: str,
+    import_name: str,
+    *,
+    url_prefix: str,
+    scope: str | None,
+    write_scope: str | None = None,
+) -> Blueprint:
+    """A blueprint whose every route needs a valid key with ``scope``.
+
+    ``scope=None`` accepts any valid key. Methods that change state need ``write_scope``
+    when it is given. This is the one place a blueprint says what it needs.
+    """
+    blueprint = Blueprint(name, import_name, url_prefix=url_prefix)
+
+    @blueprint.before_request
+    def require_scope() -> None:
+        caller = current_caller()
+        needed = scope if request.method in SAFE_METHODS or write_scope is None else write_scope
+        if needed is not None and needed not in caller.scopes:
+            fail(403)
+
+    return blueprint

@@ -1,0 +1,58 @@
+"""Forwarded headers count only from the proxies the operator named, so a client cannot pick
+its own address (to dodge rate limits) or scheme (to get HSTS on plain HTTP)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+FORWARDED_HEADERS = (
+    "HTTP_FORWARDED",
+    "HTTP_X_FORWARDED_FOR",
+    "HTTP_X_FORWARDED_PROTO",
+    "HTTP_X_FORWARDED_HOST",
+    "HTTP_X_FORWARDED_PORT",
+    "HTTP_X_FORWARDED_PREFIX",
+    "HTTP_X_REAL_IP",
+)
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
+    """Addresses or networks, as gunicorn's FORWARDED_ALLOW_IPS accepts them."""
+    return tuple(ipaddress.ip_network(value, strict=False) for value in values)
+
+
+class TrustedProxies:
+    """WSGI middleware: from a trusted peer, take the client address and scheme the proxy
+    reports (the last hop, the one it added itself); from anyone, drop forwarded headers so
+    nothing further in (Talisman included) can read a spoofed one."""
+
+    def __init__(self, app: WSGIApplication, trusted: Iterable[str]) -> None:
+        self.app = app
+        self.trusted = parse_networks(trusted)
+
+    def _is_trusted(self, peer: str | None) -> bool:
+        if not self.trusted or not peer:
+            return False
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted)
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if self._is_trusted(environ.get("REMOTE_ADDR")):
+            forwarded_for = environ.get("HTTP_X_FORWARDED_FOR", "").rsplit(",", 1)[-1].strip()
+            if forwarded_for:
+                environ["REMOTE_ADDR"] = forwarded_for
+            proto = environ.get("HTTP_X_FORWARDED_PROTO", "").rsplit(",", 1)[-1].strip().lower()
+            if proto in ("http", "https"):
+                environ["wsgi.url_scheme"] = proto
+        for name in FORWARDED_HEADERS:
+            environ.pop(name, None)
+        return self.app(environ, start_response)
