@@ -44,6 +44,7 @@ limit_request_fields = 50  # most headers per request.
 limit_request_field_size = 8190  # longest header, key headers included.
 forwarded_allow_ips = ",".join(settings.forwarded_allow_ips)  # trust no one unless named.
 proxy_allow_ips = ""  # no PROXY protocol.
+control_socket_disable = True  # no admin socket: signals (HUP, TERM) are the interface.
 accesslog = None  # the app writes one line per request itself (requestlog.py).
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(M)sms rid=%({x-request-id}o)s key=%({app.key_id}e)s'
 logconfig_dict = logging_config(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from flask import Blueprint, Flask, g, request
+from flask import Blueprint, Flask, Response, g, request
 from werkzeug.datastructures import Headers
 
 from .errors import fail, problem
@@ -57,8 +57,8 @@ def presented_key(headers: Headers) -> str | None:
     return key
 
 
-def _identify(ring: KeyRing) -> Callable[[], object]:
-    def identify() -> object:
+def _identify(ring: KeyRing) -> Callable[[], Response | None]:
+    def identify() -> Response | None:
         if any(name.lower() in URL_KEY_PARAMETERS for name in request.args):
             return problem(400, "API keys are not accepted in the URL; send an Authorization header.")
         g.caller = None

@@ -294,9 +294,7 @@ def main(argv: Sequence[str] | None = None, prefix: str = KEY_PREFIX) -> int:
     args = _parser().parse_args(argv)
     if args.command == "new":
         try:
-            minted = mint(
-                prefix, key_id=args.id, scopes=args.scope, tenant=args.tenant, expires=args.expires
-            )
+            minted = mint(prefix, key_id=args.id, scopes=args.scope, tenant=args.tenant, expires=args.expires)
         except EntryError as error:
             print(f"error: key {error}", file=sys.stderr)
             return 2
@@ -317,7 +315,9 @@ def main(argv: Sequence[str] | None = None, prefix: str = KEY_PREFIX) -> int:
     else:
         for key in ring:
             expires = key.expires.isoformat() if key.expires else "never"
-            print(f"{key.key_id}: tenant={key.tenant} scopes={','.join(sorted(key.scopes))} expires={expires}")
+            print(
+                f"{key.key_id}: tenant={key.tenant} scopes={','.join(sorted(key.scopes))} expires={expires}"
+            )
     return 0
 
 

@@ -8,7 +8,7 @@ safe to read, and nothing in them can be turned back into a key.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from flask import Flask, Response, g, request
 from flask_limiter import ApplicationLimit, Limiter
@@ -21,7 +21,11 @@ View = TypeVar("View", bound=Callable[..., object])
 RATE_LIMIT = "rate_limit"
 EXEMPT = "rate_limit_exempt"
 # Fail fast when Redis does not answer, instead of holding a worker for the OS timeout.
-REDIS_OPTIONS = {"socket_connect_timeout": 0.5, "socket_timeout": 0.5, "health_check_interval": 5}
+REDIS_OPTIONS: dict[str, str | int] = {
+    "socket_connect_timeout": 1,
+    "socket_timeout": 1,
+    "health_check_interval": 5,
+}
 
 
 def limit(value: str) -> Callable[[View], View]:
@@ -86,7 +90,7 @@ def install_limits(app: Flask, settings: Settings) -> Limiter:
     limiter.init_app(app)
     for endpoint, view in list(app.view_functions.items()):
         if getattr(view, EXEMPT, False):
-            app.view_functions[endpoint] = limiter.exempt(view)
+            limiter.exempt(view)
         value = getattr(view, RATE_LIMIT, None)
         if value is not None:
             try:
@@ -94,5 +98,6 @@ def install_limits(app: Flask, settings: Settings) -> Limiter:
             except ValueError:
                 # Flask-Limiter would log and silently fall back to the default limit.
                 raise ValueError(f"route {endpoint}: invalid rate limit {value!r}") from None
-            app.view_functions[endpoint] = limiter.limit(value)(view)
+            # The wrapper is what checks a decorated limit: it must replace the view.
+            app.view_functions[endpoint] = limiter.limit(value)(cast(Callable[..., Any], view))
     return limiter

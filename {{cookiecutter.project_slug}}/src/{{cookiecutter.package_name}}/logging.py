@@ -7,11 +7,11 @@ child loggers), and rewrites each record before any formatter sees it.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import logging.config
 import re
-import time
 import traceback
 from contextvars import ContextVar
 from typing import Any
@@ -90,11 +90,9 @@ class MaskSecrets(logging.Filter):
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, for log pipelines."""
 
-    converter = time.gmtime
-
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -157,4 +155,3 @@ def is_configured() -> bool:
 def configure(*, key_prefix: str, json_lines: bool, level: str) -> None:
     if not is_configured():
         logging.config.dictConfig(logging_config(key_prefix=key_prefix, json_lines=json_lines, level=level))
-

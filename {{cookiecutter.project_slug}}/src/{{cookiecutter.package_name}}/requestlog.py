@@ -45,8 +45,12 @@ def _finish(response: Response) -> Response:
     return response
 
 
+def _forget(_error: BaseException | None) -> None:
+    request_id.set(None)
+
+
 def install_request_log(app: Flask) -> None:
     """Registered first, so the request id exists before authentication or limits answer."""
     app.before_request(_start)
     app.after_request(_finish)
-    app.teardown_request(lambda _error: request_id.set(None))
+    app.teardown_request(_forget)

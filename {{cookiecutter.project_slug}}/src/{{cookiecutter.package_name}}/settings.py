@@ -188,13 +188,16 @@ def _proxies(env: Mapping[str, str]) -> tuple[str, ...]:
     try:
         parse_networks(proxies)
     except ValueError:
-        raise ConfigError("FORWARDED_ALLOW_IPS", "must be IP addresses or networks, comma-separated") from None
+        raise ConfigError(
+            "FORWARDED_ALLOW_IPS", "must be IP addresses or networks, comma-separated"
+        ) from None
     return proxies
 
 
 def settings_from(env: Mapping[str, str], cpu_count: int = 1) -> Settings:
     """Build and validate settings from a mapping (the environment, or a test's dict)."""
     app_env = _choice(env, "APP_ENV", ENVIRONMENTS, "production")
+    keys = _keys(env)
     storage = _storage(env)
     cert, key = _tls(env)
     proxies = _proxies(env)
@@ -209,7 +212,7 @@ def settings_from(env: Mapping[str, str], cpu_count: int = 1) -> Settings:
     default_workers = 1 if storage.startswith("memory://") else min(2 * cpu_count + 1, 9)
     return Settings(
         app_env=app_env,
-        keys=_keys(env),
+        keys=keys,
         ratelimit_storage_uri=storage,
         ratelimit_strategy=_choice(env, "RATELIMIT_STRATEGY", STRATEGIES, "fixed-window"),
         ratelimit_default=_limit(env, "RATELIMIT_DEFAULT", "100 per minute"),

@@ -1,0 +1,155 @@
+"""Helpers for the tests: key sets, and real gunicorn and redis-server processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from {{ cookiecutter.package_name }}.keys import MintedKey
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class KeySet:
+    """One key per role the tests need; ``entries`` configures all but ``unconfigured``."""
+
+    reader: MintedKey
+    writer: MintedKey
+    other_tenant: MintedKey
+    no_scopes: MintedKey
+    expired: MintedKey
+    unconfigured: MintedKey
+
+    @property
+    def entries(self) -> str:
+        configured = (self.reader, self.writer, self.other_tenant, self.no_scopes, self.expired)
+        return ",".join(key.entry for key in configured)
+
+
+def bearer(key: MintedKey) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key.secret}"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A gunicorn started from the project directory, as ``gunicorn`` alone would be."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    scheme: str = "https"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://localhost:{self.port}"
+
+    def logs(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self) -> str:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.logs()
+
+
+def server_env(overrides: Mapping[str, str]) -> dict[str, str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("API_KEYS", "GUNICORN_"))}
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT / "src"), environ.get("PYTHONPATH")]))
+    environ.update(overrides)
+    return environ
+
+
+def run_gunicorn(overrides: Mapping[str, str], log_path: Path, *args: str) -> subprocess.Popen[bytes]:
+    log = log_path.open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", *args],
+        cwd=PROJECT,
+        env=server_env(overrides),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def wait_until_serving(server: Server, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited {server.process.returncode}:\n{server.logs()}")
+        try:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"gunicorn did not start:\n{server.logs()}")
+
+
+class RedisServer:
+    def __init__(self, binary: str, port: int, directory: Path) -> None:
+        self.binary, self.port, self.directory = binary, port, directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def command(self, command: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+            sock.sendall(command + b"\r\n")
+            return sock.recv(65536)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if self.command(b"PING").startswith(b"+PONG"):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
