@@ -1,0 +1,138 @@
+"""Authentication and authorization: the status table of the contract, and hostile input."""
+
+from __future__ import annotations
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from .support import KeySet, bearer
+
+UNAUTHORIZED_BODY_KEYS = {"type", "title", "status", "detail", "request_id"}
+
+
+def assert_generic_401(response) -> None:
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="api"'
+    assert response.content_type == "application/problem+json"
+    body = response.get_json()
+    assert set(body) == UNAUTHORIZED_BODY_KEYS
+    assert (body["title"], body["detail"]) == ("Unauthorized", "A valid API key is required.")
+
+
+def test_valid_key_in_authorization_header_is_accepted(client: FlaskClient, keys: KeySet) -> None:
+    response = client.get("/v1/whoami", headers=bearer(keys.writer))
+    assert response.status_code == 200
+    assert response.get_json() == {
+        "key_id": "writer",
+        "tenant": "acme",
+        "scopes": ["items:read", "items:write"],
+    }
+
+
+def test_valid_key_in_x_api_key_header_is_accepted(client: FlaskClient, keys: KeySet) -> None:
+    response = client.get("/v1/whoami", headers={"X-API-Key": keys.reader.secret})
+    assert response.get_json()["key_id"] == "reader"
+
+
+def test_bearer_scheme_is_case_insensitive(client: FlaskClient, keys: KeySet) -> None:
+    response = client.get("/v1/whoami", headers={"Authorization": f"bearer {keys.reader.secret}"})
+    assert response.status_code == 200
+
+
+def test_same_key_in_both_headers_is_accepted(client: FlaskClient, keys: KeySet) -> None:
+    headers = {**bearer(keys.reader), "X-API-Key": keys.reader.secret}
+    assert client.get("/v1/whoami", headers=headers).status_code == 200
+
+
+def test_two_different_keys_are_refused(client: FlaskClient, keys: KeySet) -> None:
+    headers = {**bearer(keys.reader), "X-API-Key": keys.writer.secret}
+    assert_generic_401(client.get("/v1/whoami", headers=headers))
+
+
+@pytest.mark.parametrize(
+    "case", ["missing", "malformed", "unknown", "expired", "basic-scheme", "empty-bearer"]
+)
+def test_every_authentication_failure_gets_the_same_401(client: FlaskClient, keys: KeySet, case: str) -> None:
+    headers = {
+        "missing": {},
+        "malformed": {"X-API-Key": keys.reader.secret[:-1] + "x"},
+        "unknown": bearer(keys.unconfigured),
+        "expired": bearer(keys.expired),
+        "basic-scheme": {"Authorization": "Basic dXNlcjpwYXNz"},
+        "empty-bearer": {"Authorization": "Bearer "},
+    }[case]
+    response = client.get("/v1/items", headers=headers)
+    assert_generic_401(response)
+    body = response.get_json()
+    del body["request_id"]
+    reference = client.get("/v1/items").get_json()
+    del reference["request_id"]
+    assert body == reference
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["ключ-" * 10, "\xff\xfe\xfd" * 20, "A" * 8192, "Bearer \x00\x01\x7f", "k\tey\r", " "],
+    ids=["non-ascii", "not-utf8", "8kb", "control-chars", "tabs", "blank"],
+)
+@pytest.mark.parametrize("header", ["HTTP_AUTHORIZATION", "HTTP_X_API_KEY"])
+def test_hostile_header_values_get_401_never_500(client: FlaskClient, header: str, value: str) -> None:
+    # environ values are latin-1 text, exactly as a WSGI server passes arbitrary bytes.
+    if header == "HTTP_AUTHORIZATION" and not value.startswith("Bearer"):
+        value = f"Bearer {value}"
+    response = client.get("/v1/whoami", environ_overrides={header: value})
+    assert_generic_401(response)
+
+
+@pytest.mark.parametrize(
+    "parameter", ["api_key", "apikey", "api-key", "access_token", "API_KEY", "Access_Token"]
+)
+def test_key_in_the_url_is_refused_and_never_used(client: FlaskClient, keys: KeySet, parameter: str) -> None:
+    response = client.get(f"/v1/whoami?{parameter}={keys.reader.secret}")
+    assert response.status_code == 400
+    assert response.content_type == "application/problem+json"
+    assert keys.reader.secret not in response.get_data(as_text=True)
+
+
+def test_key_in_the_url_is_refused_even_beside_a_valid_header(client: FlaskClient, keys: KeySet) -> None:
+    response = client.get(f"/v1/whoami?api_key={keys.reader.secret}", headers=bearer(keys.reader))
+    assert response.status_code == 400
+
+
+def test_missing_scope_is_403(client: FlaskClient, keys: KeySet) -> None:
+    response = client.get("/v1/items", headers=bearer(keys.no_scopes))
+    assert response.status_code == 403
+    assert response.get_json()["title"] == "Forbidden"
+
+
+def test_write_needs_the_write_scope(client: FlaskClient, keys: KeySet) -> None:
+    response = client.post("/v1/items", headers=bearer(keys.reader), json={"name": "x"})
+    assert response.status_code == 403
+
+
+def test_whoami_needs_any_valid_key_but_no_scope(client: FlaskClient, keys: KeySet) -> None:
+    assert client.get("/v1/whoami", headers=bearer(keys.no_scopes)).status_code == 200
+
+
+def test_health_needs_no_key(client: FlaskClient) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok"}
+
+
+def test_rotation_old_and_new_keys_work_until_the_old_entry_is_removed(make_app, keys: KeySet) -> None:
+    both = make_app(API_KEYS=f"{keys.reader.entry},{keys.writer.entry}").test_client()
+    assert both.get("/v1/whoami", headers=bearer(keys.reader)).status_code == 200
+    assert both.get("/v1/whoami", headers=bearer(keys.writer)).status_code == 200
+    rotated = make_app(API_KEYS=keys.writer.entry).test_client()
+    assert rotated.get("/v1/whoami", headers=bearer(keys.writer)).status_code == 200
+    assert_generic_401(rotated.get("/v1/whoami", headers=bearer(keys.reader)))
+
+
+def test_views_see_the_caller_on_g(app: Flask, keys: KeySet) -> None:
+    with app.test_request_context("/v1/whoami", headers=bearer(keys.writer)):
+        app.preprocess_request()
+        from flask import g
+
+        assert (g.caller.key_id, g.caller.tenant) == ("writer", "acme")

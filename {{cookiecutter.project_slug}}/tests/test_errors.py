@@ -1,0 +1,81 @@
+"""Every error is problem+json: no HTML, no traceback, no server path, no key."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from flask import Flask
+
+from .support import KeySet, bearer
+
+
+@pytest.fixture
+def failing_app(make_app) -> Flask:
+    app = make_app()
+
+    def explode() -> str:
+        raise RuntimeError(f"boom while reading {app.root_path}/secret.txt")
+
+    app.add_url_rule("/v1/explode", view_func=explode)
+    return app
+
+
+def assert_problem(response, status: int) -> dict[str, object]:
+    assert response.status_code == status
+    assert response.content_type == "application/problem+json"
+    body = response.get_json()
+    assert body["status"] == status
+    assert body["type"] == "about:blank"
+    assert body["title"]
+    assert body["request_id"] == response.headers["X-Request-ID"]
+    return body
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/nowhere", 404),
+        ("DELETE", "/v1/items", 405),
+        ("PATCH", "/healthz", 405),
+        ("BREW", "/healthz", 405),
+    ],
+)
+def test_routing_errors_are_problem_json(client, method: str, path: str, status: int) -> None:
+    assert_problem(client.open(path, method=method), status)
+
+
+def test_405_lists_the_allowed_methods(client) -> None:
+    assert set(client.delete("/v1/items").headers["Allow"].split(", ")) >= {"GET", "POST"}
+
+
+def test_unhandled_exception_is_a_500_problem_without_details(failing_app: Flask, keys: KeySet) -> None:
+    response = failing_app.test_client().get("/v1/explode", headers=bearer(keys.reader))
+    body = assert_problem(response, 500)
+    text = response.get_data(as_text=True)
+    assert "Traceback" not in text
+    assert "boom" not in text
+    assert failing_app.root_path not in text
+    assert "request_id" in str(body["detail"])
+
+
+def test_unhandled_exception_is_logged_once_with_its_traceback(
+    failing_app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR):
+        failing_app.test_client().get("/v1/explode")
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    assert "RuntimeError" in (errors[0].exc_text or "")
+
+
+def test_request_id_from_the_client_is_kept_when_sane(client) -> None:
+    response = client.get("/nowhere", headers={"X-Request-ID": "trace-1234abcd"})
+    assert response.get_json()["request_id"] == "trace-1234abcd"
+
+
+@pytest.mark.parametrize("incoming", ["short", "x" * 65, "has space in it", "<script>alert(1)</script>"])
+def test_insane_request_ids_are_replaced(client, incoming: str) -> None:
+    rid = client.get("/healthz", headers={"X-Request-ID": incoming}).headers["X-Request-ID"]
+    assert rid != incoming
+    assert len(rid) == 32

@@ -1,0 +1,87 @@
+"""The reference items API: tenant isolation, validation and the body limit."""
+
+from __future__ import annotations
+
+import pytest
+from flask.testing import FlaskClient
+
+from .support import KeySet, bearer
+
+
+def create(client: FlaskClient, key, name: str = "widget"):
+    return client.post("/v1/items", headers=bearer(key), json={"name": name})
+
+
+def test_created_item_is_returned_with_its_id(client: FlaskClient, keys: KeySet) -> None:
+    response = create(client, keys.writer, "  sprocket ")
+    assert response.status_code == 201
+    item = response.get_json()
+    assert item["name"] == "sprocket"
+    assert len(item["id"]) == 32
+    fetched = client.get(f"/v1/items/{item['id']}", headers=bearer(keys.reader))
+    assert fetched.status_code == 200
+    assert fetched.get_json() == item
+
+
+def test_list_shows_only_the_callers_tenant(client: FlaskClient, keys: KeySet) -> None:
+    create(client, keys.writer, "ours")
+    create(client, keys.other_tenant, "theirs")
+    ours = client.get("/v1/items", headers=bearer(keys.reader)).get_json()["items"]
+    theirs = client.get("/v1/items", headers=bearer(keys.other_tenant)).get_json()["items"]
+    assert [i["name"] for i in ours] == ["ours"]
+    assert [i["name"] for i in theirs] == ["theirs"]
+
+
+def test_another_tenants_item_is_not_found(client: FlaskClient, keys: KeySet) -> None:
+    theirs = create(client, keys.other_tenant).get_json()
+    response = client.get(f"/v1/items/{theirs['id']}", headers=bearer(keys.reader))
+    missing = client.get("/v1/items/0123456789abcdef0123456789abcdef", headers=bearer(keys.reader))
+    assert response.status_code == missing.status_code == 404
+    assert response.get_json()["detail"] == missing.get_json()["detail"]
+
+
+def test_sql_in_an_id_is_just_an_unknown_id(client: FlaskClient, keys: KeySet) -> None:
+    create(client, keys.other_tenant)
+    response = client.get("/v1/items/x' OR '1'='1", headers=bearer(keys.reader))
+    assert response.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [({"name": ""}, 422), ({"name": 5}, 422), ({}, 422), ([1, 2], 422), ({"name": "x" * 201}, 422)],
+    ids=["empty", "number", "missing", "list", "too-long"],
+)
+def test_invalid_item_is_422(client: FlaskClient, keys: KeySet, body: object, status: int) -> None:
+    response = client.post("/v1/items", headers=bearer(keys.writer), json=body)
+    assert response.status_code == status
+    assert response.content_type == "application/problem+json"
+
+
+def test_body_that_is_not_json_is_400(client: FlaskClient, keys: KeySet) -> None:
+    response = client.post(
+        "/v1/items", headers=bearer(keys.writer), data=b"\xff\xfe{not json", content_type="application/json"
+    )
+    assert response.status_code == 400
+
+
+def test_body_of_another_type_is_415(client: FlaskClient, keys: KeySet) -> None:
+    response = client.post("/v1/items", headers=bearer(keys.writer), data="name=x")
+    assert response.status_code == 415
+
+
+def test_body_over_the_size_limit_is_413(make_app, keys: KeySet) -> None:
+    client = make_app(MAX_CONTENT_LENGTH="1024").test_client()
+    response = client.post(
+        "/v1/items",
+        headers=bearer(keys.writer),
+        data=b'{"name": "' + b"x" * 2000 + b'"}',
+        content_type="application/json",
+    )
+    assert response.status_code == 413
+    assert response.content_type == "application/problem+json"
+
+
+def test_items_are_shared_by_apps_on_the_same_database(make_app, keys: KeySet) -> None:
+    first, second = make_app().test_client(), make_app().test_client()
+    item = create(first, keys.writer).get_json()
+    assert second.get(f"/v1/items/{item['id']}", headers=bearer(keys.reader)).status_code == 200

@@ -1,0 +1,230 @@
+"""Keys: format, entries, verification and the operator CLI."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import secrets
+
+import pytest
+
+from {{ cookiecutter.package_name }} import keys
+from {{ cookiecutter.package_name }}.keys import (
+    KEY_PREFIX,
+    EntryError,
+    ExpiredKey,
+    KeyRing,
+    MalformedKey,
+    UnknownKey,
+    mint,
+    parse_entry,
+)
+
+
+def ring_of(*minted: keys.MintedKey) -> KeyRing:
+    return KeyRing.from_text(KEY_PREFIX, ",".join(m.entry for m in minted))
+
+
+def flip(secret: str, index: int) -> str:
+    replacement = "A" if secret[index] != "A" else "B"
+    return secret[:index] + replacement + secret[index + 1 :]
+
+
+def test_new_key_has_prefix_256_random_bits_and_checksum() -> None:
+    minted = mint(KEY_PREFIX, key_id="k", scopes=["items:read"])
+    assert minted.secret.startswith(f"{KEY_PREFIX}_")
+    body = minted.secret[len(KEY_PREFIX) + 1 :]
+    assert len(body) == keys.BODY_LENGTH + keys.CHECKSUM_LENGTH
+    assert re.fullmatch(keys.key_pattern(KEY_PREFIX), minted.secret)
+    assert 62**keys.BODY_LENGTH >= 2**256
+    assert keys.RANDOM_BYTES * 8 >= 256
+
+
+def test_new_keys_never_repeat() -> None:
+    secrets_seen = {mint(KEY_PREFIX, key_id="k", scopes=["a:b"]).secret for _ in range(200)}
+    assert len(secrets_seen) == 200
+
+
+def test_entry_holds_a_digest_and_never_the_key() -> None:
+    minted = mint(KEY_PREFIX, key_id="ci", scopes=["items:read", "items:write"], tenant="acme")
+    assert minted.secret not in minted.entry
+    assert minted.secret[len(KEY_PREFIX) + 1 :][:12] not in minted.entry
+    assert parse_entry(minted.entry) == minted.key
+
+
+def test_entry_round_trips_expiry() -> None:
+    minted = mint(KEY_PREFIX, key_id="ci", scopes=["a:b"], expires=dt.date(2030, 5, 1))
+    assert "expires=2030-05-01" in minted.entry
+    assert parse_entry(minted.entry).expires == dt.date(2030, 5, 1)
+
+
+def test_valid_key_is_accepted() -> None:
+    minted = mint(KEY_PREFIX, key_id="ci", scopes=["items:read"], tenant="acme")
+    found = ring_of(minted).verify(minted.secret)
+    assert (found.key_id, found.tenant, found.scopes) == ("ci", "acme", frozenset({"items:read"}))
+
+
+def test_several_keys_are_valid_at_once_for_rotation() -> None:
+    old = mint(KEY_PREFIX, key_id="old", scopes=["a:b"])
+    new = mint(KEY_PREFIX, key_id="new", scopes=["a:b"])
+    ring = ring_of(old, new)
+    assert ring.verify(old.secret).key_id == "old"
+    assert ring.verify(new.secret).key_id == "new"
+    with pytest.raises(UnknownKey):
+        ring_of(new).verify(old.secret)
+
+
+def test_unknown_key_is_refused() -> None:
+    configured = mint(KEY_PREFIX, key_id="a", scopes=["a:b"])
+    stranger = mint(KEY_PREFIX, key_id="b", scopes=["a:b"])
+    with pytest.raises(UnknownKey):
+        ring_of(configured).verify(stranger.secret)
+
+
+@pytest.mark.parametrize("position", [0, 6, 20, -7, -1])
+def test_mistyped_key_is_refused_before_any_lookup(position: int) -> None:
+    minted = mint(KEY_PREFIX, key_id="a", scopes=["a:b"])
+    ring = ring_of(minted)
+    assert not ring.is_well_formed(flip(minted.secret, position))
+    with pytest.raises(MalformedKey):
+        ring.verify(flip(minted.secret, position))
+
+
+@pytest.mark.parametrize(
+    "presented",
+    ["", "x", "Bearer", "é" * 55, "\x00" * 55, "A" * 8192, f"{KEY_PREFIX}_" + "0" * 49],
+    ids=["empty", "short", "word", "non-ascii", "nul", "8k", "bad-checksum"],
+)
+def test_garbage_is_malformed_never_an_error(presented: str) -> None:
+    ring = ring_of(mint(KEY_PREFIX, key_id="a", scopes=["a:b"]))
+    with pytest.raises(MalformedKey):
+        ring.verify(presented)
+
+
+def test_expired_key_is_refused_from_its_expiry_date() -> None:
+    minted = mint(KEY_PREFIX, key_id="a", scopes=["a:b"], expires=dt.date(2030, 1, 1))
+    ring = ring_of(minted)
+    assert ring.verify(minted.secret, today=dt.date(2029, 12, 31)).key_id == "a"
+    with pytest.raises(ExpiredKey):
+        ring.verify(minted.secret, today=dt.date(2030, 1, 1))
+
+
+def test_raw_key_in_configuration_is_refused_by_position() -> None:
+    good = mint(KEY_PREFIX, key_id="a", scopes=["a:b"])
+    raw = mint(KEY_PREFIX, key_id="b", scopes=["a:b"]).secret
+    with pytest.raises(EntryError, match="entry 2 is a raw key") as error:
+        KeyRing.from_text(KEY_PREFIX, f"{good.entry}\n{raw}")
+    assert raw not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("just-some-text", "not an entry"),
+        ("id=a;scopes=a:b", "no sha256"),
+        ("id=a;sha256=" + "a" * 64, "no scopes"),
+        ("id=a;scopes=a:b;sha256=xyz", "64 lowercase"),
+        ("id=a;scopes=a:b;sha256=" + "a" * 64 + ";expires=tomorrow", "YYYY-MM-DD"),
+        ("id=a;scopes=a:b;sha256=" + "a" * 64 + ";colour=red", "unknown field"),
+        ("id=a b;scopes=a:b;sha256=" + "a" * 64, "id must be"),
+        ("id=a;scopes=A B;sha256=" + "a" * 64, "scopes must"),
+        ("id=a;scopes=a:b;sha256=" + "0" * 64, "placeholder"),
+    ],
+    ids=[
+        "text",
+        "no-digest",
+        "no-scopes",
+        "bad-digest",
+        "bad-date",
+        "unknown",
+        "bad-id",
+        "bad-scope",
+        "placeholder",
+    ],
+)
+def test_malformed_entry_is_refused_naming_the_problem_not_the_value(entry: str, message: str) -> None:
+    with pytest.raises(EntryError, match=message) as error:
+        KeyRing.from_text(KEY_PREFIX, entry)
+    assert str(error.value).startswith("entry 1 ")
+    assert "red" not in str(error.value)
+    assert "tomorrow" not in str(error.value)
+
+
+def test_duplicate_ids_are_refused() -> None:
+    first = mint(KEY_PREFIX, key_id="same", scopes=["a:b"])
+    second = mint(KEY_PREFIX, key_id="same", scopes=["a:b"])
+    with pytest.raises(EntryError, match="configured twice"):
+        ring_of(first, second)
+
+
+def test_duplicate_digests_are_refused() -> None:
+    minted = mint(KEY_PREFIX, key_id="one", scopes=["a:b"])
+    twin = minted.entry.replace("id=one", "id=two")
+    with pytest.raises(EntryError, match="same digest"):
+        KeyRing.from_text(KEY_PREFIX, f"{minted.entry},{twin}")
+
+
+def test_empty_configuration_is_refused() -> None:
+    with pytest.raises(EntryError, match="no entries"):
+        KeyRing.from_text(KEY_PREFIX, " \n # only a comment\n")
+
+
+def test_entries_split_on_commas_and_newlines_with_comments() -> None:
+    a, b, c = (mint(KEY_PREFIX, key_id=n, scopes=["a:b"]) for n in "abc")
+    text = f"# keys\n{a.entry},{b.entry}\n\n{c.entry}  # rotated in\n"
+    assert [key.key_id for key in KeyRing.from_text(KEY_PREFIX, text)] == ["a", "b", "c"]
+
+
+def test_cli_new_prints_the_key_once_and_its_entry(capsys: pytest.CaptureFixture[str]) -> None:
+    code = keys.main(
+        ["new", "--id", "ci", "--scope", "items:read", "--scope", "items:write", "--tenant", "acme"]
+    )
+    out = capsys.readouterr().out
+    secret = re.search(keys.key_pattern(KEY_PREFIX), out)
+    assert code == 0
+    assert secret is not None
+    assert out.count(secret.group(0)) == 1
+    entry = next(line.strip() for line in out.splitlines() if line.strip().startswith("id="))
+    assert ring_of_text(entry).verify(secret.group(0)).scopes == {"items:read", "items:write"}
+
+
+def ring_of_text(text: str) -> KeyRing:
+    return KeyRing.from_text(KEY_PREFIX, text)
+
+
+def test_cli_new_json_is_machine_readable(capsys: pytest.CaptureFixture[str]) -> None:
+    assert keys.main(["new", "--id", "ci", "--scope", "a:b", "--expires", "2031-02-03", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["id"] == "ci"
+    assert printed["expires"] == "2031-02-03"
+    assert printed["tenant"] == "default"
+    assert ring_of_text(printed["entry"]).verify(printed["key"], today=dt.date(2031, 1, 1)).key_id == "ci"
+
+
+def test_cli_new_refuses_a_bad_id(capsys: pytest.CaptureFixture[str]) -> None:
+    assert keys.main(["new", "--id", "no spaces", "--scope", "a:b"]) == 2
+    assert "id must be" in capsys.readouterr().err
+
+
+def test_cli_check_describes_entries_without_secrets(capsys: pytest.CaptureFixture[str]) -> None:
+    minted = mint(KEY_PREFIX, key_id="ci", scopes=["a:b"], tenant="acme")
+    assert keys.main(["check", "--json", minted.entry]) == 0
+    assert json.loads(capsys.readouterr().out) == [
+        {"id": "ci", "tenant": "acme", "scopes": ["a:b"], "expires": None}
+    ]
+
+
+def test_cli_check_rejects_a_raw_key_without_echoing_it(capsys: pytest.CaptureFixture[str]) -> None:
+    raw = mint(KEY_PREFIX, key_id="ci", scopes=["a:b"]).secret
+    assert keys.main(["check", raw]) == 1
+    captured = capsys.readouterr()
+    assert "raw key" in captured.err
+    assert raw not in captured.err + captured.out
+
+
+def test_digest_is_sha256_of_the_key() -> None:
+    import hashlib
+
+    secret = f"{KEY_PREFIX}_{secrets.token_hex(8)}"
+    assert keys.digest(secret) == hashlib.sha256(secret.encode()).digest()

@@ -1,0 +1,54 @@
+"""Forwarded headers count only from the proxies named in FORWARDED_ALLOW_IPS."""
+
+from __future__ import annotations
+
+from flask.testing import FlaskClient
+
+from .support import KeySet, bearer
+
+PROXY = "10.0.0.5"
+
+
+def via(address: str, **headers: str) -> dict[str, object]:
+    return {"environ_overrides": {"REMOTE_ADDR": address}, "headers": headers}
+
+
+def test_trusted_proxy_supplies_the_client_address(make_app) -> None:
+    client = make_app(FORWARDED_ALLOW_IPS=PROXY, RATELIMIT_DEFAULT="1 per hour").test_client()
+    first = client.get("/v1/whoami", **via(PROXY, **{"X-Forwarded-For": "198.51.100.1"}))
+    second = client.get("/v1/whoami", **via(PROXY, **{"X-Forwarded-For": "198.51.100.2"}))
+    assert (first.status_code, second.status_code) == (401, 401)
+
+
+def test_spoofed_forwarded_for_from_a_client_changes_nothing(make_app) -> None:
+    client = make_app(FORWARDED_ALLOW_IPS=PROXY, RATELIMIT_DEFAULT="1 per hour").test_client()
+    first = client.get("/v1/whoami", **via("203.0.113.9", **{"X-Forwarded-For": "198.51.100.1"}))
+    second = client.get("/v1/whoami", **via("203.0.113.9", **{"X-Forwarded-For": "198.51.100.2"}))
+    assert (first.status_code, second.status_code) == (401, 429)
+
+
+def test_last_hop_is_used_so_a_client_cannot_prepend_addresses(make_app) -> None:
+    client = make_app(FORWARDED_ALLOW_IPS=PROXY, RATELIMIT_DEFAULT="1 per hour").test_client()
+    client.get("/v1/whoami", **via(PROXY, **{"X-Forwarded-For": "1.1.1.1, 198.51.100.7"}))
+    again = client.get("/v1/whoami", **via(PROXY, **{"X-Forwarded-For": "2.2.2.2, 198.51.100.7"}))
+    assert again.status_code == 429
+
+
+def test_trusted_proxy_scheme_earns_hsts(make_app) -> None:
+    client = make_app(FORWARDED_ALLOW_IPS="10.0.0.0/8").test_client()
+    response = client.get("/healthz", **via(PROXY, **{"X-Forwarded-Proto": "https"}))
+    assert response.headers["Strict-Transport-Security"].startswith("max-age=31536000")
+
+
+def test_spoofed_scheme_from_a_client_does_not_earn_hsts(make_app) -> None:
+    client = make_app(FORWARDED_ALLOW_IPS=PROXY).test_client()
+    response = client.get("/healthz", **via("203.0.113.9", **{"X-Forwarded-Proto": "https"}))
+    assert "Strict-Transport-Security" not in response.headers
+
+
+def test_without_named_proxies_no_one_is_trusted(client: FlaskClient, keys: KeySet) -> None:
+    response = client.get(
+        "/v1/whoami", **via("127.0.0.1", **{"X-Forwarded-Proto": "https", **bearer(keys.reader)})
+    )
+    assert response.status_code == 200
+    assert "Strict-Transport-Security" not in response.headers
