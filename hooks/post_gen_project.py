@@ -69,7 +69,8 @@ Next steps:
     make install      # the service and its dev tools
     make test         # its own test suite
     make run          # HTTPS on https://localhost:8443 with a self-signed certificate
-    curl --cacert .dev/localhost.pem -H "Authorization: Bearer <key>" https://localhost:8443/v1/whoami
+    curl --cacert .dev/localhost.pem -H "Authorization: Bearer {secret}" \\
+        https://localhost:8443/v1/whoami
 """
     )
     return 0

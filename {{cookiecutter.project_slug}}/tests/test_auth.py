@@ -56,7 +56,7 @@ def test_two_different_keys_are_refused(client: FlaskClient, keys: KeySet) -> No
 def test_every_authentication_failure_gets_the_same_401(client: FlaskClient, keys: KeySet, case: str) -> None:
     headers = {
         "missing": {},
-        "malformed": {"X-API-Key": keys.reader.secret[:-1] + "x"},
+        "malformed": {"X-API-Key": keys.reader.secret[:-1] + ("x" if keys.reader.secret[-1] != "x" else "y")},
         "unknown": bearer(keys.unconfigured),
         "expired": bearer(keys.expired),
         "basic-scheme": {"Authorization": "Basic dXNlcjpwYXNz"},

@@ -1,0 +1,53 @@
+"""Bake the template for real (cookiecutter's API) into temporary directories."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cookiecutter.main import cookiecutter
+
+TEMPLATE = Path(__file__).resolve().parents[1]
+
+Bake = Callable[..., Path]
+
+
+@pytest.fixture
+def bake(tmp_path: Path) -> Bake:
+    """Bake with ``extra_context`` and return the project directory."""
+
+    def run(**context: str) -> Path:
+        output = tmp_path / "out"
+        return Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(output), extra_context=context))
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def default_bake(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("default")
+    return Path(cookiecutter(str(TEMPLATE), no_input=True, output_dir=str(output)))
+
+
+def run_in(project: Path, *command: str, env: dict[str, str] | None = None, timeout: float = 900) -> str:
+    """Run a command inside a bake with this interpreter's tools; fail with its output."""
+    result = subprocess.run(
+        command,
+        cwd=project,
+        env={**os.environ, "REQUIRE_REDIS": "1", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"{' '.join(command)} failed in {project.name}:\n{output[-6000:]}"
+    return output
+
+
+def python(*args: str) -> tuple[str, ...]:
+    return (sys.executable, *args)
