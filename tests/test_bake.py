@@ -127,3 +127,13 @@ def test_template_requirements_cover_every_generated_dependency(default_bake: Pa
     have = (TEMPLATE / "tests" / "requirements.txt").read_text()
     for requirement in wanted:
         assert requirement in have, f"tests/requirements.txt lacks {requirement}"
+
+
+def test_key_verification_does_not_grow_with_the_number_of_keys(default_bake: Path) -> None:
+    """Runs the generated benchmark. Its figures are printed, not timed; only a gross failure
+    (a linear scan would make 5,000 keys thousands of times slower) fails this test."""
+    output = run_in(default_bake, *python("scripts/bench_keys.py"))
+    print(output)
+    ratios = dict(re.findall(r"^(5,000 keys / 1 key, \w+):\s+([\d.]+)$", output, flags=re.MULTILINE))
+    assert len(ratios) == 2
+    assert all(float(ratio) < 3 for ratio in ratios.values()), output

@@ -27,6 +27,7 @@ TLS12_CIPHERS = ":".join(
 
 try:
     settings = load_settings()
+    check_workers(settings, settings.workers)
 except ConfigError as error:
     # One line naming the variable; SystemExit passes through gunicorn's config loader.
     sys.exit(f"error: {error}")
@@ -81,7 +82,10 @@ logger_class = AccessLogger
 
 
 def on_starting(server: object) -> None:
-    try:
-        check_workers(settings, server.cfg.workers)  # type: ignore[attr-defined]
-    except ConfigError as error:
-        sys.exit(f"error: {error}")
+    """Check again when -w or GUNICORN_CMD_ARGS changed the worker count after this file."""
+    workers = server.cfg.workers  # type: ignore[attr-defined]
+    if workers != settings.workers:
+        try:
+            check_workers(settings, workers)
+        except ConfigError as error:
+            sys.exit(f"error: {error}")

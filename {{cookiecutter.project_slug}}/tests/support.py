@@ -80,14 +80,15 @@ def server_env(overrides: Mapping[str, str]) -> dict[str, str]:
 
 
 def run_gunicorn(overrides: Mapping[str, str], log_path: Path, *args: str) -> subprocess.Popen[bytes]:
-    log = log_path.open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", *args],
-        cwd=PROJECT,
-        env=server_env(overrides),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    # gunicorn gets its own copy of the file descriptor; ours closes at once.
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", *args],
+            cwd=PROJECT,
+            env=server_env(overrides),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def wait_until_serving(server: Server, timeout: float = 20) -> None:

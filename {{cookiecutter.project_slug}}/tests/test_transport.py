@@ -1,0 +1,508 @@
+"""Transport through a real gunicorn: TLS versions and ciphers, fail-fast configuration, security
+headers on every kind of response, trusted proxies, and no redirects.
+
+Each refusal test first proves that this machine's client can offer what the server must refuse
+(against a permissive in-process TLS server with the same certificate), so a server that
+accepted it would fail the test instead of passing it by accident; if the local OpenSSL cannot
+offer it at all, the test is skipped and says why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import json
+import re
+import shutil
+import socket
+import ssl
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+from .support import KeySet, Server, bearer, free_port, run_gunicorn, wait_until_serving
+
+pytestmark = pytest.mark.slow
+
+ONE_YEAR = 365 * 24 * 60 * 60
+CSP = "default-src 'none'; frame-ancestors 'none'"
+PROBLEM_JSON = "application/problem+json"
+REDIRECTS = (301, 302, 303, 307, 308)
+
+Response = tuple[int, http.client.HTTPMessage, bytes]
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TlsServer:
+    """The shared TLS gunicorn: an RSA certificate (so RSA key exchange and ECDHE-RSA suites
+    can be offered at all), a tiny default limit, and its items database in its own directory."""
+
+    server: Server
+    cert: Path
+    key: Path
+    items_dir: Path
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+
+def launch(settings: dict[str, str], log_path: Path, tls: bool) -> Server:
+    port = free_port()
+    process = run_gunicorn({**settings, "BIND": f"127.0.0.1:{port}"}, log_path)
+    server = Server(port, process, log_path, "https" if tls else "http")
+    try:
+        wait_until_serving(server)
+    except RuntimeError:
+        server.stop()
+        raise
+    return server
+
+
+def request(
+    port: int,
+    path: str,
+    headers: dict[str, str] | None = None,
+    context: ssl.SSLContext | None = None,
+) -> Response:
+    """One request on a fresh connection to 127.0.0.1 (HTTPS when ``context`` is given)."""
+    connection: http.client.HTTPConnection
+    if context is None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    else:
+        connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+    try:
+        connection.request("GET", path, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.headers, response.read()
+    finally:
+        connection.close()
+
+
+def tls_client(
+    version: ssl.TLSVersion, ca: trustme.CA, ciphers: str | None = None, weak: bool = False
+) -> ssl.SSLContext:
+    """A client that offers exactly ``version`` (and ``ciphers``, for TLS 1.2 and below)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ca.configure_trust(context)
+    with warnings.catch_warnings():
+        # Setting TLS 1.0/1.1 is deprecated in Python: here it is the point.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = version
+        context.maximum_version = version
+    if weak:
+        # SECLEVEL=0 lets OpenSSL 3 offer old protocols and suites it would otherwise drop.
+        context.set_ciphers(f"{ciphers or 'ALL'}:@SECLEVEL=0")
+    elif ciphers is not None:
+        context.set_ciphers(ciphers)
+    return context
+
+
+def handshake(port: int, context: ssl.SSLContext) -> tuple[str | None, str | None]:
+    """Complete a TLS handshake with 127.0.0.1:port; the negotiated version and cipher."""
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        cipher = tls.cipher()
+        return tls.version(), cipher[0] if cipher else None
+
+
+def client_can_offer(context: ssl.SSLContext, cert: Path, key: Path) -> bool:
+    """True when ``context`` completes a handshake with a server that accepts anything."""
+    permissive = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    permissive.load_cert_chain(cert, key)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        permissive.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+    permissive.set_ciphers("ALL:@SECLEVEL=0")
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(5)
+
+    def serve() -> None:
+        try:
+            connection, _ = listener.accept()
+            with permissive.wrap_socket(connection, server_side=True) as tls:
+                tls.recv(1)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        handshake(listener.getsockname()[1], context)
+    except OSError:
+        return False
+    finally:
+        thread.join(timeout=5)
+        listener.close()
+    return True
+
+
+def assert_security_headers(headers: http.client.HTTPMessage) -> None:
+    hsts = headers.get("Strict-Transport-Security", "")
+    max_age = re.search(r"max-age=(\d+)", hsts)
+    assert max_age is not None, f"no HSTS max-age in {hsts!r}"
+    assert int(max_age.group(1)) >= ONE_YEAR
+    assert "includesubdomains" in hsts.lower()
+    assert headers.get("X-Content-Type-Options") == "nosniff"
+    assert headers.get("Content-Security-Policy") == CSP
+    assert headers.get("Referrer-Policy") == "no-referrer"
+    assert headers.get("X-Frame-Options") == "DENY"
+    assert headers.get("Cache-Control") == "no-store"
+
+
+def assert_problem(status: int, headers: http.client.HTTPMessage, body: bytes, expected: int) -> None:
+    assert status == expected
+    assert headers.get_content_type() == PROBLEM_JSON
+    problem = json.loads(body)
+    assert problem["status"] == expected
+    assert problem["type"]
+    assert problem["title"]
+
+
+# --- servers shared by a group of tests -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_server(keys: KeySet, ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
+    directory = tmp_path_factory.mktemp("transport-tls")
+    leaf = ca.issue_cert("localhost", "127.0.0.1", key_type=trustme.KeyType.RSA)
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    items_dir = directory / "items"
+    settings = {
+        "APP_ENV": "test",
+        "API_KEYS": keys.entries,
+        "ITEMS_DB": str(items_dir / "items.sqlite3"),
+        "TLS_CERT_FILE": str(cert),
+        "TLS_KEY_FILE": str(key),
+        "RATELIMIT_DEFAULT": "2 per minute",
+    }
+    server = launch(settings, directory / "gunicorn.log", tls=True)
+    yield TlsServer(server, cert, key, items_dir)
+    server.stop()
+
+
+def proxied_server(keys: KeySet, directory: Path, proxies: str, app_env: str) -> Server:
+    settings = {
+        "APP_ENV": app_env,
+        "API_KEYS": keys.entries,
+        "ITEMS_DB": str(directory / "items.sqlite3"),
+        "FORWARDED_ALLOW_IPS": proxies,
+        "RATELIMIT_DEFAULT": "2 per minute",
+    }
+    return launch(settings, directory / "gunicorn.log", tls=False)
+
+
+@pytest.fixture(scope="module")
+def behind_trusted_proxy(keys: KeySet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Plain HTTP in production, trusting 127.0.0.1 (the test client) as the TLS proxy."""
+    server = proxied_server(keys, tmp_path_factory.mktemp("trusted-proxy"), "127.0.0.1", "production")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def behind_other_proxy(keys: KeySet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Plain HTTP trusting only 10.255.255.1: the test client is NOT a trusted proxy."""
+    server = proxied_server(keys, tmp_path_factory.mktemp("other-proxy"), "10.255.255.1", "test")
+    yield server
+    server.stop()
+
+
+# --- 1. TLS versions and ciphers -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2], ids=["1.3", "1.2"])
+def test_tls_handshake_succeeds_with_tls_1_2_and_1_3(
+    tls_server: TlsServer, ca: trustme.CA, version: ssl.TLSVersion
+) -> None:
+    context = tls_client(version, ca)
+    negotiated, _ = handshake(tls_server.port, context)
+    assert negotiated == {ssl.TLSVersion.TLSv1_3: "TLSv1.3", ssl.TLSVersion.TLSv1_2: "TLSv1.2"}[version]
+    status, _, body = request(tls_server.port, "/healthz", context=context)
+    assert (status, json.loads(body)) == (200, {"status": "ok"})
+
+
+@pytest.mark.parametrize("version", ["TLSv1_1", "TLSv1"], ids=["1.1", "1.0"])
+def test_tls_1_1_and_1_0_handshakes_are_refused(tls_server: TlsServer, ca: trustme.CA, version: str) -> None:
+    context = tls_client(ssl.TLSVersion[version], ca, weak=True)
+    if not client_can_offer(context, tls_server.cert, tls_server.key):
+        pytest.skip(f"this machine's OpenSSL ({ssl.OPENSSL_VERSION}) cannot offer {version} at all")
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        handshake(tls_server.port, context)
+
+
+@pytest.mark.parametrize(
+    "cipher",
+    [
+        "AES128-SHA",  # RSA key exchange (no forward secrecy), CBC
+        "AES128-GCM-SHA256",  # RSA key exchange (no forward secrecy), even though AEAD
+        "ECDHE-RSA-AES128-SHA",  # forward secret, but CBC
+        "ECDHE-RSA-AES128-SHA256",  # forward secret, but CBC (in Python's default server list)
+        "ECDHE-RSA-AES256-SHA384",  # idem
+    ],
+)
+def test_tls_1_2_refuses_ciphers_without_forward_secrecy_or_aead(
+    tls_server: TlsServer, ca: trustme.CA, cipher: str
+) -> None:
+    context = tls_client(ssl.TLSVersion.TLSv1_2, ca, ciphers=cipher, weak=True)
+    if not client_can_offer(context, tls_server.cert, tls_server.key):
+        pytest.skip(f"this machine's OpenSSL ({ssl.OPENSSL_VERSION}) cannot offer {cipher} at all")
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        handshake(tls_server.port, context)
+
+
+@pytest.mark.parametrize(
+    "cipher", ["ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-RSA-CHACHA20-POLY1305"]
+)
+def test_tls_1_2_accepts_forward_secret_aead_ciphers(
+    tls_server: TlsServer, ca: trustme.CA, cipher: str
+) -> None:
+    context = tls_client(ssl.TLSVersion.TLSv1_2, ca, ciphers=cipher)
+    assert handshake(tls_server.port, context) == ("TLSv1.2", cipher)
+
+
+# --- 2. Plain HTTP on the TLS port -------------------------------------------------------------
+
+
+def test_plain_http_on_the_tls_port_gets_no_application_answer(
+    tls_server: TlsServer, client_context: ssl.SSLContext, keys: KeySet
+) -> None:
+    received = b""
+    with socket.create_connection(("127.0.0.1", tls_server.port), timeout=5) as sock:
+        sock.sendall(
+            b"GET /v1/whoami HTTP/1.1\r\nHost: localhost\r\n"
+            + f"Authorization: Bearer {keys.other_tenant.secret}\r\n\r\n".encode()
+        )
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except (TimeoutError, ConnectionError):
+            pass
+    assert not received.startswith(b"HTTP/1.1 2"), received[:200]
+    assert b"json" not in received.lower()
+    assert b"key_id" not in received
+    # The server is still there for TLS clients afterwards.
+    status, _, _ = request(tls_server.port, "/healthz", context=client_context)
+    assert status == 200
+
+
+# --- 3. Fail fast ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    env: dict[str, str]
+    keys: KeySet
+    cert: Path
+    key: Path
+    other_key: Path
+    missing: Path
+
+
+def _without_api_keys(given: Inputs) -> dict[str, str]:
+    return {name: value for name, value in given.env.items() if name != "API_KEYS"}
+
+
+def _raw_key(given: Inputs) -> dict[str, str]:
+    return {**given.env, "API_KEYS": given.keys.reader.secret}
+
+
+def _raw_key_among_entries(given: Inputs) -> dict[str, str]:
+    return {**given.env, "API_KEYS": f"{given.keys.entries},{given.keys.writer.secret}"}
+
+
+def _unreadable_cert(given: Inputs) -> dict[str, str]:
+    return {**given.env, "TLS_CERT_FILE": str(given.missing), "TLS_KEY_FILE": str(given.key)}
+
+
+def _mismatched_key(given: Inputs) -> dict[str, str]:
+    return {**given.env, "TLS_CERT_FILE": str(given.cert), "TLS_KEY_FILE": str(given.other_key)}
+
+
+def _production_without_tls_or_proxy(given: Inputs) -> dict[str, str]:
+    return {**given.env, "APP_ENV": "production"}
+
+
+def _invalid_limit(given: Inputs) -> dict[str, str]:
+    return {**given.env, "RATELIMIT_DEFAULT": "plenty per fortnight"}
+
+
+def _memory_limits_with_two_workers(given: Inputs) -> dict[str, str]:
+    return {
+        **given.env,
+        "APP_ENV": "production",
+        "TLS_CERT_FILE": str(given.cert),
+        "TLS_KEY_FILE": str(given.key),
+        "RATELIMIT_STORAGE_URI": "memory://",
+        "WEB_CONCURRENCY": "2",
+    }
+
+
+@pytest.mark.parametrize(
+    ("variable", "configure"),
+    [
+        pytest.param("API_KEYS", _without_api_keys, id="missing-API_KEYS"),
+        pytest.param("API_KEYS", _raw_key, id="raw-key-in-API_KEYS"),
+        pytest.param("API_KEYS", _raw_key_among_entries, id="raw-key-among-entries"),
+        pytest.param("TLS_CERT_FILE", _unreadable_cert, id="unreadable-TLS_CERT_FILE"),
+        pytest.param("TLS_KEY_FILE", _mismatched_key, id="TLS_KEY_FILE-not-matching-cert"),
+        pytest.param("TLS_CERT_FILE", _production_without_tls_or_proxy, id="production-without-tls"),
+        pytest.param("RATELIMIT_DEFAULT", _invalid_limit, id="invalid-RATELIMIT_DEFAULT"),
+        pytest.param("RATELIMIT_STORAGE_URI", _memory_limits_with_two_workers, id="memory-with-2-workers"),
+    ],
+)
+def test_bad_configuration_stops_gunicorn_with_one_line_naming_the_variable(
+    env: dict[str, str],
+    keys: KeySet,
+    ca: trustme.CA,
+    tls_files: tuple[Path, Path],
+    tmp_path: Path,
+    variable: str,
+    configure: Callable[[Inputs], dict[str, str]],
+) -> None:
+    other_key = tmp_path / "other-key.pem"
+    ca.issue_cert("localhost").private_key_pem.write_to_path(str(other_key))
+    given = Inputs(env, keys, tls_files[0], tls_files[1], other_key, tmp_path / "absent" / "cert.pem")
+    log_path = tmp_path / "gunicorn.log"
+    started = time.monotonic()
+    process = run_gunicorn({**configure(given), "BIND": f"127.0.0.1:{free_port()}"}, log_path)
+    try:
+        returncode = process.wait(timeout=15)
+    except Exception:
+        process.kill()
+        process.wait()
+        raise
+    elapsed = time.monotonic() - started
+    output = log_path.read_text(encoding="utf-8", errors="replace")
+
+    assert returncode != 0, output
+    assert elapsed < 10, f"took {elapsed:.1f} s to give up"
+    lines = [line for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if variable in line]
+    assert len(errors) == 1, output
+    assert errors[0].startswith(f"error: {variable}: "), output
+    # Nothing else but gunicorn's own start line (printed when the check runs in on_starting).
+    assert all("Starting gunicorn" in line for line in lines if line != errors[0]), output
+    assert "Traceback" not in output
+    for field in dataclasses.fields(keys):
+        assert getattr(keys, field.name).secret not in output
+
+
+# --- 4. Security headers on every kind of response -----------------------------------------------
+
+
+def test_security_headers_on_200(tls_server: TlsServer, client_context: ssl.SSLContext, keys: KeySet) -> None:
+    status, headers, body = request(tls_server.port, "/v1/whoami", bearer(keys.reader), client_context)
+    assert status == 200
+    assert json.loads(body)["key_id"] == "reader"
+    assert_security_headers(headers)
+
+
+def test_security_headers_and_problem_json_on_401(
+    tls_server: TlsServer, client_context: ssl.SSLContext
+) -> None:
+    status, headers, body = request(tls_server.port, "/v1/whoami", context=client_context)
+    assert_problem(status, headers, body, 401)
+    assert headers.get("WWW-Authenticate", "").startswith("Bearer")
+    assert_security_headers(headers)
+
+
+def test_security_headers_and_problem_json_on_404(
+    tls_server: TlsServer, client_context: ssl.SSLContext, keys: KeySet
+) -> None:
+    status, headers, body = request(tls_server.port, "/v1/nowhere", bearer(keys.writer), client_context)
+    assert_problem(status, headers, body, 404)
+    assert_security_headers(headers)
+
+
+def test_security_headers_and_problem_json_on_429(
+    tls_server: TlsServer, client_context: ssl.SSLContext, keys: KeySet
+) -> None:
+    # RATELIMIT_DEFAULT is "2 per minute"; this key is used by no other test of this server.
+    statuses = []
+    for _ in range(3):
+        status, headers, body = request(tls_server.port, "/v1/whoami", bearer(keys.no_scopes), client_context)
+        statuses.append(status)
+    assert statuses == [200, 200, 429]
+    assert_problem(status, headers, body, 429)
+    assert int(headers["Retry-After"]) > 0
+    assert_security_headers(headers)
+
+
+def test_security_headers_and_problem_json_on_500_without_internals(
+    tls_server: TlsServer, client_context: ssl.SSLContext, keys: KeySet
+) -> None:
+    # A worker has booted (and created the database) once it answers; then the database goes.
+    assert request(tls_server.port, "/healthz", context=client_context)[0] == 200
+    shutil.rmtree(tls_server.items_dir, ignore_errors=True)
+    status, headers, body = request(tls_server.port, "/v1/items", bearer(keys.other_tenant), client_context)
+    assert_problem(status, headers, body, 500)
+    assert_security_headers(headers)
+    text = body.decode()
+    assert "Traceback" not in text
+    assert 'File "' not in text
+    assert str(tls_server.items_dir.parent) not in text
+    assert "sqlite" not in text.lower()
+    assert keys.other_tenant.secret not in text
+
+
+# --- 5. Trusted proxies only ---------------------------------------------------------------------
+
+
+def test_production_proxy_mode_trusts_named_proxy_for_https(behind_trusted_proxy: Server) -> None:
+    status, headers, _ = request(behind_trusted_proxy.port, "/healthz", {"X-Forwarded-Proto": "https"})
+    assert status == 200
+    assert_security_headers(headers)
+
+
+def test_spoofed_forwarded_proto_from_untrusted_peer_gets_no_hsts(behind_other_proxy: Server) -> None:
+    status, headers, _ = request(behind_other_proxy.port, "/healthz", {"X-Forwarded-Proto": "https"})
+    assert status == 200
+    assert "Strict-Transport-Security" not in headers
+    # Every other header is still there on plain HTTP.
+    assert headers.get("Content-Security-Policy") == CSP
+    assert headers.get("X-Content-Type-Options") == "nosniff"
+
+
+def test_spoofed_forwarded_for_from_untrusted_peer_does_not_change_rate_limit_bucket(
+    behind_other_proxy: Server,
+) -> None:
+    statuses = [
+        request(behind_other_proxy.port, "/v1/whoami", {"X-Forwarded-For": f"198.51.100.{n}"})[0]
+        for n in range(1, 4)
+    ]
+    assert statuses == [401, 401, 429]
+
+
+def test_trusted_proxy_forwarded_for_gets_separate_rate_limit_buckets(behind_trusted_proxy: Server) -> None:
+    first = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
+    second = {"X-Forwarded-For": "203.0.113.8", "X-Forwarded-Proto": "https"}
+    statuses = [request(behind_trusted_proxy.port, "/v1/whoami", first)[0] for _ in range(3)]
+    assert statuses == [401, 401, 429]
+    assert request(behind_trusted_proxy.port, "/v1/whoami", second)[0] == 401
+
+
+# --- 6. No redirects ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/v1/whoami"])
+def test_plain_http_in_proxy_mode_is_answered_not_redirected(
+    behind_trusted_proxy: Server, keys: KeySet, path: str
+) -> None:
+    status, headers, body = request(behind_trusted_proxy.port, path, bearer(keys.reader))
+    assert status not in REDIRECTS
+    assert "Location" not in headers
+    assert status == 200, body
+    assert "Strict-Transport-Security" not in headers  # plain HTTP as the proxy reports it
