@@ -17,9 +17,16 @@ from contextvars import ContextVar
 from typing import Any
 
 MASK = "[MASKED]"
-KEY_BODY_LENGTH = 49
-CREDENTIAL_HEADERS = r"authorization|proxy-authorization|x-api-key|cookie|set-cookie"
-KEY_PARAMETERS = r"api[_-]?key|access[_-]?token|token|secret|key"
+# After the prefix, a run this long of the key alphabet is masked: a key, a truncated or
+# mistyped one, but not a word such as the package name (``<prefix>_widgets_api``).
+MIN_SECRET_LENGTH = 12
+KEY_BODY_LENGTH = 49  # random part and checksum: nothing after them belongs to the key.
+# Where a long value was wrapped: a line break and the next line's indentation.
+BREAK = r"(?:\r?\n[ \t]*)?"
+# As they appear in headers, reprs and WSGI environs (HTTP_X_API_KEY).
+CREDENTIAL_HEADERS = r"(?:proxy[-_])?authorization|x[-_]api[-_]key|(?:set[-_])?cookie"
+# Any query parameter whose name holds one of these words (api_key, access_token, api%5Fkey...).
+KEY_PARAMETER_WORDS = r"key|token|secret|password"
 
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
@@ -31,47 +38,61 @@ STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, N
 
 
 def masking_pattern(key_prefix: str) -> re.Pattern[str]:
-    """Keys of this service (also mistyped, truncated or wrapped over lines), credential
-    header values, and key-like query parameters."""
-    key = re.escape(key_prefix) + r"_(?:(?:\r?\n[ \t]*)?[0-9A-Za-z]){1," + str(KEY_BODY_LENGTH) + "}"
-    header = rf"(?i:\b(?:{CREDENTIAL_HEADERS})\b[\"']?\s*[:=]\s*[\"']?)[^\"'\r\n]+"
-    query = rf"(?i:[?&;](?:{KEY_PARAMETERS})=)[^&\s\"'#]*"
-    return re.compile(rf"(?P<key>{key})|(?P<header>{header})|(?P<query>{query})")
+    """Keys of this service (also mistyped, truncated, percent-encoded or wrapped over lines,
+    even inside the prefix), credential header values, and key-like query parameters."""
+    prefix = BREAK.join(re.escape(char) for char in key_prefix)
+    # "_" also percent-encoded, as a raw request line carries it.
+    separator = BREAK + r"(?:_|%5[Ff])"
+    body = r"(?:" + BREAK + r"[0-9A-Za-z])" + "{" + f"{MIN_SECRET_LENGTH},{KEY_BODY_LENGTH}" + "}"
+    key = prefix + separator + body
+    header = (
+        rf"(?P<header>(?i:(?<![0-9A-Za-z])(?:{CREDENTIAL_HEADERS})(?![0-9A-Za-z])"
+        r"(?:[\"']\s*[:=,]|\s*[:=])\s*[\"']?))[^\"'\r\n]+"
+    )
+    name = r"[^=&;?#\s\"']*"
+    query = rf"(?P<query>(?i:[?&;]{name}(?:{KEY_PARAMETER_WORDS}){name}=))[^&;#\s\"']*"
+    return re.compile(rf"(?P<key>{key})|{header}|{query}")
 
 
 class MaskSecrets(logging.Filter):
-    """Rewrites message, args, exception text, stack and extras; never drops a record."""
+    """Rewrites message, args, exception text, stack and extras; never drops a record and
+    never raises: a record it cannot mask is replaced by the marker."""
 
     def __init__(self, key_prefix: str) -> None:
         super().__init__()
         self.pattern = masking_pattern(key_prefix)
 
-    def _replace(self, match: re.Match[str]) -> str:
-        if match.lastgroup == "key":
-            return MASK
-        text = match.group(0)
-        name_end = re.match(r"[^:=]*[:=]\s*[\"']?", text)
-        return (name_end.group(0) if name_end else "") + MASK
+    @staticmethod
+    def _replace(match: re.Match[str]) -> str:
+        return (match.group("header") or match.group("query") or "") + MASK
 
     def mask(self, text: str) -> str:
         return self.pattern.sub(self._replace, text)
 
     def _mask_value(self, value: Any) -> Any:
+        if value is None or isinstance(value, bool | int | float):
+            return value
         if isinstance(value, str):
             return self.mask(value)
         if isinstance(value, dict):
-            return {k: self._mask_value(v) for k, v in value.items()}
+            return {self._mask_value(k): self._mask_value(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
-            return type(value)(self._mask_value(v) for v in value)
-        return value
+            return [self._mask_value(v) for v in value]
+        # Any other object is written as its str() (headers, bytes, exceptions, sets).
+        text = str(value)
+        masked = self.mask(text)
+        return value if masked == text else masked
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def _mask_record(self, record: logging.LogRecord) -> None:
         try:
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a bad format string must not break the caller
             message = f"{record.msg} (unformattable arguments)"
         record.msg = self.mask(message)
         record.args = None
+        rid = request_id.get()
+        if rid is not None and "request_id" not in vars(record):
+            record.request_id = rid  # a client may send a key as its request id: masked below
         if record.exc_info:
             # Format the traceback here, masked, and drop exc_info so that no formatter
             # renders the original (exception messages and locals may hold a key).
@@ -84,6 +105,16 @@ class MaskSecrets(logging.Filter):
         for name, value in vars(record).items():
             if name not in STANDARD_ATTRIBUTES:
                 setattr(record, name, self._mask_value(value))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            self._mask_record(record)
+        except Exception:  # noqa: BLE001 - logging must not fail, nor leak what it could not mask
+            record.msg = f"{MASK} (a log record that could not be masked)"
+            record.args = record.exc_info = record.exc_text = record.stack_info = None
+            for name in list(vars(record)):
+                if name not in STANDARD_ATTRIBUTES:
+                    setattr(record, name, MASK)
         return True
 
 
@@ -97,9 +128,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        rid = request_id.get()
-        if rid is not None:
-            entry["request_id"] = rid
+        if hasattr(record, "request_id"):
+            entry["request_id"] = record.request_id  # set, and masked, by MaskSecrets
         entry.update((k, v) for k, v in vars(record).items() if k not in STANDARD_ATTRIBUTES)
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)

@@ -10,6 +10,7 @@ import uuid
 
 from flask import Flask, Response, g, request
 
+from .keys import KEY_PREFIX
 from .logging import request_id
 
 logger = logging.getLogger(__name__)
@@ -18,9 +19,14 @@ logger = logging.getLogger(__name__)
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")
 
 
+def _acceptable(incoming: str) -> bool:
+    # A key sent as a request id would be echoed back and logged (masked, so useless).
+    return REQUEST_ID.fullmatch(incoming) is not None and f"{KEY_PREFIX}_" not in incoming
+
+
 def _start() -> None:
     incoming = request.headers.get("X-Request-ID", "")
-    g.request_id = incoming if REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+    g.request_id = incoming if _acceptable(incoming) else uuid.uuid4().hex
     g.started = time.perf_counter()
     request_id.set(g.request_id)
 

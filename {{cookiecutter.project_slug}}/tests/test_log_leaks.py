@@ -1,0 +1,377 @@
+"""Keys sent in every place a client can put one, through a real gunicorn with its access log
+and DEBUG logging on: no key, nor any 12-character piece of one, reaches stdout or stderr,
+while the key ids, the request lines and the one traceback of a failed request do."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import shutil
+import socket
+import ssl
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from {{ cookiecutter.package_name }}.keys import KEY_PREFIX
+from {{ cookiecutter.package_name }}.logging import MASK
+
+from .support import KeySet, Server, free_port, run_gunicorn, wait_until_serving
+
+pytestmark = pytest.mark.slow
+
+FRAGMENT = 12
+ACCESS_LOG = ("--access-logfile", "-")
+
+
+def crashing_app(environ: dict[str, object], start_response: Callable[..., object]) -> Iterable[bytes]:
+    """A WSGI app that fails outside Flask, so gunicorn logs "Error handling request <uri>"."""
+    raise RuntimeError("the application failed outside Flask")
+
+
+def fragments(secret: str) -> set[str]:
+    """Every 12-character window of the key's random part (after ``<prefix>_``)."""
+    body = secret[len(KEY_PREFIX) + 1 :]
+    return {body[i : i + FRAGMENT] for i in range(len(body) - FRAGMENT + 1)}
+
+
+def leaks(logs: str, secrets: Iterable[str]) -> list[str]:
+    """The log lines that hold a key or a piece of one, for a readable failure."""
+    pieces = {piece for secret in secrets for piece in fragments(secret)}
+    return [line for line in logs.splitlines() if any(piece in line for piece in pieces)]
+
+
+def percent_encoded(secret: str) -> str:
+    return secret.replace("_", "%5F", 1)
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A request that reached the application, as its log lines should show it."""
+
+    method: str
+    path: str  # as logged: no query string, keys masked
+    status: int
+    request_id: str
+    key_id: str | None
+
+
+@dataclass
+class Run:
+    logs: str
+    secrets: list[str]
+    sent: list[Sent] = field(default_factory=list)
+    statuses: dict[str, int] = field(default_factory=dict)
+    answers: dict[str, bytes] = field(default_factory=dict)
+
+
+class Client:
+    """One TLS connection per request, and raw bytes for requests gunicorn must reject."""
+
+    def __init__(self, server: Server, context: ssl.SSLContext) -> None:
+        self.server, self.context = server, context
+
+    def send(
+        self, method: str, target: str, headers: dict[str, str] | None = None, body: str | bytes | None = None
+    ) -> tuple[int, bytes]:
+        connection = http.client.HTTPSConnection(
+            "localhost", self.server.port, context=self.context, timeout=10
+        )
+        try:
+            connection.request(method, target, body=body, headers=headers or {})
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    def raw(self, data: bytes) -> int:
+        """Send bytes as they are; the status of the answer (0 if the connection was cut)."""
+        with (
+            socket.create_connection(("127.0.0.1", self.server.port), timeout=10) as plain,
+            self.context.wrap_socket(plain, server_hostname="localhost") as sock,
+        ):
+            sock.sendall(data)
+            answer = b""
+            try:
+                while b"\r\n" not in answer:
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        break
+                    answer += chunk
+            except (ConnectionError, ssl.SSLError):
+                pass
+        match = re.match(rb"HTTP/1\.[01] (\d{3}) ", answer)
+        return int(match.group(1)) if match else 0
+
+
+def start(
+    keys: KeySet,
+    tls_files: tuple[Path, Path],
+    directory: Path,
+    *args: str,
+    **overrides: str,
+) -> Server:
+    port = free_port()
+    env = {
+        "APP_ENV": "test",
+        "API_KEYS": keys.entries,
+        "ITEMS_DB": str(directory / "db" / "items.sqlite3"),
+        "BIND": f"127.0.0.1:{port}",
+        "TLS_CERT_FILE": str(tls_files[0]),
+        "TLS_KEY_FILE": str(tls_files[1]),
+        "LOG_LEVEL": "DEBUG",
+        **overrides,
+    }
+    log_path = directory / "gunicorn.log"
+    server = Server(port, run_gunicorn(env, log_path, *ACCESS_LOG, *args), log_path)
+    wait_until_serving(server)
+    return server
+
+
+def send_everything(client: Client, keys: KeySet, run: Run, db_directory: Path) -> None:
+    reader, writer, ghost = keys.reader.secret, keys.writer.secret, keys.unconfigured.secret
+    json_type = {"Content-Type": "application/json"}
+
+    def app(
+        name: str,
+        method: str,
+        target: str,
+        logged_path: str,
+        key_id: str | None,
+        headers: dict[str, str],
+        body: str | None = None,
+    ) -> None:
+        request_id = f"{name}.leak"
+        status, _ = client.send(method, target, {"X-Request-ID": request_id, **headers}, body)
+        run.statuses[name] = status
+        run.sent.append(Sent(method, logged_path, status, request_id, key_id))
+
+    # Headers
+    app("bearer", "GET", "/v1/items", "/v1/items", "reader", {"Authorization": f"Bearer {reader}"})
+    app("bearer-unconfigured", "GET", "/v1/items", "/v1/items", None, {"Authorization": f"Bearer {ghost}"})
+    app("x-api-key", "GET", "/v1/whoami", "/v1/whoami", "writer", {"X-API-Key": writer})
+    app(
+        "both-headers-differ",
+        "GET",
+        "/v1/whoami",
+        "/v1/whoami",
+        None,
+        {"Authorization": f"Bearer {reader}", "X-API-Key": writer},
+    )
+    app("other-scheme", "GET", "/v1/whoami", "/v1/whoami", None, {"Authorization": f"Token {reader}"})
+    app("cookie", "GET", "/v1/whoami", "/v1/whoami", "reader", {"X-API-Key": reader, "Cookie": f"s={ghost}"})
+    # The URL
+    app("query-api-key", "GET", f"/v1/items?api_key={reader}", "/v1/items", None, {})
+    app("query-access-token", "GET", f"/v1/items?access_token={writer}", "/v1/items", None, {})
+    app("query-any-case", "GET", f"/v1/items?page=1&API-KEY={ghost}", "/v1/items", None, {})
+    app("query-other", "GET", f"/v1/items?x={ghost}", "/v1/items", "reader", {"X-API-Key": reader})
+    app("path", "GET", f"/v1/items/{ghost}", f"/v1/items/{MASK}", "reader", {"X-API-Key": reader})
+    app(
+        "path-percent-encoded",
+        "GET",
+        f"/v1/items/{percent_encoded(ghost)}",
+        f"/v1/items/{MASK}",
+        "reader",
+        {"X-API-Key": reader},
+    )
+    # The body
+    body = json.dumps({"name": ghost})
+    app("json-body", "POST", "/v1/items", "/v1/items", "writer", {"X-API-Key": writer, **json_type}, body)
+    broken = '{"name": "' + ghost
+    app("broken-json", "POST", "/v1/items", "/v1/items", "writer", {"X-API-Key": writer, **json_type}, broken)
+    form = {"X-API-Key": writer, "Content-Type": "application/x-www-form-urlencoded"}
+    app("form-body", "POST", "/v1/items", "/v1/items", "writer", form, f"api_key={ghost}")
+    # A key as the request id.
+    run.statuses["request-id"], run.answers["request-id"] = client.send(
+        "GET", "/v1/whoami", {"X-Request-ID": ghost}
+    )
+
+    # Requests gunicorn rejects itself, before the application sees them.
+    rejected = {
+        "long-url": b"GET /v1/items?api_key=" + reader.encode() + b"&pad=" + b"a" * 5000 + b" HTTP/1.1\r\n",
+        "bad-request-line": f"GET /v1/items/{percent_encoded(ghost)}?api_key={ghost}\r\n".encode(),
+        "bad-version": f"GET /v1/items?x={ghost} HTTP/{ghost}\r\n".encode(),
+        "bad-method": f"{ghost} /v1/items HTTP/1.1\r\n".encode(),
+        "header-without-colon": f"GET / HTTP/1.1\r\nHost: localhost\r\nX-API-Key {ghost}\r\n".encode(),
+        "bad-header-name": f"GET / HTTP/1.1\r\nHost: localhost\r\nX({ghost}): 1\r\n".encode(),
+        "folded-header": (
+            f"GET /v1/items HTTP/1.1\r\nHost: localhost\r\nX-API-Key: {ghost[:25]}\r\n {ghost[25:]}\r\n"
+        ).encode(),
+        "header-too-long": (
+            f"GET /v1/items HTTP/1.1\r\nHost: localhost\r\nX-API-Key: {ghost}{'a' * 9000}\r\n"
+        ).encode(),
+    }
+    for name, head in rejected.items():
+        run.statuses[name] = client.raw(head + b"\r\n")
+    # A body that gunicorn cannot parse while the application reads it.
+    chunked = (
+        "POST /v1/items HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        f"X-API-Key: {writer}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{ghost}\r\n\r\n"
+    )
+    run.statuses["bad-chunk"] = client.raw(chunked.encode())
+
+    # A request that raises inside the application: its database has gone.
+    shutil.rmtree(db_directory)
+    app("fails", "GET", f"/v1/items?x={ghost}", "/v1/items", "reader", {"Authorization": f"Bearer {reader}"})
+
+
+@pytest.fixture(scope="module")
+def runs(
+    keys: KeySet,
+    tls_files: tuple[Path, Path],
+    client_context: ssl.SSLContext,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[[str], Run]:
+    """One server per APP_ENV, started on first use: every test of the module reads its logs."""
+    done: dict[str, Run] = {}
+
+    def run_in(app_env: str) -> Run:
+        if app_env not in done:
+            directory = tmp_path_factory.mktemp(f"leaks-{app_env}")
+            server = start(keys, tls_files, directory, APP_ENV=app_env)
+            secrets = [keys.reader.secret, keys.writer.secret, keys.unconfigured.secret]
+            done[app_env] = Run(logs="", secrets=secrets)
+            try:
+                send_everything(Client(server, client_context), keys, done[app_env], directory / "db")
+            finally:
+                done[app_env].logs = server.stop()
+        return done[app_env]
+
+    return run_in
+
+
+@pytest.fixture(params=["test", "development"], ids=["json-lines", "text-lines"])
+def run(request: pytest.FixtureRequest, runs: Callable[[str], Run]) -> Run:
+    """Production writes JSON lines (as APP_ENV=test does), development readable text."""
+    return runs(request.param)
+
+
+def lines_with(logs: str, *needles: str) -> list[str]:
+    return [line for line in logs.splitlines() if all(needle in line for needle in needles)]
+
+
+def test_no_key_nor_any_12_character_piece_of_one_is_logged(run: Run) -> None:
+    assert not leaks(run.logs, run.secrets)
+
+
+def test_masked_values_show_the_fixed_marker(run: Run) -> None:
+    assert MASK in run.logs
+    assert lines_with(run.logs, "Invalid request from ip=", MASK)
+
+
+def test_the_key_ids_are_logged(run: Run) -> None:
+    assert lines_with(run.logs, "gunicorn.access", "key=reader")
+    assert lines_with(run.logs, "gunicorn.access", "key=writer")
+    assert re.search(r"key_id\W+reader\b", run.logs)
+    assert re.search(r"key_id\W+writer\b", run.logs)
+
+
+def test_every_request_is_logged_with_method_path_status_request_id_and_key_id(run: Run) -> None:
+    """The app's request line and gunicorn's access line (asked for here) both carry it all."""
+    assert len(run.sent) >= 15
+    for sent in run.sent:
+        lines = lines_with(run.logs, "requestlog", sent.request_id)
+        lines += lines_with(run.logs, "gunicorn.access", f"rid={sent.request_id}")
+        assert lines, sent
+        key_id = re.escape(sent.key_id) if sent.key_id else "(?:null|None|-)"
+        for line in lines:
+            assert f"{sent.method} {sent.path}" in line, (sent, line)
+            assert re.search(rf"(?<![\d.]){sent.status}(?![\d.])", line), (sent, line)
+            assert re.search(r"duration_ms|\d+ms", line), (sent, line)
+            assert re.search(rf"\bkey(?:_id)?\W+{key_id}(?![\w-])", line), (sent, line)
+            assert "?" not in line, line
+
+
+def test_the_access_log_format_omits_the_query_string(run: Run) -> None:
+    resolved = re.search(r"access_log_format: (.*?)(?:\\n|\n)", run.logs)
+    assert resolved, "gunicorn printed no configuration at DEBUG level"
+    access_log_format = resolved.group(1)
+    assert "%(U)s" in access_log_format
+    for atom in ("%(r)s", "%(q)s", "%(f)s"):  # request line, query, Referer: all carry queries
+        assert atom not in access_log_format
+    assert not re.search(r"%\(\{[^}]*\}i\)s", access_log_format), "request headers carry keys"
+    assert "x-request-id" in access_log_format
+    assert "key_id" in access_log_format
+    access_lines = lines_with(run.logs, "gunicorn.access")
+    assert access_lines
+    assert not [line for line in access_lines if "?" in line]
+
+
+def test_the_failed_request_is_logged_once_with_a_traceback(run: Run) -> None:
+    assert run.statuses["fails"] == 500
+    assert run.logs.count("Exception on /v1/items [GET]") == 1
+    assert "Error handling request" not in run.logs  # gunicorn did not log it again
+    assert run.logs.count("OperationalError: unable to open database file") == 1
+    assert "Traceback (most recent call last)" in run.logs
+    assert "in _connect" in run.logs  # the frames are kept, only secrets are masked
+
+
+def test_requests_that_gunicorn_rejects_are_logged_masked(run: Run) -> None:
+    for name in (
+        "long-url",
+        "bad-request-line",
+        "bad-version",
+        "bad-method",
+        "header-without-colon",
+        "bad-header-name",
+        "folded-header",
+        "header-too-long",
+    ):
+        assert 400 <= run.statuses[name] < 500, (name, run.statuses[name])
+    assert len(lines_with(run.logs, "Invalid request from ip=")) >= 8
+    assert lines_with(run.logs, "Invalid HTTP method", MASK)
+    assert lines_with(run.logs, "Invalid HTTP request line", MASK)
+
+
+def test_the_application_answered_as_the_contract_says(run: Run) -> None:
+    expected = {
+        "bearer": 200,
+        "bearer-unconfigured": 401,
+        "x-api-key": 200,
+        "both-headers-differ": 401,
+        "other-scheme": 401,
+        "query-api-key": 400,
+        "query-access-token": 400,
+        "query-any-case": 400,
+        "query-other": 200,
+        "path": 404,
+        "json-body": 201,
+        "broken-json": 400,
+        "form-body": 415,
+        "request-id": 401,
+    }
+    assert {name: run.statuses[name] for name in expected} == expected
+
+
+def test_a_key_sent_as_request_id_is_not_echoed(run: Run, keys: KeySet) -> None:
+    assert run.statuses["request-id"] == 401
+    assert keys.unconfigured.secret.encode() not in run.answers["request-id"]
+
+
+def test_every_line_written_is_a_json_log_record(runs: Callable[[str], Run]) -> None:
+    """Nothing is printed around the formatter, and so around the filter."""
+    logs = runs("test").logs
+    assert logs
+    for line in logs.splitlines():
+        assert isinstance(json.loads(line), dict), line
+
+
+def test_gunicorn_error_lines_for_failed_requests_are_masked(
+    keys: KeySet, tls_files: tuple[Path, Path], client_context: ssl.SSLContext, tmp_path: Path
+) -> None:
+    server = start(keys, tls_files, tmp_path, f"{__name__}:crashing_app")
+    ghost = keys.unconfigured.secret
+    client = Client(server, client_context)
+    try:
+        random_part = ghost[len(KEY_PREFIX) + 1 :]
+        target = f"/v1/items/{percent_encoded(ghost)}?api_key={ghost}&token={random_part}&x={ghost}"
+        status, _ = client.send("GET", target, {"Authorization": f"Bearer {ghost}", "Cookie": f"s={ghost}"})
+    finally:
+        logs = server.stop()
+    assert status == 500
+    assert lines_with(logs, "Error handling request", MASK)
+    assert "the application failed outside Flask" in logs
+    assert not leaks(logs, [ghost])

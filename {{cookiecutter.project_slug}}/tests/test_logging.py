@@ -1,0 +1,467 @@
+"""The masking filter on its own: every place a log record can carry a key, checked in the text
+that a real handler writes (not only in what the filter returns)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import traceback
+from collections.abc import Callable
+
+import pytest
+from werkzeug.datastructures import Headers
+
+from {{ cookiecutter.package_name }} import keys as keys_module
+from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, MintedKey
+from {{ cookiecutter.package_name }}.logging import (
+    MASK,
+    JsonFormatter,
+    MaskSecrets,
+    TextFormatter,
+    logging_config,
+    request_id,
+)
+
+from .support import KeySet
+
+# An opaque credential that is not shaped like a key of this service: only the header or
+# query-parameter rules can catch it.
+OPAQUE = "opaque-Credential-7Hq2xZ9w"
+PLAIN = "%(levelname)s %(message)s"
+FRAGMENT = 12  # a piece of a key this long in a log line counts as a leak
+
+Emit = Callable[..., str]
+
+
+def fragments(secret: str) -> set[str]:
+    """Every 12-character window of the key's random part (after ``<prefix>_``)."""
+    body = secret[len(KEY_PREFIX) + 1 :]
+    return {body[i : i + FRAGMENT] for i in range(len(body) - FRAGMENT + 1)}
+
+
+def assert_no_key(output: str, secret: str) -> None:
+    assert secret not in output
+    leaked = sorted(part for part in fragments(secret) if part in output)
+    assert not leaked, f"key fragments in {output!r}"
+
+
+def assert_masked(output: str, secret: str) -> None:
+    assert_no_key(output, secret)
+    assert MASK in output
+
+
+def formatters() -> list[logging.Formatter]:
+    return [logging.Formatter(PLAIN), TextFormatter(), JsonFormatter()]
+
+
+@pytest.fixture
+def key(keys: KeySet) -> MintedKey:
+    return keys.reader
+
+
+@pytest.fixture
+def logger() -> logging.Logger:
+    """A logger outside the logging tree: only the handler under test sees its records."""
+    return logging.Logger("tests.masking", logging.DEBUG)
+
+
+def handler_for(stream: io.StringIO, formatter: logging.Formatter | None) -> logging.Handler:
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(MaskSecrets(KEY_PREFIX))
+    handler.setFormatter(formatter or logging.Formatter(PLAIN))
+    return handler
+
+
+@pytest.fixture
+def emit(logger: logging.Logger) -> Emit:
+    """Log one record through a handler that carries the filter; return what it wrote."""
+
+    def log(msg: object, *args: object, formatter: logging.Formatter | None = None, **kwargs: object) -> str:
+        stream = io.StringIO()
+        handler = handler_for(stream, formatter)
+        logger.addHandler(handler)
+        try:
+            logger.info(msg, *args, **kwargs)
+        finally:
+            logger.removeHandler(handler)
+        return stream.getvalue()
+
+    return log
+
+
+@pytest.fixture
+def emit_record(logger: logging.Logger) -> Callable[..., str]:
+    """Hand a prepared record to the handler, as a library that builds its own would."""
+
+    def handle(record: logging.LogRecord, formatter: logging.Formatter | None = None) -> str:
+        stream = io.StringIO()
+        handler_for(stream, formatter).handle(record)
+        return stream.getvalue()
+
+    return handle
+
+
+def record(msg: str, **attributes: object) -> logging.LogRecord:
+    made = logging.LogRecord("tests.masking", logging.ERROR, __file__, 1, msg, None, None)
+    for name, value in attributes.items():
+        setattr(made, name, value)
+    return made
+
+
+def fail_with(secret: str) -> None:
+    raise ValueError(f"cannot use {secret}")
+
+
+# Message and arguments
+
+
+def test_a_key_in_the_message_is_masked(emit: Emit, key: MintedKey) -> None:
+    output = emit(f"presented {key.secret} for reader")
+    assert output == f"INFO presented {MASK} for reader\n"
+
+
+def test_a_key_in_tuple_args_is_masked(emit: Emit, key: MintedKey) -> None:
+    output = emit("%s presented %s", "reader", key.secret)
+    assert output == f"INFO reader presented {MASK}\n"
+
+
+def test_a_key_in_dict_args_is_masked_as_gunicorn_access_passes_them(emit: Emit, key: MintedKey) -> None:
+    atoms = {"m": "GET", "U": f"/v1/items/{key.secret}", "s": "404", "{x-api-key}i": key.secret}
+    output = emit('"%(m)s %(U)s" %(s)s %({x-api-key}i)s', atoms)
+    assert output == f'INFO "GET /v1/items/{MASK}" 404 {MASK}\n'
+
+
+def test_a_key_in_a_non_string_message_is_masked(emit: Emit, key: MintedKey) -> None:
+    assert_masked(emit({"authorization": f"Bearer {key.secret}"}), key.secret)
+
+
+# Exceptions and stacks
+
+
+@pytest.mark.parametrize("formatter", formatters(), ids=lambda formatter: type(formatter).__name__)
+def test_a_key_in_an_exception_is_masked_and_the_traceback_frames_stay(
+    emit: Emit, key: MintedKey, formatter: logging.Formatter
+) -> None:
+    try:
+        fail_with(key.secret)
+    except ValueError as error:
+        output = emit("request failed", exc_info=error, formatter=formatter)
+    assert_masked(output, key.secret)
+    assert "Traceback (most recent call last)" in output
+    assert "in fail_with" in output
+    assert f"ValueError: cannot use {MASK}" in output
+
+
+def test_a_key_in_a_chained_exception_is_masked(emit: Emit, key: MintedKey) -> None:
+    try:
+        try:
+            fail_with(key.secret)
+        except ValueError as error:
+            raise RuntimeError(f"while checking {key.secret}") from error
+    except RuntimeError as error:
+        output = emit("request failed", exc_info=error)
+    assert_masked(output, key.secret)
+    assert "The above exception was the direct cause" in output
+
+
+def test_a_traceback_that_a_formatter_cached_in_exc_text_is_masked(
+    emit_record: Callable[..., str], key: MintedKey
+) -> None:
+    try:
+        fail_with(key.secret)
+    except ValueError:
+        cached = traceback.format_exc()
+    output = emit_record(record("request failed", exc_text=cached))
+    assert_masked(output, key.secret)
+    assert "in fail_with" in output
+
+
+def test_a_key_in_stack_info_is_masked(emit_record: Callable[..., str], key: MintedKey) -> None:
+    stack = "Stack (most recent call last):\n" + "".join(traceback.format_stack())
+    output = emit_record(record("here", stack_info=f"{stack}  token = {key.secret!r}"))
+    assert_masked(output, key.secret)
+    assert "Stack (most recent call last)" in output
+
+
+def test_a_real_stack_info_is_kept(emit: Emit) -> None:
+    output = emit("where am I", stack_info=True)
+    assert "Stack (most recent call last)" in output
+    assert "test_a_real_stack_info_is_kept" in output
+
+
+# Extra fields
+
+
+@pytest.mark.parametrize(
+    "formatter", [TextFormatter(), JsonFormatter()], ids=lambda formatter: type(formatter).__name__
+)
+def test_a_key_in_extra_fields_is_masked(emit: Emit, key: MintedKey, formatter: logging.Formatter) -> None:
+    extra = {
+        "presented": key.secret,
+        "request": {"headers": {"X-API-Key": key.secret}, "args": ["page=2", key.secret]},
+        "tried": (key.secret,),
+    }
+    output = emit("checked", extra=extra, formatter=formatter)
+    assert_masked(output, key.secret)
+
+
+@pytest.mark.parametrize(
+    "formatter", [TextFormatter(), JsonFormatter()], ids=lambda formatter: type(formatter).__name__
+)
+def test_a_key_inside_an_object_in_extra_fields_is_masked(
+    emit: Emit, key: MintedKey, formatter: logging.Formatter
+) -> None:
+    extra = {
+        "headers": Headers([("X-API-Key", key.secret)]),
+        "body": json.dumps({"name": key.secret}).encode(),
+        "error": ValueError(key.secret),
+        "seen": {key.secret},
+    }
+    output = emit("checked", extra=extra, formatter=formatter)
+    assert_masked(output, key.secret)
+
+
+def test_extra_fields_without_secrets_keep_their_values_and_types(emit: Emit) -> None:
+    extra = {"status": 200, "duration_ms": 1.5, "key_id": "reader", "cached": False, "tenant": None}
+    line = json.loads(emit("done", extra=extra, formatter=JsonFormatter()))
+    assert {name: line[name] for name in extra} == extra
+
+
+# Key shapes
+
+
+def mistyped(secret: str) -> dict[str, str]:
+    last = secret[-1]
+    return {
+        "wrong checksum": secret[:-1] + ("A" if last != "A" else "B"),
+        "wrong character": secret[:20] + ("x" if secret[20] != "x" else "y") + secret[21:],
+        "too short": secret[:-7],
+        "too long": secret + "Zq7",
+        "pasted twice": secret + secret,
+    }
+
+
+@pytest.mark.parametrize(
+    "mistake", ["wrong checksum", "wrong character", "too short", "too long", "pasted twice"]
+)
+def test_a_mistyped_key_is_masked(emit: Emit, key: MintedKey, mistake: str) -> None:
+    output = emit("presented %s", mistyped(key.secret)[mistake])
+    assert_masked(output, key.secret)
+
+
+@pytest.mark.parametrize("position", [2, len(KEY_PREFIX), len(KEY_PREFIX) + 1, 20, 41, 50])
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\n    "], ids=["lf", "crlf", "indented"])
+def test_a_key_split_across_two_lines_is_masked(
+    emit: Emit, key: MintedKey, position: int, newline: str
+) -> None:
+    wrapped = key.secret[:position] + newline + key.secret[position:]
+    output = emit("presented:\n%s\nend", wrapped)
+    assert_masked(output, key.secret)
+    for line in output.splitlines():
+        assert not any(part in line for part in fragments(key.secret)), line
+
+
+def test_a_percent_encoded_key_is_masked(emit: Emit, key: MintedKey) -> None:
+    encoded = key.secret.replace("_", "%5F", 1)
+    output = emit("Invalid HTTP request line: %r", f"GET /v1/items/{encoded} HTTP/1.1 junk")
+    assert_masked(output, key.secret)
+
+
+def test_several_keys_in_one_message_are_all_masked(emit: Emit, keys: KeySet) -> None:
+    output = emit("%s,%s;%s", keys.reader.secret, keys.writer.secret, keys.unconfigured.secret)
+    assert output == f"INFO {MASK},{MASK};{MASK}\n"
+
+
+# Credential headers and query parameters (values that are not shaped like a key)
+
+
+@pytest.mark.parametrize(
+    ("text", "visible"),
+    [
+        (f"Authorization: Bearer {OPAQUE}", "Authorization"),
+        (f"proxy-authorization: Basic {OPAQUE}", "proxy-authorization"),
+        (f"X-API-Key: {OPAQUE}", "X-API-Key"),
+        (f"Cookie: session={OPAQUE}; theme=dark", "Cookie"),
+        (f"Set-Cookie: session={OPAQUE}; HttpOnly", "Set-Cookie"),
+        (str({"Authorization": f"Bearer {OPAQUE}", "Host": "example.com"}), "example.com"),
+        (str({"x-api-key": OPAQUE, "Accept": "application/json"}), "application/json"),
+        (json.dumps({"Cookie": f"session={OPAQUE}", "Accept": "*/*"}), "Accept"),
+        (str(Headers([("Authorization", f"Bearer {OPAQUE}"), ("Host", "example.com")])), "Host"),
+        (repr(Headers([("Authorization", f"Bearer {OPAQUE}"), ("Host", "example.com")])), "Host"),
+        (str({"HTTP_AUTHORIZATION": f"Bearer {OPAQUE}", "PATH_INFO": "/v1/items"}), "PATH_INFO"),
+        (str({"HTTP_X_API_KEY": OPAQUE, "HTTP_COOKIE": f"s={OPAQUE}"}), "HTTP_COOKIE"),
+    ],
+    ids=[
+        "authorization-line",
+        "proxy-authorization-line",
+        "x-api-key-line",
+        "cookie-line",
+        "set-cookie-line",
+        "dict-repr",
+        "dict-repr-lowercase",
+        "json",
+        "werkzeug-headers-str",
+        "werkzeug-headers-repr",
+        "wsgi-environ",
+        "wsgi-environ-api-key-and-cookie",
+    ],
+)
+def test_credential_header_values_are_masked(emit: Emit, text: str, visible: str) -> None:
+    output = emit("headers: %s", text)
+    assert OPAQUE not in output
+    assert MASK in output
+    assert visible in output
+
+
+def test_a_credential_header_keeps_its_name_and_shows_the_marker(emit: Emit) -> None:
+    assert emit(f"Authorization: Bearer {OPAQUE}") == f"INFO Authorization: {MASK}\n"
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"?api_key={OPAQUE}",
+        f"?x=1&access_token={OPAQUE}",
+        f"?API_KEY={OPAQUE}",
+        f"?Api-Key={OPAQUE}",
+        f"?apikey={OPAQUE}&page=2",
+        f"?page=2&Access_Token={OPAQUE}",
+        f"?api%5Fkey={OPAQUE}",
+        f";token={OPAQUE}",
+    ],
+)
+def test_key_like_query_parameters_are_masked(emit: Emit, query: str) -> None:
+    output = emit("Error handling request GET %s", f"/v1/items{query}")
+    assert OPAQUE not in output
+    assert f"GET /v1/items{query[0]}" in output
+    assert MASK in output
+
+
+def test_ordinary_query_parameters_stay_visible(emit: Emit) -> None:
+    assert emit("GET /v1/items?page=2&sort=name") == "INFO GET /v1/items?page=2&sort=name\n"
+
+
+# What stays
+
+
+def test_the_key_id_stays_visible(emit: Emit, key: MintedKey) -> None:
+    output = emit("key %s accepted as %s", key.secret, key.key.key_id, extra={"key_id": key.key.key_id})
+    assert_masked(output, key.secret)
+    assert "accepted as reader" in output
+    assert "key_id=reader" in emit("ok", extra={"key_id": "reader"}, formatter=TextFormatter())
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "GET /v1/items 200",
+        "Booting worker with pid: 4242",
+        "Invalid request from ip=127.0.0.1: Request Line is too large (5084 > 4094)",
+        f'File "/srv/app/src/{keys_module.__name__.replace(".", "/")}.py", line 63, in verify',
+        f"Exception on /v1/items [GET] in {keys_module.__name__}",
+        "request_id=9f1c2b7e4d6a4c0e8b1f3a5d7c9e0b2f key_id=reader tenant=globex",
+        "Listening at: https://127.0.0.1:8443 (4242)",
+        "WWW-Authenticate was sent; 401 for an unknown key",
+    ],
+)
+def test_messages_without_secrets_are_unchanged(emit: Emit, message: str) -> None:
+    assert emit(message) == f"INFO {message}\n"
+
+
+# Robustness
+
+
+def test_the_filter_never_drops_a_record(key: MintedKey) -> None:
+    mask = MaskSecrets(KEY_PREFIX)
+    records = [
+        record("plain"),
+        record(f"secret {key.secret}"),
+        record("broken %d"),
+        record(f"Authorization: Bearer {OPAQUE}", exc_text="Traceback ...", stack_info="Stack ..."),
+    ]
+    records[2].args = ("not a number",)
+    assert all(mask.filter(each) for each in records)
+
+
+def test_a_broken_format_string_is_logged_masked_without_raising(emit: Emit, key: MintedKey) -> None:
+    output = emit("key %s count %d", key.secret, "not a number")
+    assert_no_key(output, key.secret)
+    assert output.startswith("INFO key %s count %d")
+    assert output.count("\n") == 1
+
+
+def test_a_missing_mapping_key_is_logged_without_raising(emit: Emit, key: MintedKey) -> None:
+    output = emit("%(missing)s %(U)s", {"U": f"/v1/items/{key.secret}"})
+    assert_no_key(output, key.secret)
+    assert output.count("\n") == 1
+
+
+def test_an_unprintable_message_is_logged_without_raising(emit: Emit) -> None:
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+    output = emit(Unprintable())
+    assert output.count("\n") == 1
+
+
+def test_a_record_is_masked_once_even_through_several_handlers(
+    logger: logging.Logger, key: MintedKey
+) -> None:
+    streams = [io.StringIO(), io.StringIO()]
+    for stream, formatter in zip(streams, (TextFormatter(), JsonFormatter()), strict=True):
+        logger.addHandler(handler_for(stream, formatter))
+    try:
+        fail_with(key.secret)
+    except ValueError:
+        logger.exception("failed for %s", key.secret)
+    for stream in streams:
+        assert_masked(stream.getvalue(), key.secret)
+        assert "in fail_with" in stream.getvalue()
+
+
+# Request id and wiring
+
+
+@pytest.mark.parametrize(
+    "formatter", [TextFormatter(), JsonFormatter()], ids=lambda formatter: type(formatter).__name__
+)
+def test_the_request_id_is_on_every_line_and_a_key_sent_as_one_is_masked(
+    emit: Emit, key: MintedKey, formatter: logging.Formatter
+) -> None:
+    token = request_id.set("rid-0123456789")
+    try:
+        assert "rid-0123456789" in emit("GET /v1/items 200", formatter=formatter)
+    finally:
+        request_id.reset(token)
+    token = request_id.set(key.secret)
+    try:
+        assert_masked(emit("GET /v1/items 401", formatter=formatter), key.secret)
+    finally:
+        request_id.reset(token)
+
+
+def test_the_filter_on_a_handler_masks_records_of_child_loggers(key: MintedKey) -> None:
+    parent = logging.getLogger("tests.masking.parent")
+    stream = io.StringIO()
+    handler = handler_for(stream, None)
+    parent.addHandler(handler)
+    try:
+        logging.getLogger(f"{parent.name}.child.grandchild").warning("from below: %s", key.secret)
+    finally:
+        parent.removeHandler(handler)
+    assert stream.getvalue() == f"WARNING from below: {MASK}\n"
+
+
+@pytest.mark.parametrize("json_lines", [True, False])
+def test_every_configured_handler_carries_the_filter(json_lines: bool) -> None:
+    config = logging_config(key_prefix=KEY_PREFIX, json_lines=json_lines, level="INFO")
+    assert config["handlers"]
+    for handler in config["handlers"].values():
+        assert handler["filters"] == ["mask"]
+    assert config["filters"]["mask"]["()"] is MaskSecrets
+    for name in ("gunicorn.error", "gunicorn.access"):
+        assert config["loggers"][name]["handlers"]
+        assert config["loggers"][name]["propagate"] is False
+    assert config["root"]["handlers"]
