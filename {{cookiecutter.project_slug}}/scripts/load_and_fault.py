@@ -1,0 +1,325 @@
+"""Load and faults against a real service: gunicorn workers on a real Redis, a mixed load, one
+worker killed, Redis stopped and started again. Prints what happened and checks the rules.
+
+    python scripts/load_and_fault.py [--duration 30] [--clients 8] [--workers 4]
+
+Everything runs on 127.0.0.1 and stops by itself. Needs redis-server on PATH and the dev
+extra (cryptography, redis). Exits 1 when a rule fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import random
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT / "src"))
+sys.path.insert(0, str(PROJECT / "scripts"))
+
+from dev_cert import write_dev_certificate  # noqa: E402
+
+from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, mint  # noqa: E402
+
+JSON = "application/json"
+WINDOW_SECONDS = 5
+HOT_LIMIT = 20  # per key and window; the "hot" key asks for far more than that
+MIX = {"valid": 30, "items": 10, "hot": 25, "unknown": 10, "hostile": 10, "oversized": 5, "health": 10}
+HOSTILE = ("\u00ff\u00fe" * 40, "A" * 8000, "Bearer \u0001\u007f", "ключ".encode().decode("latin-1"))
+
+Rule = tuple[str, bool, str]
+
+
+@dataclass
+class Outcome:
+    started: float
+    kind: str
+    status: int | None  # None: the request got no answer at all
+    latency: float
+    error: str = ""
+    window: str = ""  # X-RateLimit-Reset: which fixed window counted the request
+
+
+@dataclass
+class Timeline:
+    kill: float
+    redis_down: float
+    redis_up: float
+    duration: float
+
+    def phase(self, at: float) -> str:
+        if at < self.redis_down:
+            return "redis up"
+        if at < self.redis_up:
+            return "redis down"
+        return "redis back"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+class Service:
+    """redis-server and gunicorn (as `gunicorn` alone starts it), in a temporary directory."""
+
+    def __init__(self, workdir: Path, workers: int, entries: str) -> None:
+        self.workdir = workdir
+        self.redis_port, self.port = free_port(), free_port()
+        write_dev_certificate(workdir / "cert.pem", workdir / "key.pem")
+        self.env = {
+            **os.environ,
+            "APP_ENV": "production",
+            "API_KEYS": entries,
+            "TLS_CERT_FILE": str(workdir / "cert.pem"),
+            "TLS_KEY_FILE": str(workdir / "key.pem"),
+            "ITEMS_DB": str(workdir / "items.sqlite3"),
+            "BIND": f"127.0.0.1:{self.port}",
+            "WEB_CONCURRENCY": str(workers),
+            "RATELIMIT_STORAGE_URI": f"redis://127.0.0.1:{self.redis_port}/0",
+            "RATELIMIT_DEFAULT": f"{HOT_LIMIT} per {WINDOW_SECONDS} seconds",
+            "RATELIMIT_AUTH_FAILURES": "100000 per minute",
+            "PYTHONPATH": str(PROJECT / "src"),
+        }
+        self.log = (workdir / "gunicorn.log").open("ab")
+        self.redis: subprocess.Popen[bytes] | None = None
+        self.gunicorn: subprocess.Popen[bytes] | None = None
+
+    def start_redis(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise SystemExit("error: redis-server is not installed")
+        arguments = ["--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", ""]
+        self.redis = subprocess.Popen(  # noqa: S603 - a local binary and our own arguments
+            [binary, *arguments, "--appendonly", "no", "--dir", str(self.workdir)], stdout=subprocess.DEVNULL
+        )
+        wait_for_port(self.redis_port)
+
+    def stop_redis(self) -> None:
+        if self.redis is not None:
+            self.redis.terminate()
+            self.redis.wait(timeout=10)
+
+    def start_gunicorn(self) -> None:
+        self.gunicorn = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn"], cwd=PROJECT, env=self.env, stdout=self.log, stderr=self.log
+        )
+        wait_for_port(self.port)
+        time.sleep(1)  # let every worker boot
+
+    def workers(self) -> list[int]:
+        assert self.gunicorn is not None
+        children = Path(f"/proc/{self.gunicorn.pid}/task/{self.gunicorn.pid}/children").read_text()
+        return [int(pid) for pid in children.split()]
+
+    def limiter_keys(self) -> int:
+        return len(redis.Redis(port=self.redis_port).keys("LIMITS*"))
+
+    def stop(self) -> None:
+        if self.gunicorn is not None:
+            self.gunicorn.send_signal(signal.SIGTERM)
+            self.gunicorn.wait(timeout=30)
+        self.stop_redis()
+        self.log.close()
+
+
+class Load:
+    """Client threads, each with its own keep-alive connection, sending a fixed mix."""
+
+    def __init__(self, port: int, context: ssl.SSLContext, keys: dict[str, list[str]], clients: int) -> None:
+        self.port, self.context, self.keys, self.clients = port, context, keys, clients
+        self.outcomes: list[Outcome] = []
+        self.lock = threading.Lock()
+        self.stop_at = 0.0
+
+    def request(self, kind: str, rng: random.Random) -> tuple[str, str, dict[str, str], bytes | None]:
+        valid = f"Bearer {rng.choice(self.keys['valid'])}"
+        if kind == "valid":
+            return "GET", "/v1/whoami", {"Authorization": valid}, None
+        if kind == "items":
+            return "GET", "/v1/items", {"X-API-Key": rng.choice(self.keys["valid"])}, None
+        if kind == "hot":
+            return "GET", "/v1/whoami", {"Authorization": f"Bearer {self.keys['hot'][0]}"}, None
+        if kind == "unknown":
+            return "GET", "/v1/items", {"Authorization": f"Bearer {self.keys['unknown'][0]}"}, None
+        if kind == "hostile":
+            return "GET", "/v1/whoami", {"X-API-Key": rng.choice(HOSTILE)}, None
+        if kind == "oversized":
+            body = b'{"name": "' + b"x" * 100_000 + b'"}'
+            return "POST", "/v1/items", {"Authorization": valid, "Content-Type": JSON}, body
+        return "GET", "/healthz", {}, None
+
+    def send(self, connection: http.client.HTTPSConnection, kind: str, rng: random.Random) -> tuple[int, str]:
+        method, path, headers, body = self.request(kind, rng)
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        if response.will_close:
+            connection.close()
+        return response.status, response.getheader("X-RateLimit-Reset", "")
+
+    def connect(self) -> http.client.HTTPSConnection:
+        return http.client.HTTPSConnection("localhost", self.port, context=self.context, timeout=10)
+
+    def client(self, seed: int) -> None:
+        rng = random.Random(seed)  # noqa: S311 - a reproducible load mix, not a secret
+        kinds = [kind for kind, weight in MIX.items() for _ in range(weight)]
+        connection: http.client.HTTPSConnection | None = None
+        while time.monotonic() < self.stop_at:
+            kind = rng.choice(kinds)
+            started = time.monotonic()
+            status, error, window = None, "", ""
+            # As HTTP client libraries do: a kept-alive connection that the server closed
+            # meanwhile is reopened once; a fresh connection that fails is an error.
+            for attempt in ("reused", "fresh"):
+                if connection is None or connection.sock is None:
+                    connection, attempt = self.connect(), "fresh"
+                try:
+                    status, window = self.send(connection, kind, rng)
+                    break
+                except (OSError, http.client.HTTPException) as exc:
+                    connection.close()
+                    connection = None
+                    if attempt == "fresh":
+                        error = type(exc).__name__
+                        break
+            elapsed = time.monotonic() - started
+            with self.lock:
+                self.outcomes.append(Outcome(started, kind, status, elapsed, error, window))
+
+    def run(self, duration: float) -> list[threading.Thread]:
+        self.stop_at = time.monotonic() + duration
+        threads = [threading.Thread(target=self.client, args=(i,), daemon=True) for i in range(self.clients)]
+        for thread in threads:
+            thread.start()
+        return threads
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
+
+
+def check_rules(outcomes: list[Outcome], timeline: Timeline, clients: int, keys_after: int) -> list[Rule]:
+    five_hundreds = [o for o in outcomes if o.status is not None and o.status >= 500]
+    errors = [o for o in outcomes if o.status is None]
+    near_kill = [o for o in errors if timeline.kill - 1 <= o.started <= timeline.kill + 2]
+    hot_ok = Counter(
+        o.window for o in outcomes if o.kind == "hot" and o.status == 200 and o.started < timeline.redis_down
+    )
+    worst = max(hot_ok.values(), default=0)
+    down = [o for o in outcomes if timeline.phase(o.started) == "redis down"]
+    answered = [o for o in down if o.status is not None and o.status < 500]
+    return [
+        ("no 5xx answers", not five_hundreds, f"{len(five_hundreds)} seen"),
+        (
+            "no failed connection beyond the killed worker's in-flight requests",
+            len(errors) == len(near_kill) <= clients,
+            f"{len(errors)} failed, {len(near_kill)} of them around the kill (at most {clients} in flight)",
+        ),
+        (
+            "limit held while Redis was up (hot key, per window)",
+            0 < worst <= HOT_LIMIT,
+            f"at most {worst} successes in a {WINDOW_SECONDS} s window, limit {HOT_LIMIT}",
+        ),
+        (
+            "Redis down: every request answered, limits counted per worker",
+            bool(down) and len(answered) == len(down),
+            f"{len(answered)} of {len(down)} answered",
+        ),
+        (
+            "Redis back: limits stored in Redis again by the end",
+            keys_after > 0,
+            f"{keys_after} limiter keys in Redis after the restart",
+        ),
+    ]
+
+
+def print_report(outcomes: list[Outcome], timeline: Timeline, rules: list[Rule]) -> None:
+    phases = ("redis up", "redis down", "redis back")
+    table: dict[str, Counter[str]] = {phase: Counter() for phase in phases}
+    for o in outcomes:
+        table[timeline.phase(o.started)][str(o.status) if o.status else f"failed:{o.error}"] += 1
+    columns = sorted({column for counts in table.values() for column in counts})
+    print("| phase | " + " | ".join(columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
+    for phase in phases:
+        print(f"| {phase} | " + " | ".join(str(table[phase][c]) for c in columns) + " |")
+    latencies = [o.latency * 1000 for o in outcomes if o.status is not None]
+    print(
+        f"\n{len(outcomes)} requests in {timeline.duration:.0f} s "
+        f"({len(outcomes) / timeline.duration:.0f}/s); "
+        f"latency p50 {percentile(latencies, 0.5):.1f} ms, p99 {percentile(latencies, 0.99):.1f} ms\n"
+    )
+    for name, passed, detail in rules:
+        print(f"[{'PASS' if passed else 'FAIL'}] {name}: {detail}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--duration", type=float, default=30, help="seconds of load (at least 12)")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent client connections")
+    parser.add_argument("--workers", type=int, default=4, help="gunicorn workers")
+    args = parser.parse_args()
+    duration = max(args.duration, 12)
+    scopes = ["items:read", "items:write"]
+    valid = [mint(KEY_PREFIX, key_id=f"client-{i}", scopes=scopes) for i in range(3)]
+    hot = mint(KEY_PREFIX, key_id="hot", scopes=scopes)
+    unknown = mint(KEY_PREFIX, key_id="unknown", scopes=scopes)
+    keys = {"valid": [m.secret for m in valid], "hot": [hot.secret], "unknown": [unknown.secret]}
+    with tempfile.TemporaryDirectory() as directory:
+        service = Service(Path(directory), args.workers, ",".join(m.entry for m in [*valid, hot]))
+        try:
+            service.start_redis()
+            service.start_gunicorn()
+            context = ssl.create_default_context(cafile=str(Path(directory) / "cert.pem"))
+            load = Load(service.port, context, keys, args.clients)
+            began = time.monotonic()
+            kill, down, up = (began + fraction * duration for fraction in (0.25, 0.45, 0.65))
+            timeline = Timeline(kill, down, up, duration)
+            threads = load.run(duration)
+            time.sleep(max(0.0, timeline.kill - time.monotonic()))
+            os.kill(service.workers()[0], signal.SIGKILL)
+            time.sleep(max(0.0, timeline.redis_down - time.monotonic()))
+            service.stop_redis()
+            time.sleep(max(0.0, timeline.redis_up - time.monotonic()))
+            service.start_redis()
+            for thread in threads:
+                thread.join()
+            keys_after = service.limiter_keys()
+        finally:
+            service.stop()
+    rules = check_rules(load.outcomes, timeline, args.clients, keys_after)
+    print_report(load.outcomes, timeline, rules)
+    return 0 if all(passed for _, passed, _ in rules) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
