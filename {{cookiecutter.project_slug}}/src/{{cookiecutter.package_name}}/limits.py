@@ -85,6 +85,11 @@ def install_limits(app: Flask, settings: Settings) -> Limiter:
         # Redis down: count in this process's memory and probe Redis again, rather than
         # answer 500 or stop limiting (see the README, "Rate limits").
         in_memory_fallback_enabled=settings.shared_limits,
+        # Flask-Limiter switches to memory once per process, on the first failed request;
+        # requests already in flight in other threads then meet the same storage error, as
+        # may the after-request deduction and headers. Those few pass uncounted (logged)
+        # instead of answering 500.
+        swallow_errors=settings.shared_limits,
         retry_after="delta-seconds",
     )
     limiter.init_app(app)
