@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 import pytest
 from flask import Flask
@@ -79,3 +80,22 @@ def test_insane_request_ids_are_replaced(client, incoming: str) -> None:
     rid = client.get("/healthz", headers={"X-Request-ID": incoming}).headers["X-Request-ID"]
     assert rid != incoming
     assert len(rid) == 32
+
+
+@pytest.mark.slow
+def test_body_that_breaks_http_framing_is_400_not_500(start_server, keys: KeySet, client_context) -> None:
+    server = start_server()
+    request = (
+        "POST /v1/items HTTP/1.1\r\nHost: localhost\r\n"
+        f"Authorization: Bearer {keys.writer.secret}\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\nZZZ\r\n{}\r\n0\r\n\r\n"
+    )
+    raw = socket.create_connection(("127.0.0.1", server.port))
+    with client_context.wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(request.encode())
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.split()[1] == b"400"
+    assert b"application/problem+json" in rest

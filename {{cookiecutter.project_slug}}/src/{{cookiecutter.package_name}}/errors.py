@@ -6,6 +6,7 @@ from http import HTTPStatus
 from typing import NoReturn
 
 from flask import Flask, Response, abort, g, json
+from gunicorn.http.errors import NoMoreData, ParseException  # type: ignore[import-untyped]
 from werkzeug.exceptions import HTTPException
 
 PROBLEM_JSON = "application/problem+json"
@@ -50,6 +51,10 @@ def _from_http_exception(error: HTTPException) -> Response:
     return problem(status, headers=headers)
 
 
+def _malformed_body(_error: Exception) -> Response:
+    return problem(400, "The request body is malformed.")
+
+
 def install_errors(app: Flask) -> None:
     """Answer every HTTP error, including unhandled exceptions (500), with problem+json.
 
@@ -57,3 +62,7 @@ def install_errors(app: Flask) -> None:
     before it calls the 500 handler.
     """
     app.register_error_handler(HTTPException, _from_http_exception)
+    # gunicorn raises these while a view reads a body that breaks HTTP framing (a bad chunk,
+    # fewer bytes than Content-Length): the client's fault, not a 500.
+    app.register_error_handler(ParseException, _malformed_body)
+    app.register_error_handler(NoMoreData, _malformed_body)
