@@ -11,7 +11,7 @@ from gunicorn.glogging import Logger
 
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX
 from {{ cookiecutter.package_name }}.logging import logging_config
-from {{ cookiecutter.package_name }}.settings import ConfigError, check_workers, load_settings
+from {{ cookiecutter.package_name }}.settings import ConfigError, check_workers, reload_settings
 
 # Mozilla "intermediate": TLS 1.2 only with ECDHE and AEAD; TLS 1.3 suites are all AEAD.
 TLS12_CIPHERS = ":".join(
@@ -26,11 +26,13 @@ TLS12_CIPHERS = ":".join(
 )
 
 try:
-    settings = load_settings()
-    check_workers(settings, settings.workers)
+    settings, refused = reload_settings()
 except ConfigError as error:
     # One line naming the variable; SystemExit passes through gunicorn's config loader.
     sys.exit(f"error: {error}")
+if refused is not None:
+    # SIGHUP with a broken configuration: keep serving the one that worked, say why once.
+    print(f"error: {refused}; reload refused, still serving the previous configuration", file=sys.stderr)
 
 wsgi_app = "{{ cookiecutter.package_name }}:create_app()"
 bind = [settings.bind]

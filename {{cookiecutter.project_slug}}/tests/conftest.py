@@ -96,9 +96,11 @@ def start_server(
     """Start gunicorn with TLS (unless ``tls=False``) and the test keys; stop it afterwards."""
     servers: list[Server] = []
 
-    def start(*args: str, tls: bool = True, **overrides: str) -> Server:
+    def start(*args: str, tls: bool = True, **overrides: str | None) -> Server:
+        """``NAME=None`` removes a variable of the test environment."""
         port = free_port()
-        settings = {**env, "BIND": f"127.0.0.1:{port}", **overrides}
+        merged = {**env, "BIND": f"127.0.0.1:{port}", **overrides}
+        settings = {name: value for name, value in merged.items() if value is not None}
         if tls:
             settings.setdefault("TLS_CERT_FILE", str(tls_files[0]))
             settings.setdefault("TLS_KEY_FILE", str(tls_files[1]))

@@ -13,14 +13,15 @@ from .keys import KEY_PREFIX
 from .limits import install_limits
 from .proxy import TrustedProxies
 from .requestlog import install_request_log
-from .settings import Settings, load_settings
+from .settings import Settings, serving_settings
 from .store import SqliteItems
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    """Build the service. Without ``settings``, read and validate the environment."""
+    """Build the service. Without ``settings``: those the gunicorn master validated, or the
+    environment's when there is no master (``flask run``, another WSGI server)."""
     if settings is None:
-        settings = load_settings()
+        settings = serving_settings()
     logs.configure(key_prefix=KEY_PREFIX, json_lines=not settings.development, level=settings.log_level)
 
     app = Flask(__name__)
@@ -35,7 +36,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     install_errors(app)
     install_request_log(app)
     install_auth(app, settings.keys)
-    register_blueprints(app)
+    register_blueprints(app, openapi_enabled=settings.openapi_enabled)
     install_limits(app, settings)
     install_headers(app, settings)
     app.wsgi_app = TrustedProxies(app.wsgi_app, settings.forwarded_allow_ips)  # type: ignore[method-assign]

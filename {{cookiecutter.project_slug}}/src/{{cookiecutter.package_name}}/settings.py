@@ -49,6 +49,7 @@ class Settings:
     max_content_length: int = 64 * 1024
     items_db: str = "items.sqlite3"
     hsts_preload: bool = False
+    openapi_enabled: bool = False
     log_level: str = "INFO"
     bind: str = "127.0.0.1:8443"
     workers: int = 1
@@ -86,6 +87,7 @@ class Settings:
             "MAX_CONTENT_LENGTH": self.max_content_length,
             "ITEMS_DB": self.items_db,
             "HSTS_PRELOAD": self.hsts_preload,
+            "OPENAPI_ENABLED": self.openapi_enabled,
             "LOG_LEVEL": self.log_level,
             "BIND": self.bind,
             "WEB_CONCURRENCY": self.workers,
@@ -113,8 +115,11 @@ def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: in
     return value
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    value = env.get(name, "false").strip().lower()
+def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
     if value not in ("true", "false", "1", "0", "yes", "no"):
         raise ConfigError(name, "must be true or false")
     return value in ("true", "1", "yes")
@@ -223,6 +228,8 @@ def settings_from(env: Mapping[str, str], cpu_count: int = 1) -> Settings:
         max_content_length=_integer(env, "MAX_CONTENT_LENGTH", 64 * 1024, 1, 1 << 30),
         items_db=env.get("ITEMS_DB", "items.sqlite3"),
         hsts_preload=_flag(env, "HSTS_PRELOAD"),
+        # The document maps every route and error: handy in development, an attack map elsewhere.
+        openapi_enabled=_flag(env, "OPENAPI_ENABLED", default=app_env == "development"),
         log_level=_choice(env, "LOG_LEVEL", LOG_LEVELS, "INFO"),
         bind=env.get("BIND", "127.0.0.1:8443"),
         workers=_integer(env, "WEB_CONCURRENCY", default_workers, 1, 64),
@@ -253,6 +260,38 @@ def load_settings() -> Settings:
 
         load_dotenv(".env", override=False)
     return settings_from(os.environ, cpu_count=os.cpu_count() or 1)
+
+
+# The settings this process serves with. The gunicorn master sets them when it reads its
+# configuration; workers are forked from it and inherit them, so every worker serves exactly
+# what the master validated, and a reload that fails validation changes nothing.
+_serving: Settings | None = None
+
+
+def serving_settings() -> Settings:
+    """The settings in force: those the gunicorn master validated, else the environment's."""
+    global _serving
+    if _serving is None:
+        _serving = load_settings()
+    return _serving
+
+
+def reload_settings() -> tuple[Settings, ConfigError | None]:
+    """Read the environment again (gunicorn start and SIGHUP).
+
+    At start a bad configuration raises. On a reload it returns the settings already in
+    force with the error, so the service keeps serving the last configuration that worked.
+    """
+    global _serving
+    try:
+        fresh = load_settings()
+        check_workers(fresh, fresh.workers)
+    except ConfigError as error:
+        if _serving is None:
+            raise
+        return _serving, error
+    _serving = fresh
+    return fresh, None
 
 
 def main() -> int:

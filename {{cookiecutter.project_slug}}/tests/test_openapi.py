@@ -1,0 +1,263 @@
+"""The OpenAPI document tells the truth: it is valid, it lists every route and no other, it
+documents every status the service answers, and it is served only when configured."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import pytest
+from flask import Flask
+from openapi_schema_validator import OAS31Validator
+from openapi_spec_validator import validate
+
+from {{ cookiecutter.package_name }}.keys import KEY_PREFIX
+from {{ cookiecutter.package_name }}.settings import ConfigError, settings_from
+
+from .support import PROJECT, KeySet, bearer
+
+DOCUMENT: dict[str, Any] = json.loads(
+    resources.files("{{ cookiecutter.package_name }}").joinpath("openapi.json").read_text(encoding="utf-8")
+)
+IGNORED_METHODS = {"HEAD", "OPTIONS"}
+# What SPEC's status table promises, as the document must show it for each kind of operation.
+EVERY_OPERATION = {"400", "500"}
+WITH_A_KEY = {"401", "429"}
+WITH_A_SCOPE = {"403"}
+
+
+def operation(method: str, route: str) -> dict[str, Any]:
+    found: dict[str, Any] = DOCUMENT["paths"][route][method.lower()]
+    return found
+
+
+def resolve(node: dict[str, Any]) -> dict[str, Any]:
+    """Follow a local ``$ref`` (``#/components/...``) to what it names."""
+    while "$ref" in node:
+        target: Any = DOCUMENT
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
+def app_routes(app: Flask) -> set[tuple[str, str]]:
+    """(method, OpenAPI path) for every route the app answers, werkzeug converters rewritten."""
+    routes = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        routes |= {(method, path) for method in (rule.methods or set()) - IGNORED_METHODS}
+    return routes
+
+
+def document_routes() -> set[tuple[str, str]]:
+    methods = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+    return {
+        (method.upper(), path)
+        for path, item in DOCUMENT["paths"].items()
+        for method in item
+        if method in methods
+    }
+
+
+def test_document_is_valid_openapi_3_1() -> None:
+    validate(DOCUMENT)
+    assert DOCUMENT["openapi"].startswith("3.1.")
+
+
+def test_document_version_is_the_package_version() -> None:
+    project = tomllib.loads((PROJECT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert DOCUMENT["info"]["version"] == project["version"]
+
+
+def test_document_lists_every_route_and_no_other(make_app: Callable[..., Flask]) -> None:
+    routes = app_routes(make_app(OPENAPI_ENABLED="true"))
+    documented = document_routes()
+    assert routes - documented == set(), "routes missing from openapi.json"
+    assert documented - routes == set(), "openapi.json documents routes that do not exist"
+
+
+def test_both_key_headers_are_security_schemes() -> None:
+    schemes = DOCUMENT["components"]["securitySchemes"]
+    assert schemes["bearerAuth"] == {**schemes["bearerAuth"], "type": "http", "scheme": "bearer"}
+    assert schemes["apiKeyHeader"] == {
+        **schemes["apiKeyHeader"],
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+    }
+    assert KEY_PREFIX in schemes["bearerAuth"]["bearerFormat"]
+
+
+OPERATIONS = sorted(document_routes())
+
+
+@pytest.mark.parametrize(("method", "route"), OPERATIONS, ids=[f"{m} {r}" for m, r in OPERATIONS])
+def test_every_operation_documents_the_statuses_it_can_meet(method: str, route: str) -> None:
+    found = operation(method, route)
+    security = found.get("security", DOCUMENT["security"])
+    expected = set(EVERY_OPERATION)
+    if security:
+        expected |= WITH_A_KEY
+    if any(roles for requirement in security for roles in requirement.values()):
+        expected |= WITH_A_SCOPE
+    assert expected <= set(found["responses"])
+    for status, response in found["responses"].items():
+        if status.startswith(("4", "5")):
+            assert set(resolve(response)["content"]) == {"application/problem+json"}, status
+
+
+def test_challenge_and_retry_headers_are_documented() -> None:
+    responses = DOCUMENT["components"]["responses"]
+    assert "WWW-Authenticate" in responses["Unauthorized"]["headers"]
+    assert {"Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"} <= set(
+        responses["TooManyRequests"]["headers"]
+    )
+    assert DOCUMENT["components"]["schemas"]["Problem"]["required"] == ["type", "title", "status"]
+
+
+@pytest.mark.parametrize(
+    ("app_env", "expected"), [("production", False), ("test", False), ("development", True)]
+)
+def test_document_is_served_by_default_only_in_development(
+    env: dict[str, str], app_env: str, expected: bool
+) -> None:
+    # production refuses plain HTTP unless a proxy is named.
+    settings = settings_from({**env, "APP_ENV": app_env, "FORWARDED_ALLOW_IPS": "10.0.0.1"})
+    assert settings.openapi_enabled is expected
+
+
+def test_openapi_enabled_must_be_a_flag(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match="OPENAPI_ENABLED"):
+        settings_from({**env, "OPENAPI_ENABLED": "sometimes"})
+
+
+def test_document_is_served_without_a_key_when_enabled(make_app: Callable[..., Flask]) -> None:
+    client = make_app(OPENAPI_ENABLED="true", RATELIMIT_DEFAULT="1 per hour").test_client()
+    responses = [client.get("/openapi.json") for _ in range(3)]
+    assert [r.status_code for r in responses] == [200, 200, 200]  # not rate limited
+    assert responses[0].content_type == "application/json"
+    assert responses[0].get_json() == DOCUMENT
+
+
+def test_document_is_not_found_when_disabled(make_app: Callable[..., Flask]) -> None:
+    response = make_app(OPENAPI_ENABLED="false").test_client().get("/openapi.json")
+    assert response.status_code == 404
+    assert response.content_type == "application/problem+json"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One request and the status the service answers; ``{item_id}`` is an item of tenant acme."""
+
+    method: str
+    url: str
+    status: int
+    key: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    body: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    repeat: int = 1
+    store_fails: bool = False
+
+    @property
+    def route(self) -> str:
+        return self.url.partition("?")[0]
+
+
+ITEM = "/v1/items/{item_id}"
+NOT_A_KEY = {"Authorization": f"Bearer {KEY_PREFIX}_not-a-key"}
+WRITE = {"json": {"name": "sprocket"}}
+ONE_PER_HOUR = {"RATELIMIT_DEFAULT": "1 per hour"}
+CASES = {
+    "health": Case("GET", "/healthz", 200),
+    "document": Case("GET", "/openapi.json", 200),
+    "whoami": Case("GET", "/v1/whoami", 200, "reader"),
+    "list": Case("GET", "/v1/items", 200, "reader"),
+    "create": Case("POST", "/v1/items", 201, "writer", body=WRITE),
+    "fetch": Case("GET", ITEM, 200, "reader"),
+    "no key": Case("GET", "/v1/whoami", 401),
+    "malformed key": Case("GET", "/v1/items", 401, headers=NOT_A_KEY),
+    "unknown key": Case("GET", ITEM, 401, "unconfigured"),
+    "expired key": Case("POST", "/v1/items", 401, "expired", body=WRITE),
+    "key in URL, health": Case("GET", "/healthz?API_KEY=x", 400),
+    "key in URL, document": Case("GET", "/openapi.json?apikey=x", 400),
+    "key in URL, whoami": Case("GET", "/v1/whoami?access_token=x", 400, "reader"),
+    "key in URL, list": Case("GET", "/v1/items?api-key=x", 400, "reader"),
+    "key in URL, create": Case("POST", "/v1/items?api_key=x", 400, "writer", body=WRITE),
+    "key in URL, fetch": Case("GET", ITEM + "?Api_Key=x", 400, "reader"),
+    "no scope, list": Case("GET", "/v1/items", 403, "no_scopes"),
+    "no scope, create": Case("POST", "/v1/items", 403, "reader", body=WRITE),
+    "no scope, fetch": Case("GET", ITEM, 403, "no_scopes"),
+    "other tenant": Case("GET", ITEM, 404, "other_tenant"),
+    "body too large": Case(
+        "POST",
+        "/v1/items",
+        413,
+        "writer",
+        body={"json": {"name": "x" * 2048}},
+        env={"MAX_CONTENT_LENGTH": "1024"},
+    ),
+    "not JSON": Case("POST", "/v1/items", 415, "writer", body={"data": "name=x"}),
+    "broken JSON": Case(
+        "POST", "/v1/items", 400, "writer", body={"data": "{", "content_type": "application/json"}
+    ),
+    "invalid item": Case("POST", "/v1/items", 422, "writer", body={"json": {"name": ""}}),
+    "over the limit, whoami": Case("GET", "/v1/whoami", 429, "reader", env=ONE_PER_HOUR, repeat=2),
+    "over the limit, fetch": Case("GET", ITEM, 429, "reader", env=ONE_PER_HOUR, repeat=2),
+    "too many failures, create": Case(
+        "POST", "/v1/items", 429, body=WRITE, env={"RATELIMIT_AUTH_FAILURES": "1 per hour"}, repeat=2
+    ),
+    "store fails, list": Case("GET", "/v1/items", 500, "reader", store_fails=True),
+    "store fails, fetch": Case("GET", ITEM, 500, "reader", store_fails=True),
+}
+
+
+class BrokenStore:
+    """Every call fails, as a lost database would."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        def fail(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("database is gone")
+
+        return fail
+
+
+def answer(make_app: Callable[..., Flask], keys: KeySet, case: Case) -> Any:
+    app = make_app(OPENAPI_ENABLED="true", **case.env)
+    item = app.extensions["items"].add("acme", "widget")
+    if case.store_fails:
+        app.extensions["items"] = BrokenStore()
+    headers = dict(case.headers)
+    if case.key is not None:
+        headers.update(bearer(getattr(keys, case.key)))
+    client = app.test_client()
+    url = case.url.replace("{item_id}", item.id)
+    for _ in range(case.repeat):
+        response = client.open(url, method=case.method, headers=headers, **case.body)
+    return response
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_every_status_the_service_answers_is_documented(
+    make_app: Callable[..., Flask], keys: KeySet, case: Case
+) -> None:
+    response = answer(make_app, keys, case)
+    assert response.status_code == case.status
+    documented = operation(case.method, case.route)["responses"]
+    assert str(case.status) in documented, f"{case.status} is not documented for {case.route}"
+    expected = resolve(documented[str(case.status)])
+    media_type = response.content_type.split(";")[0]
+    assert media_type in expected["content"]
+    for name, header in expected.get("headers", {}).items():
+        if resolve(header).get("required"):
+            assert name in response.headers, name
+    schema = expected["content"][media_type]["schema"]
+    OAS31Validator({**schema, "components": DOCUMENT["components"]}).validate(response.get_json())

@@ -1,0 +1,187 @@
+"""Key rotation without downtime, graceful shutdown and bounded memory, through real processes."""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import secrets
+import signal
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from {{ cookiecutter.package_name }} import requestlog
+from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, MintedKey
+
+from .support import KeySet, Server
+
+pytestmark = pytest.mark.slow
+
+
+def status(server: Server, context: ssl.SSLContext, key: MintedKey) -> int:
+    connection = http.client.HTTPSConnection("localhost", server.port, context=context, timeout=10)
+    try:
+        connection.request("GET", "/v1/whoami", headers={"Authorization": f"Bearer {key.secret}"})
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.1)
+
+
+class Hammer(threading.Thread):
+    """A client sending one request after another, each on a new connection, until stopped."""
+
+    def __init__(self, server: Server, context: ssl.SSLContext, key: MintedKey) -> None:
+        super().__init__(daemon=True)
+        self.server, self.context, self.key = server, context, key
+        self.running = True
+        self.answers: list[int | str] = []
+
+    def run(self) -> None:
+        while self.running:
+            try:
+                self.answers.append(status(self.server, self.context, self.key))
+            except (OSError, http.client.HTTPException) as error:
+                self.answers.append(type(error).__name__)
+
+    def stop(self) -> list[int | str]:
+        self.running = False
+        self.join(timeout=15)
+        return self.answers
+
+
+def write_keys(path: Path, *minted: MintedKey) -> None:
+    # Written then renamed, as a secret store or an operator should: a reload never reads
+    # half a file.
+    partial = path.with_suffix(".new")
+    partial.write_text("\n".join(m.entry for m in minted) + "\n")
+    partial.replace(path)
+
+
+def reload(server: Server) -> None:
+    server.process.send_signal(signal.SIGHUP)
+
+
+def test_sighup_rotates_keys_while_a_busy_client_sees_no_failure(
+    start_server: Callable[..., Server], keys: KeySet, client_context: ssl.SSLContext, tmp_path: Path
+) -> None:
+    keys_file = tmp_path / "api-keys"
+    write_keys(keys_file, keys.reader, keys.other_tenant)
+    server = start_server("--workers", "2", API_KEYS=None, API_KEYS_FILE=str(keys_file))
+    hammer = Hammer(server, client_context, keys.other_tenant)
+    hammer.start()
+    assert status(server, client_context, keys.writer) == 401
+
+    write_keys(keys_file, keys.reader, keys.other_tenant, keys.writer)
+    reload(server)
+    eventually(lambda: status(server, client_context, keys.writer) == 200)
+
+    write_keys(keys_file, keys.other_tenant, keys.writer)
+    reload(server)
+    eventually(lambda: status(server, client_context, keys.reader) == 401)
+
+    answers = hammer.stop()
+    assert len(answers) > 20
+    assert set(answers) == {200}, [a for a in answers if a != 200][:5]
+
+
+def test_reload_with_a_broken_keys_file_keeps_the_working_keys(
+    start_server: Callable[..., Server], keys: KeySet, client_context: ssl.SSLContext, tmp_path: Path
+) -> None:
+    keys_file = tmp_path / "api-keys"
+    write_keys(keys_file, keys.reader)
+    server = start_server(API_KEYS=None, API_KEYS_FILE=str(keys_file))
+    keys_file.write_text(f"{keys.reader.entry}\n{keys.writer.secret}\n")  # a raw key by mistake
+    reload(server)
+    eventually(lambda: "reload refused" in server.logs())
+    time.sleep(1)  # let any replacement worker boot (or fail to)
+    assert server.process.poll() is None
+    assert status(server, client_context, keys.reader) == 200
+    assert status(server, client_context, keys.writer) == 401
+    refusals = [line for line in server.logs().splitlines() if "reload refused" in line]
+    assert len(refusals) == 1
+    assert "API_KEYS_FILE: entry 2 is a raw key" in refusals[0]
+    assert keys.writer.secret[len(KEY_PREFIX) + 1 :][:12] not in server.logs()
+
+
+def test_sigterm_lets_an_in_flight_request_finish(
+    start_server: Callable[..., Server], keys: KeySet, client_context: ssl.SSLContext
+) -> None:
+    server = start_server()
+    body = b'{"name": "finished after SIGTERM"}'
+    head = (
+        f"POST /v1/items HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {keys.writer.secret}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    with client_context.wrap_socket(
+        socket.create_connection(("127.0.0.1", server.port)), server_hostname="localhost"
+    ) as tls:
+        tls.sendall(head.encode() + body[:10])  # the view is now waiting for the rest
+        time.sleep(0.5)
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        tls.sendall(body[10:])
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+    assert answer.split(b"\r\n", 1)[0].split()[1] == b"201"
+    assert b"finished after SIGTERM" in answer
+    server.process.wait(timeout=15)
+    assert server.process.returncode == 0
+
+
+def resident_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def test_distinct_wrong_keys_leave_memory_and_limit_storage_bounded(
+    make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app(RATELIMIT_AUTH_FAILURES="1000000 per hour", RATELIMIT_DEFAULT="1000000 per hour")
+    # 105,000 request lines would be kept in memory by pytest's log capture.
+    monkeypatch.setattr(logging.getLogger(requestlog.__name__), "disabled", True)
+    (limiter,) = app.extensions["limiter"]
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/v1/whoami",
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "443",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "https",
+        "REMOTE_ADDR": "198.51.100.7",
+    }
+    statuses: list[str] = []
+
+    def guess() -> None:
+        wrong = f"{KEY_PREFIX}_{secrets.token_urlsafe(36)[:49]}"
+        body = app.wsgi_app(
+            {**environ, "HTTP_AUTHORIZATION": f"Bearer {wrong}"}, lambda s, h: statuses.append(s)
+        )
+        b"".join(body)
+
+    for _ in range(2_000):
+        guess()
+    before_rss, before_entries = resident_kib(), len(limiter.storage.storage)
+    # 20,000 guesses here; scripts/guess_memory.py sends 100,000 to a real gunicorn worker.
+    for _ in range(20_000):
+        guess()
+    grown_kib = resident_kib() - before_rss
+    assert set(statuses) == {"401 UNAUTHORIZED"}
+    assert len(limiter.storage.storage) == before_entries  # no bucket per guessed key
+    assert grown_kib < 4096, f"resident memory grew by {grown_kib} KiB"
