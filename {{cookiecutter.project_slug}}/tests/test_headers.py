@@ -65,3 +65,12 @@ def test_spoofed_forwarded_proto_does_not_earn_hsts(client: FlaskClient) -> None
 
 def test_no_session_cookie_is_ever_set(client: FlaskClient, keys: KeySet) -> None:
     assert "Set-Cookie" not in client.get("/v1/whoami", headers=bearer(keys.reader)).headers
+
+
+def test_no_cross_origin_read_is_ever_allowed(client: FlaskClient, keys: KeySet) -> None:
+    origin = {"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"}
+    for response in (
+        client.get("/v1/whoami", headers={**bearer(keys.reader), **origin}),
+        client.options("/v1/whoami", headers=origin),
+    ):
+        assert not [name for name, _ in response.headers if name.lower().startswith("access-control-")]

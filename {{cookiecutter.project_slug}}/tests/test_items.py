@@ -85,3 +85,12 @@ def test_items_are_shared_by_apps_on_the_same_database(make_app, keys: KeySet) -
     first, second = make_app().test_client(), make_app().test_client()
     item = create(first, keys.writer).get_json()
     assert second.get(f"/v1/items/{item['id']}", headers=bearer(keys.reader)).status_code == 200
+
+
+def test_tenant_and_id_in_the_body_are_ignored(client: FlaskClient, keys: KeySet) -> None:
+    body = {"name": "mine", "tenant": "globex", "id": "chosen-by-client", "created_at": "1970-01-01"}
+    item = client.post("/v1/items", headers=bearer(keys.writer), json=body).get_json()
+    assert item["id"] != "chosen-by-client"
+    assert item["created_at"] != "1970-01-01"
+    assert client.get(f"/v1/items/{item['id']}", headers=bearer(keys.other_tenant)).status_code == 404
+    assert client.get(f"/v1/items/{item['id']}", headers=bearer(keys.reader)).status_code == 200

@@ -1,0 +1,83 @@
+"""The baked service under load, faults, key guessing and fuzzing, with real processes.
+
+Each test runs a script or tool that a team can run against its own service, keeps its output
+in ``reports/`` for CI, and fails when the script's own rules fail.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import TEMPLATE, python, run_in
+from .served import mint_key, serve
+
+REPORTS = TEMPLATE / "reports"
+FUZZ_EXAMPLES = "60"  # per operation and phase: bounded, about half a minute
+
+
+def keep(name: str, output: str) -> None:
+    REPORTS.mkdir(exist_ok=True)
+    (REPORTS / name).write_text(output, encoding="utf-8")
+    print(output)
+
+
+@pytest.fixture
+def fuzz_target(default_bake: Path, tmp_path: Path) -> Iterator[tuple[int, str]]:
+    """The service with its OpenAPI document served and limits out of the fuzzer's way."""
+    key, entry = mint_key(default_bake)
+    overrides = {
+        "APP_ENV": "test",
+        "OPENAPI_ENABLED": "true",
+        "RATELIMIT_DEFAULT": "1000000 per minute",
+        "RATELIMIT_AUTH_FAILURES": "1000000 per minute",
+    }
+    for port in serve(default_bake, tmp_path, entry, **overrides):
+        yield port, key
+
+
+@pytest.mark.xdist_group("load")
+def test_schemathesis_finds_no_server_error_and_no_departure_from_the_document(
+    default_bake: Path, fuzz_target: tuple[int, str], tmp_path: Path
+) -> None:
+    port, key = fuzz_target
+    package = next(p.parent.name for p in (default_bake / "src").glob("*/keys.py"))
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("schemathesis")),
+            "run",
+            str(default_bake / "src" / package / "openapi.json"),
+            *("--url", f"https://localhost:{port}"),
+            *("--header", f"Authorization: Bearer {key}"),
+            *("--checks", "all", "--max-examples", FUZZ_EXAMPLES, "--seed", "20261125"),
+            *("--tls-verify", str(tmp_path / "localhost.pem")),
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        cwd=tmp_path,
+    )
+    output = (result.stdout + result.stderr).replace(key, "[KEY]")
+    keep("schemathesis.txt", output)
+    assert result.returncode == 0, output[-6000:]
+    assert "No issues found" in output
+
+
+@pytest.mark.xdist_group("load")
+def test_load_and_fault_script_holds_every_rule(default_bake: Path) -> None:
+    output = run_in(default_bake, *python("scripts/load_and_fault.py", "--duration", "15"), timeout=300)
+    keep("load_and_fault.txt", output)
+    assert "[FAIL]" not in output and output.count("[PASS]") == 5
+
+
+@pytest.mark.xdist_group("load")
+def test_100k_wrong_keys_do_not_grow_worker_memory(default_bake: Path) -> None:
+    output = run_in(default_bake, *python("scripts/guess_memory.py", "--requests", "100000"), timeout=600)
+    keep("guess_memory.txt", output)
+    assert "[PASS] growth after the warm-up" in output
