@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import os
 import secrets
-import socket
 import ssl
-import subprocess
 import sys
 import tempfile
 import threading
@@ -24,22 +21,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-PROJECT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT / "src"))
-sys.path.insert(0, str(PROJECT / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from dev_cert import write_dev_certificate  # noqa: E402
+from local_service import LocalService
 
-from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, mint  # noqa: E402
+from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, mint
 
 CLIENTS = 4
 WARM_UP = 0.25  # the first quarter of the requests fills caches and pools
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def resident_kib(pid: int) -> int:
@@ -47,41 +36,6 @@ def resident_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def start(workdir: Path, port: int) -> subprocess.Popen[bytes]:
-    write_dev_certificate(workdir / "cert.pem", workdir / "key.pem")
-    env = {
-        **os.environ,
-        "APP_ENV": "production",
-        "API_KEYS": mint(KEY_PREFIX, key_id="only", scopes=["items:read"]).entry,
-        "TLS_CERT_FILE": str(workdir / "cert.pem"),
-        "TLS_KEY_FILE": str(workdir / "key.pem"),
-        "ITEMS_DB": str(workdir / "items.sqlite3"),
-        "BIND": f"127.0.0.1:{port}",
-        "WEB_CONCURRENCY": "1",
-        "LOG_LEVEL": "WARNING",
-        "PYTHONPATH": str(PROJECT / "src"),
-    }
-    log = (workdir / "gunicorn.log").open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn"], cwd=PROJECT, env=env, stdout=log, stderr=log
-    )
-    log.close()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return process
-        except OSError:
-            time.sleep(0.1)
-    process.kill()
-    raise SystemExit("error: gunicorn did not start")
-
-
-def worker_pid(master: int) -> int:
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    return int(children[0])
 
 
 def guess(
@@ -103,21 +57,21 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--limit-mib", type=float, default=8.0)
     args = parser.parse_args()
-    port = free_port()
     statuses: Counter[int] = Counter()
     lock = threading.Lock()
+    entry = mint(KEY_PREFIX, key_id="only", scopes=["items:read"]).entry
     with tempfile.TemporaryDirectory() as directory:
-        master = start(Path(directory), port)
+        service = LocalService(Path(directory), entry, WEB_CONCURRENCY="1", LOG_LEVEL="WARNING").start()
         try:
-            context = ssl.create_default_context(cafile=str(Path(directory) / "cert.pem"))
-            worker = worker_pid(master.pid)
+            context = ssl.create_default_context(cafile=str(service.cafile))
+            (worker,) = service.workers()
             samples = [(0, resident_kib(worker))]
             rounds = 8
             per_round = args.requests // rounds // CLIENTS
             began = time.monotonic()
             for _ in range(rounds):
                 threads = [
-                    threading.Thread(target=guess, args=(port, context, per_round, statuses, lock))
+                    threading.Thread(target=guess, args=(service.port, context, per_round, statuses, lock))
                     for _ in range(CLIENTS)
                 ]
                 for thread in threads:
@@ -127,8 +81,7 @@ def main() -> int:
                 samples.append((sum(statuses.values()), resident_kib(worker)))
             elapsed = time.monotonic() - began
         finally:
-            master.terminate()
-            master.wait(timeout=30)
+            service.stop()
     print("| requests sent | worker RSS (MiB) |\n|---|---|")
     for sent, kib in samples:
         print(f"| {sent:,} | {kib / 1024:.1f} |")

@@ -15,7 +15,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -28,13 +27,11 @@ from pathlib import Path
 
 import redis
 
-PROJECT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT / "src"))
-sys.path.insert(0, str(PROJECT / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from dev_cert import write_dev_certificate  # noqa: E402
+from local_service import LocalService, free_port, wait_for_port
 
-from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, mint  # noqa: E402
+from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, mint
 
 JSON = "application/json"
 WINDOW_SECONDS = 5
@@ -70,84 +67,33 @@ class Timeline:
         return "redis back"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+class RedisServer:
+    """A throwaway redis-server without persistence, which the script stops and starts."""
 
-
-def wait_for_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on port {port}")
-
-
-class Service:
-    """redis-server and gunicorn (as `gunicorn` alone starts it), in a temporary directory."""
-
-    def __init__(self, workdir: Path, workers: int, entries: str) -> None:
-        self.workdir = workdir
-        self.redis_port, self.port = free_port(), free_port()
-        write_dev_certificate(workdir / "cert.pem", workdir / "key.pem")
-        self.env = {
-            **os.environ,
-            "APP_ENV": "production",
-            "API_KEYS": entries,
-            "TLS_CERT_FILE": str(workdir / "cert.pem"),
-            "TLS_KEY_FILE": str(workdir / "key.pem"),
-            "ITEMS_DB": str(workdir / "items.sqlite3"),
-            "BIND": f"127.0.0.1:{self.port}",
-            "WEB_CONCURRENCY": str(workers),
-            "RATELIMIT_STORAGE_URI": f"redis://127.0.0.1:{self.redis_port}/0",
-            "RATELIMIT_DEFAULT": f"{HOT_LIMIT} per {WINDOW_SECONDS} seconds",
-            "RATELIMIT_AUTH_FAILURES": "100000 per minute",
-            "PYTHONPATH": str(PROJECT / "src"),
-        }
-        self.log = (workdir / "gunicorn.log").open("ab")
-        self.redis: subprocess.Popen[bytes] | None = None
-        self.gunicorn: subprocess.Popen[bytes] | None = None
-
-    def start_redis(self) -> None:
+    def __init__(self, workdir: Path) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise SystemExit("error: redis-server is not installed")
-        arguments = ["--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", ""]
-        self.redis = subprocess.Popen(  # noqa: S603 - a local binary and our own arguments
-            [binary, *arguments, "--appendonly", "no", "--dir", str(self.workdir)], stdout=subprocess.DEVNULL
-        )
-        wait_for_port(self.redis_port)
+        self.port = free_port()
+        options = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.command = [binary, *options, "--dir", str(workdir)]
+        self.process: subprocess.Popen[bytes] | None = None
 
-    def stop_redis(self) -> None:
-        if self.redis is not None:
-            self.redis.terminate()
-            self.redis.wait(timeout=10)
+    @property
+    def uri(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
 
-    def start_gunicorn(self) -> None:
-        self.gunicorn = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn"], cwd=PROJECT, env=self.env, stdout=self.log, stderr=self.log
-        )
-        wait_for_port(self.port)
-        time.sleep(1)  # let every worker boot
-
-    def workers(self) -> list[int]:
-        assert self.gunicorn is not None
-        children = Path(f"/proc/{self.gunicorn.pid}/task/{self.gunicorn.pid}/children").read_text()
-        return [int(pid) for pid in children.split()]
-
-    def limiter_keys(self) -> int:
-        return len(redis.Redis(port=self.redis_port).keys("LIMITS*"))
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL)  # noqa: S603 - fixed local binary
+        wait_for_port(self.port, self.process)
 
     def stop(self) -> None:
-        if self.gunicorn is not None:
-            self.gunicorn.send_signal(signal.SIGTERM)
-            self.gunicorn.wait(timeout=30)
-        self.stop_redis()
-        self.log.close()
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+    def limiter_keys(self) -> int:
+        return len(redis.Redis(port=self.port).keys("LIMITS*"))
 
 
 class Load:
@@ -295,11 +241,19 @@ def main() -> int:
     unknown = mint(KEY_PREFIX, key_id="unknown", scopes=scopes)
     keys = {"valid": [m.secret for m in valid], "hot": [hot.secret], "unknown": [unknown.secret]}
     with tempfile.TemporaryDirectory() as directory:
-        service = Service(Path(directory), args.workers, ",".join(m.entry for m in [*valid, hot]))
+        store = RedisServer(Path(directory))
+        service = LocalService(
+            Path(directory),
+            ",".join(m.entry for m in [*valid, hot]),
+            WEB_CONCURRENCY=str(args.workers),
+            RATELIMIT_STORAGE_URI=store.uri,
+            RATELIMIT_DEFAULT=f"{HOT_LIMIT} per {WINDOW_SECONDS} seconds",
+            RATELIMIT_AUTH_FAILURES="100000 per minute",
+        )
         try:
-            service.start_redis()
-            service.start_gunicorn()
-            context = ssl.create_default_context(cafile=str(Path(directory) / "cert.pem"))
+            store.start()
+            service.start()
+            context = ssl.create_default_context(cafile=str(service.cafile))
             load = Load(service.port, context, keys, args.clients)
             began = time.monotonic()
             kill, down, up = (began + fraction * duration for fraction in (0.25, 0.45, 0.65))
@@ -308,14 +262,15 @@ def main() -> int:
             time.sleep(max(0.0, timeline.kill - time.monotonic()))
             os.kill(service.workers()[0], signal.SIGKILL)
             time.sleep(max(0.0, timeline.redis_down - time.monotonic()))
-            service.stop_redis()
+            store.stop()
             time.sleep(max(0.0, timeline.redis_up - time.monotonic()))
-            service.start_redis()
+            store.start()
             for thread in threads:
                 thread.join()
-            keys_after = service.limiter_keys()
+            keys_after = store.limiter_keys()
         finally:
             service.stop()
+            store.stop()
     rules = check_rules(load.outcomes, timeline, args.clients, keys_after)
     print_report(load.outcomes, timeline, rules)
     return 0 if all(passed for _, passed, _ in rules) else 1

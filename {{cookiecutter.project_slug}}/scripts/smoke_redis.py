@@ -9,29 +9,20 @@ hour; nothing else in that Redis is touched.
 from __future__ import annotations
 
 import http.client
-import os
 import secrets
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from local_service import LocalService
+
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, mint
 
-PROJECT = Path(__file__).resolve().parents[1]
 LIMIT = 3
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def get(port: int, path: str, key: str | None = None) -> tuple[int, dict[str, str]]:
@@ -44,19 +35,6 @@ def get(port: int, path: str, key: str | None = None) -> tuple[int, dict[str, st
         connection.close()
 
 
-def wait_until_serving(process: subprocess.Popen[bytes], port: int) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"smoke: gunicorn exited with {process.returncode}")
-        try:
-            if get(port, "/healthz")[0] == 200:
-                return
-        except OSError:
-            time.sleep(0.2)
-    sys.exit("smoke: gunicorn did not start")
-
-
 def main(storage_uri: str) -> int:
     store = redis.Redis.from_url(storage_uri, socket_timeout=2)
     try:
@@ -65,27 +43,19 @@ def main(storage_uri: str) -> int:
         # Not the URI itself: it may hold a password.
         sys.exit(f"smoke: cannot reach Redis ({type(error).__name__})")
     minted = mint(KEY_PREFIX, key_id=f"smoke-{secrets.token_hex(4)}", scopes=["items:read"])
-    port = free_port()
     with tempfile.TemporaryDirectory() as scratch:
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(PROJECT / "src"),
-            "APP_ENV": "production",
-            "API_KEYS": minted.entry,
-            "BIND": f"127.0.0.1:{port}",
-            "FORWARDED_ALLOW_IPS": "127.0.0.1",  # plain HTTP, as behind a TLS-terminating proxy
-            "ITEMS_DB": str(Path(scratch) / "items.sqlite3"),
-            "RATELIMIT_STORAGE_URI": storage_uri,
-            "RATELIMIT_DEFAULT": f"{LIMIT} per hour",
-            "WEB_CONCURRENCY": "2",
-        }
-        process = subprocess.Popen([sys.executable, "-m", "gunicorn"], cwd=PROJECT, env=env)
+        service = LocalService(
+            Path(scratch),
+            minted.entry,
+            tls=False,  # plain HTTP, as behind a TLS-terminating proxy
+            RATELIMIT_STORAGE_URI=storage_uri,
+            RATELIMIT_DEFAULT=f"{LIMIT} per hour",
+            WEB_CONCURRENCY="2",
+        ).start()
         try:
-            wait_until_serving(process, port)
-            answers = [get(port, "/v1/whoami", minted.secret) for _ in range(LIMIT + 1)]
+            answers = [get(service.port, "/v1/whoami", minted.secret) for _ in range(LIMIT + 1)]
         finally:
-            process.terminate()
-            process.wait(timeout=30)
+            service.stop()
     statuses = [code for code, _ in answers]
     counted = store.keys(f"*key:{minted.key.key_id}*")
     if statuses != [200] * LIMIT + [429] or "Retry-After" not in answers[-1][1] or not counted:
