@@ -137,3 +137,12 @@ def test_key_verification_does_not_grow_with_the_number_of_keys(default_bake: Pa
     ratios = dict(re.findall(r"^(5,000 keys / 1 key, \w+):\s+([\d.]+)$", output, flags=re.MULTILINE))
     assert len(ratios) == 2
     assert all(float(ratio) < 3 for ratio in ratios.values()), output
+
+
+def test_log_masking_costs_a_small_part_of_a_request(default_bake: Path) -> None:
+    """Runs the generated benchmark; figures are printed, and only a gross regression fails."""
+    output = run_in(default_bake, *python("scripts/bench_log_filter.py"))
+    print(output)
+    share = re.search(r"request line masking / request: ([\d.]+)%", output)
+    assert share is not None, output
+    assert float(share.group(1)) < 25, output
