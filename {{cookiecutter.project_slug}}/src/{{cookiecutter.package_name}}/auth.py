@@ -7,11 +7,11 @@ which check failed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from flask import Blueprint, Flask, Response, g, request
-from werkzeug.datastructures import Headers
 
 from .errors import fail, problem
 from .keys import InvalidKey, KeyRing, MalformedKey
@@ -32,19 +32,21 @@ class Caller:
     scopes: frozenset[str]
 
 
-def presented_key(headers: Headers) -> str | None:
+def presented_key(environ: Mapping[str, Any]) -> str | None:
     """The key from ``Authorization: Bearer`` or ``X-API-Key``; None when neither is sent.
 
     Raises MalformedKey for anything that cannot be a key, including two different keys.
+    Reads the WSGI environ: Werkzeug's header view rebuilds the variable name and raises
+    and catches a KeyError for each absent header, on every request.
     """
     bearer = None
-    authorization = headers.get("Authorization")
+    authorization = environ.get("HTTP_AUTHORIZATION")
     if authorization is not None:
         scheme, _, credentials = authorization.partition(" ")
         if scheme.lower() != "bearer":
             raise MalformedKey
         bearer = credentials.strip()
-    api_key = headers.get("X-API-Key")
+    api_key = environ.get("HTTP_X_API_KEY")
     if api_key is not None:
         api_key = api_key.strip()
     if bearer is not None and api_key is not None and bearer != api_key:
@@ -58,18 +60,23 @@ def presented_key(headers: Headers) -> str | None:
 
 
 def _identify(ring: KeyRing) -> Callable[[], Response | None]:
+    # Callers are frozen: one per configured key serves every request.
+    callers = {key.key_id: Caller(key.key_id, key.tenant, key.scopes) for key in ring}
+
     def identify() -> Response | None:
-        if any(name.lower() in URL_KEY_PARAMETERS for name in request.args):
+        environ = request.environ
+        # Only a request with a query string needs it parsed (most have none).
+        if environ.get("QUERY_STRING") and any(name.lower() in URL_KEY_PARAMETERS for name in request.args):
             return problem(400, "API keys are not accepted in the URL; send an Authorization header.")
-        g.caller = None
+        caller = None
         try:
-            key = presented_key(request.headers)
+            key = presented_key(environ)
             if key is not None:
-                found = ring.verify(key)
-                g.caller = Caller(found.key_id, found.tenant, found.scopes)
-                request.environ["app.key_id"] = found.key_id
+                caller = callers[ring.verify(key).key_id]
+                environ["app.key_id"] = caller.key_id
         except InvalidKey as error:
             g.auth_failure = type(error).__name__
+        g.caller = caller
         return None
 
     return identify

@@ -14,6 +14,7 @@ from flask import Flask, Response, g, request
 from flask_limiter import ApplicationLimit, Limiter
 from limits import parse_many
 
+from .limiter import limiter_class
 from .settings import Settings
 
 View = TypeVar("View", bound=Callable[..., object])
@@ -74,7 +75,7 @@ def install_limits(app: Flask, settings: Settings) -> Limiter:
         deduct_when=_failed_authentication,
     )
     options = REDIS_OPTIONS if settings.shared_limits else {}
-    limiter = Limiter(
+    limiter = limiter_class()(
         limit_key,
         default_limits=[settings.ratelimit_default],
         application_limits=[auth_failures],

@@ -12,6 +12,7 @@ import json
 import logging
 import logging.config
 import re
+import threading
 import traceback
 from contextvars import ContextVar
 from typing import Any
@@ -27,6 +28,15 @@ BREAK = r"(?:\r?\n[ \t]*)?"
 CREDENTIAL_HEADERS = r"(?:proxy[-_])?authorization|x[-_]api[-_]key|(?:set[-_])?cookie"
 # Any query parameter whose name holds one of these words (api_key, access_token, api%5Fkey...).
 KEY_PARAMETER_WORDS = r"key|token|secret|password"
+
+# Every alternative of the masking pattern needs one of these characters (the key's "_" or
+# "%5F" separator, a header's ":", "=" or ",", a query's "?", "&" or ";"): a string without
+# any, such as a generated request id or a plain path, cannot match and skips the regex.
+MASK_TRIGGERS = re.compile(r"[_%:=,?&;]")
+# Strings seen to hold nothing to mask (a path, a method, a key id) come back on most lines:
+# remembered, they skip the regex. Only such strings are kept, never one that held a secret.
+CLEAN_CACHE_SIZE = 4096
+CLEAN_MAX_LENGTH = 256
 
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
@@ -61,15 +71,25 @@ class MaskSecrets(logging.Filter):
     def __init__(self, key_prefix: str) -> None:
         super().__init__()
         self.pattern = masking_pattern(key_prefix)
+        self.clean: set[str] = set()
 
     @staticmethod
     def _replace(match: re.Match[str]) -> str:
         return (match.group("header") or match.group("query") or "") + MASK
 
     def mask(self, text: str) -> str:
-        return self.pattern.sub(self._replace, text)
+        if text in self.clean or MASK_TRIGGERS.search(text) is None:
+            return text
+        masked = self.pattern.sub(self._replace, text)
+        if masked == text and len(text) <= CLEAN_MAX_LENGTH:
+            if len(self.clean) >= CLEAN_CACHE_SIZE:
+                self.clean.clear()  # bounded: a flood of distinct paths only costs the regex again
+            self.clean.add(text)
+        return masked
 
     def _mask_value(self, value: Any) -> Any:
+        if type(value) is str:  # most extras: tested first
+            return self.mask(value)
         if value is None or isinstance(value, bool | int | float):
             return value
         if isinstance(value, str):
@@ -102,9 +122,9 @@ class MaskSecrets(logging.Filter):
             record.exc_text = self.mask(record.exc_text)
         if record.stack_info:
             record.stack_info = self.mask(record.stack_info)
-        for name, value in vars(record).items():
-            if name not in STANDARD_ATTRIBUTES:
-                setattr(record, name, self._mask_value(value))
+        attributes = vars(record)
+        for name in attributes.keys() - STANDARD_ATTRIBUTES:  # the extras, found in one set operation
+            attributes[name] = self._mask_value(attributes[name])
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
@@ -116,6 +136,59 @@ class MaskSecrets(logging.Filter):
                 if name not in STANDARD_ATTRIBUTES:
                     setattr(record, name, MASK)
         return True
+
+
+# What json.dumps(entry, default=str) builds for every call, built once.
+ENCODER = json.JSONEncoder(default=str)
+
+
+class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A StreamHandler whose threads do not queue at the stream.
+
+    Writing releases the GIL, and under threads each release costs a switch between them. A
+    thread that finds another one writing leaves its line to that thread, which writes all
+    that is pending before it carries on: lines keep their order, each is written before the
+    writing thread's own request ends, and under load one write carries several lines.
+    """
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__(stream)
+        self.pending: list[str] = []
+        self.writing = False
+        self.pending_lock = threading.Lock()
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        if not self.filter(record):
+            return False
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:  # noqa: BLE001 - as Handler.emit: report, never raise into the caller
+            self.handleError(record)
+            return True
+        with self.pending_lock:
+            self.pending.append(line)
+            if self.writing:
+                return True
+            self.writing = True
+        self._write_pending(record)
+        return True
+
+    def _write_pending(self, record: logging.LogRecord) -> None:
+        try:
+            while True:
+                with self.pending_lock:
+                    if not self.pending:
+                        self.writing = False
+                        return
+                    text = "".join(self.pending)
+                    self.pending.clear()
+                with self.lock:  # type: ignore[union-attr]
+                    self.stream.write(text)
+                    self.stream.flush()
+        except Exception:  # noqa: BLE001 - as Handler.emit: report, never raise into the caller
+            with self.pending_lock:
+                self.writing = False
+            self.handleError(record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -130,14 +203,14 @@ class JsonFormatter(logging.Formatter):
         }
         if hasattr(record, "request_id"):
             entry["request_id"] = record.request_id  # set, and masked, by MaskSecrets
-        entry.update((k, v) for k, v in vars(record).items() if k not in STANDARD_ATTRIBUTES)
+        entry.update({k: v for k, v in vars(record).items() if k not in STANDARD_ATTRIBUTES})
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
             entry["exception"] = record.exc_text
         if record.stack_info:
             entry["stack"] = record.stack_info
-        return json.dumps(entry, default=str)
+        return ENCODER.encode(entry)
 
 
 class TextFormatter(logging.Formatter):
@@ -155,7 +228,7 @@ class TextFormatter(logging.Formatter):
 def logging_config(*, key_prefix: str, json_lines: bool, level: str) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for the app, werkzeug and gunicorn alike."""
     handler = {
-        "class": "logging.StreamHandler",
+        "class": f"{__name__}.LineHandler",
         "stream": "ext://sys.stderr",
         "formatter": "lines",
         "filters": ["mask"],
