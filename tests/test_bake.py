@@ -146,3 +146,12 @@ def test_log_masking_costs_a_small_part_of_a_request(default_bake: Path) -> None
     share = re.search(r"request line masking / request: ([\d.]+)%", output)
     assert share is not None, output
     assert float(share.group(1)) < 25, output
+
+
+def test_stack_benchmark_runs_against_bare_flask(default_bake: Path) -> None:
+    """The generated project's smaller benchmark: printed figures; fails only if it breaks."""
+    output = run_in(default_bake, *python("scripts/bench_stack.py", "--requests", "1000", "--rounds", "2"))
+    print(output)
+    ratios = re.findall(r"service / bare throughput ([\d.]+)", output)
+    assert len(ratios) == 2
+    assert all(float(ratio) > 0.1 for ratio in ratios), output
