@@ -40,8 +40,10 @@ def write_dev_env(root: Path) -> str:
     minted = keys.mint("{{ cookiecutter.key_prefix }}", key_id="dev", scopes=DEV_SCOPES, tenant="dev")
     env = root / ".env"
     env.write_text(
-        "# Development only: read when APP_ENV=development is set in the real environment.\n"
+        "# Development only: read when APP_ENV=development is set in the real environment\n"
+        "# (make run does); the line below cannot switch a server to development by itself.\n"
         "# Git-ignored. The key itself is not stored here, only its digest.\n"
+        "APP_ENV=development\n"
         f"API_KEYS={minted.entry}\n"
         "TLS_CERT_FILE=.dev/localhost.pem\n"
         "TLS_KEY_FILE=.dev/localhost-key.pem\n"
