@@ -1,4 +1,5 @@
-"""gunicorn settings: TLS 1.2+ with forward-secret AEAD ciphers, masked logs, fail fast.
+"""gunicorn settings: TLS 1.2+ with forward-secret AEAD ciphers, workers that idle or stalled
+connections cannot exhaust, masked logs, fail fast.
 
 Every value here can be overridden with GUNICORN_CMD_ARGS or the command line, as gunicorn
 documents; `gunicorn --print-config` shows what was resolved.
@@ -6,12 +7,20 @@ documents; `gunicorn --print-config` shows what was resolved.
 
 import ssl
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from gunicorn.glogging import Logger
 
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX
 from {{ cookiecutter.package_name }}.logging import logging_config
-from {{ cookiecutter.package_name }}.settings import ConfigError, check_workers, reload_settings
+from {{ cookiecutter.package_name }}.serving import (
+    check_workers,
+    lazy_handshakes,
+    reload_settings,
+    reserve_descriptors,
+)
+from {{ cookiecutter.package_name }}.settings import ConfigError
 
 # Mozilla "intermediate": TLS 1.2 only with ECDHE and AEAD; TLS 1.3 suites are all AEAD.
 TLS12_CIPHERS = ":".join(
@@ -36,16 +45,23 @@ if refused is not None:
 
 wsgi_app = "{{ cookiecutter.package_name }}:create_app()"
 bind = [settings.bind]
-workers = settings.workers  # 1 with memory:// limits; from the CPU count with Redis.
-worker_class = "gthread"  # threads keep idle keep-alive connections off the workers' backs.
-threads = settings.threads  # concurrent requests per worker.
-keepalive = 5  # seconds an idle keep-alive connection stays open.
-timeout = 30  # a worker silent this long is killed and replaced.
+workers = settings.workers  # 1 with memory:// limits; one per CPU (at most 8) with Redis.
+# A greenlet per connection: a client that stalls its TLS handshake or trickles its headers
+# holds a few kilobytes, where a thread of the gthread worker would be held until it leaves.
+worker_class = "gevent"
+worker_connections = 1000  # open connections per worker; more wait in the listen backlog.
+# Seconds for a request's TLS handshake, request line and headers together, and to wait for
+# the next request on a kept-alive connection: a stalled or silent client is closed after this.
+keepalive = 5
+timeout = 30  # a worker whose event loop stops reporting for this long is killed and replaced.
 graceful_timeout = 30  # in-flight requests get this long to finish on SIGTERM or SIGHUP.
 limit_request_line = 4094  # longest request line; keys never belong in it anyway.
 limit_request_fields = 50  # most headers per request.
 limit_request_field_size = 8190  # longest header, key headers included.
-forwarded_allow_ips = ",".join(settings.forwarded_allow_ips)  # trust no one unless named.
+forwarded_allow_ips = ",".join(str(network) for network in settings.forwarded_allow_ips)
+# From a trusted proxy, the scheme only: no SCRIPT_NAME or PATH_INFO header may reroute a request.
+secure_scheme_headers = {"X-FORWARDED-PROTO": "https"}
+forwarder_headers = ""
 proxy_allow_ips = ""  # no PROXY protocol.
 control_socket_disable = True  # no admin socket: signals (HUP, TERM) are the interface.
 accesslog = None  # the app writes one line per request itself (requestlog.py).
@@ -57,22 +73,35 @@ logconfig_dict = logging_config(
 if settings.tls:
     certfile = str(settings.tls_cert_file)
     keyfile = str(settings.tls_key_file)
+    # gunicorn then makes no handshake call of its own, which would have no deadline: the
+    # handshake happens in the first read of the request (see ssl_context below).
+    do_handshake_on_connect = True
 
 
-def ssl_context(conf: object, default_factory: object) -> ssl.SSLContext:
-    """TLS 1.2 minimum, no compression, no renegotiation, AEAD-only suites for TLS 1.2."""
-    context = default_factory()  # type: ignore[operator]
+def ssl_context(conf: object, default_factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+    """TLS 1.2 minimum, no compression, no renegotiation, AEAD-only suites for TLS 1.2, and the
+    handshake under the request's deadline."""
+    context = default_factory()
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(TLS12_CIPHERS)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-    return context
+    return lazy_handshakes(context)
 
 
-class AccessLogger(Logger):
+def on_starting(server: Any) -> None:
+    """Checks on the values gunicorn resolved: -w or GUNICORN_CMD_ARGS may change them."""
+    try:
+        check_workers(settings, server.cfg.workers)
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
+    reserve_descriptors(server.cfg.worker_connections)
+
+
+class AccessLogger(Logger):  # type: ignore[misc]
     """gunicorn's logger, writing access lines only when --access-logfile asks for them.
 
-    With a logging config, gunicorn would otherwise build every access line and then drop
-    it: the app's own request line already says all of it.
+    With a logging config, gunicorn would otherwise build every access line and then write
+    it: the app's own request line already says all of it, once.
     """
 
     def access(self, resp: object, req: object, environ: object, request_time: object) -> None:
@@ -81,13 +110,3 @@ class AccessLogger(Logger):
 
 
 logger_class = AccessLogger
-
-
-def on_starting(server: object) -> None:
-    """Check again when -w or GUNICORN_CMD_ARGS changed the worker count after this file."""
-    workers = server.cfg.workers  # type: ignore[attr-defined]
-    if workers != settings.workers:
-        try:
-            check_workers(settings, workers)
-        except ConfigError as error:
-            sys.exit(f"error: {error}")

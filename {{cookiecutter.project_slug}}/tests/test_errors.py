@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import socket
 
 import pytest
@@ -70,16 +71,58 @@ def test_unhandled_exception_is_logged_once_with_its_traceback(
     assert "RuntimeError" in (errors[0].exc_text or "")
 
 
-def test_request_id_from_the_client_is_kept_when_sane(client) -> None:
-    response = client.get("/nowhere", headers={"X-Request-ID": "trace-1234abcd"})
-    assert response.get_json()["request_id"] == "trace-1234abcd"
-
-
-@pytest.mark.parametrize("incoming", ["short", "x" * 65, "has space in it", "<script>alert(1)</script>"])
-def test_insane_request_ids_are_replaced(client, incoming: str) -> None:
-    rid = client.get("/healthz", headers={"X-Request-ID": incoming}).headers["X-Request-ID"]
+@pytest.mark.parametrize(
+    "incoming",
+    [
+        "trace-1234abcd",
+        "short",
+        "x" * 65,
+        "<script>alert(1)</script>",
+        "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
+    ],
+)
+def test_the_request_id_is_always_the_services_own(client, incoming: str) -> None:
+    response = client.get("/nowhere", headers={"X-Request-ID": incoming})
+    rid = response.headers["X-Request-ID"]
     assert rid != incoming
-    assert len(rid) == 32
+    assert re.fullmatch(r"[0-9a-f]{32}", rid)
+    assert response.get_json()["request_id"] == rid
+
+
+def test_two_requests_never_share_an_id(client) -> None:
+    ids = {client.get("/healthz").headers["X-Request-ID"] for _ in range(50)}
+    assert len(ids) == 50
+
+
+def request_line(caplog: pytest.LogCaptureFixture) -> logging.LogRecord:
+    (line,) = [r for r in caplog.records if r.name.endswith("requestlog")]
+    return line
+
+
+def test_a_client_uuid_is_logged_beside_the_request_id(client, caplog: pytest.LogCaptureFixture) -> None:
+    incoming = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+    with caplog.at_level(logging.INFO):
+        rid = client.get("/healthz", headers={"X-Request-ID": incoming}).headers["X-Request-ID"]
+    line = request_line(caplog)
+    assert (line.request_id, line.client_request_id) == (rid, incoming)
+
+
+def test_a_key_sent_as_request_id_is_neither_echoed_nor_logged(
+    client, keys: KeySet, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO):
+        response = client.get("/healthz", headers={"X-Request-ID": keys.reader.secret})
+    assert keys.reader.secret not in str(response.headers) + response.get_data(as_text=True)
+    assert request_line(caplog).client_request_id is None
+    assert keys.reader.secret not in caplog.text
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+@pytest.mark.parametrize("path", ["//v1/items", "/v1//items", "/v1/items/", "//healthz"])
+def test_no_path_is_ever_redirected(client, keys: KeySet, method: str, path: str) -> None:
+    response = client.open(path, method=method, headers={**bearer(keys.writer), "Host": "evil.example"})
+    assert "Location" not in response.headers
+    assert_problem(response, 404)
 
 
 @pytest.mark.slow

@@ -151,11 +151,30 @@ def test_malformed_entry_is_refused_naming_the_problem_not_the_value(entry: str,
     assert "tomorrow" not in str(error.value)
 
 
-def test_duplicate_ids_are_refused() -> None:
+def test_duplicate_ids_are_refused_by_position() -> None:
     first = mint(KEY_PREFIX, key_id="same", scopes=["a:b"])
     second = mint(KEY_PREFIX, key_id="same", scopes=["a:b"])
-    with pytest.raises(EntryError, match="configured twice"):
+    with pytest.raises(EntryError, match="entry 2 has the same id as entry 1") as error:
         ring_of(first, second)
+    assert "same" not in str(error.value).replace("same id", "")
+
+
+@pytest.mark.parametrize("field", ["id", "tenant"])
+def test_a_key_pasted_as_id_or_tenant_is_refused_and_never_echoed(field: str) -> None:
+    pasted = mint(KEY_PREFIX, key_id="k", scopes=["a:b"]).secret
+    original = "id=k" if field == "id" else "tenant=default"
+    entry = mint(KEY_PREFIX, key_id="k", scopes=["a:b"]).entry.replace(original, f"{field}={pasted}", 1)
+    with pytest.raises(EntryError, match=f"{field} looks like an API key") as error:
+        KeyRing.from_text(KEY_PREFIX, entry)
+    assert pasted[len(KEY_PREFIX) + 1 :][:12] not in str(error.value)
+
+
+def test_a_key_pasted_as_a_field_name_is_never_echoed() -> None:
+    pasted = mint(KEY_PREFIX, key_id="k", scopes=["a:b"]).secret
+    entry = f"{mint(KEY_PREFIX, key_id='k', scopes=['a:b']).entry};{pasted}=x"
+    with pytest.raises(EntryError, match="unknown field") as error:
+        KeyRing.from_text(KEY_PREFIX, entry)
+    assert pasted[len(KEY_PREFIX) + 1 :][:12] not in str(error.value)
 
 
 def test_duplicate_digests_are_refused() -> None:
@@ -200,6 +219,16 @@ def test_cli_new_json_is_machine_readable(capsys: pytest.CaptureFixture[str]) ->
     assert printed["expires"] == "2031-02-03"
     assert printed["tenant"] == "default"
     assert ring_of_text(printed["entry"]).verify(printed["key"], today=dt.date(2031, 1, 1)).key_id == "ci"
+
+
+@pytest.mark.parametrize("when", ["2020-01-01", dt.datetime.now(dt.UTC).date().isoformat()])
+def test_cli_new_refuses_an_expiry_that_is_not_in_the_future(
+    capsys: pytest.CaptureFixture[str], when: str
+) -> None:
+    assert keys.main(["new", "--id", "ci", "--scope", "a:b", "--expires", when]) == 2
+    captured = capsys.readouterr()
+    assert "not in the future" in captured.err
+    assert not re.search(keys.key_pattern(KEY_PREFIX), captured.out)
 
 
 def test_cli_new_refuses_a_bad_id(capsys: pytest.CaptureFixture[str]) -> None:

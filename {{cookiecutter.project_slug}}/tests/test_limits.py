@@ -1,6 +1,9 @@
-"""Rate limits per key id, per address without a valid key, and on failed authentications."""
+"""Rate limits per key id, per address without a valid key, and on failed authentications;
+the IETF quota fields, and Retry-After only with 429."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 from flask import Flask
@@ -33,6 +36,15 @@ def test_limit_follows_the_key_not_the_address(make_app, keys: KeySet) -> None:
     assert client.get("/v1/whoami", headers=bearer(keys.reader)).status_code == 429
 
 
+QUOTA = re.compile(r'"(?P<name>[^"]+)";r=(?P<r>\d+);t=(?P<t>\d+)')
+
+
+def quota(response) -> tuple[str, int, int]:
+    match = QUOTA.fullmatch(response.headers["RateLimit"])
+    assert match, response.headers["RateLimit"]
+    return match["name"], int(match["r"]), int(match["t"])
+
+
 def test_over_the_limit_is_429_problem_with_retry_after(make_app, keys: KeySet) -> None:
     client = make_app(RATELIMIT_DEFAULT="1 per minute").test_client()
     client.get("/v1/whoami", headers=bearer(keys.reader))
@@ -40,18 +52,44 @@ def test_over_the_limit_is_429_problem_with_retry_after(make_app, keys: KeySet) 
     assert response.status_code == 429
     assert response.content_type == "application/problem+json"
     assert 0 < int(response.headers["Retry-After"]) <= 60
-    assert response.headers["X-RateLimit-Limit"] == "1"
-    assert response.headers["X-RateLimit-Remaining"] == "0"
-    assert int(response.headers["X-RateLimit-Reset"]) > 0
+    assert response.headers["RateLimit-Policy"] == '"default";q=1;w=60'
+    name, remaining, reset = quota(response)
+    assert (name, remaining) == ("default", 0)
+    assert reset == int(response.headers["Retry-After"])
 
 
-def test_responses_carry_the_remaining_quota(make_app, keys: KeySet) -> None:
+def test_responses_carry_the_ietf_quota_fields(make_app, keys: KeySet) -> None:
     client = make_app(RATELIMIT_DEFAULT="5 per minute").test_client()
-    remaining = [
-        client.get("/v1/whoami", headers=bearer(keys.reader)).headers["X-RateLimit-Remaining"]
-        for _ in range(3)
-    ]
-    assert remaining == ["4", "3", "2"]
+    answers = [client.get("/v1/whoami", headers=bearer(keys.reader)) for _ in range(3)]
+    assert {a.headers["RateLimit-Policy"] for a in answers} == {'"default";q=5;w=60'}
+    assert [quota(a)[1] for a in answers] == [4, 3, 2]
+    assert all(0 < quota(a)[2] <= 60 for a in answers)
+
+
+def test_retry_after_goes_only_with_429(make_app, keys: KeySet) -> None:
+    client = make_app(RATELIMIT_DEFAULT="1 per minute", RATELIMIT_AUTH_FAILURES="1 per hour").test_client()
+    for response in (client.get("/v1/whoami", headers=bearer(keys.reader)), client.get("/v1/items")):
+        assert response.status_code in (200, 401)
+        assert "Retry-After" not in response.headers
+        assert "RateLimit" in response.headers
+
+
+def test_the_nonstandard_x_ratelimit_fields_are_gone(client: FlaskClient, keys: KeySet) -> None:
+    response = client.get("/v1/whoami", headers=bearer(keys.reader))
+    assert not [name for name, _ in response.headers if name.lower().startswith("x-ratelimit")]
+
+
+def test_a_route_limit_is_its_own_policy(make_app, keys: KeySet) -> None:
+    client = make_app(RATELIMIT_DEFAULT="2 per hour").test_client()
+    response = client.post("/v1/items", headers=bearer(keys.writer), json={"name": "x"})
+    assert response.headers["RateLimit-Policy"] == '"items.create_item";q=30;w=60'
+    assert quota(response)[:2] == ("items.create_item", 29)
+
+
+def test_several_windows_in_one_limit_are_each_a_policy(make_app, keys: KeySet) -> None:
+    client = make_app(RATELIMIT_DEFAULT="10 per second;100 per hour").test_client()
+    response = client.get("/v1/whoami", headers=bearer(keys.reader))
+    assert response.headers["RateLimit-Policy"] == '"default-1s";q=10;w=1, "default-3600s";q=100;w=3600'
 
 
 def test_requests_without_a_key_are_limited_per_address(make_app) -> None:
@@ -66,6 +104,38 @@ def test_failed_authentications_are_limited_but_valid_keys_are_not(make_app, key
     assert [client.get("/v1/items", **g).status_code for g in guesses] == [401, 401, 401]
     assert statuses(client, 2, headers=bearer(keys.unconfigured)) == [429, 429]
     assert statuses(client, 2, headers=bearer(keys.reader)) == [200, 200]
+
+
+def test_a_spent_failure_budget_is_429_with_its_own_policy(make_app, keys: KeySet) -> None:
+    client = make_app(RATELIMIT_AUTH_FAILURES="2 per hour").test_client()
+    answers = [client.get("/v1/items", headers=bearer(keys.unconfigured)) for _ in range(4)]
+    assert [a.status_code for a in answers] == [401, 401, 429, 429]
+    for answer in answers[2:]:
+        assert answer.content_type == "application/problem+json"
+        assert answer.headers["RateLimit-Policy"] == '"auth-failures";q=2;w=3600'
+        assert quota(answer)[:2] == ("auth-failures", 0)
+        assert 0 < int(answer.headers["Retry-After"]) <= 3600
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("2001:db8::1", "2001:DB8:0:0::1"),
+        ("2001:db8::1", "2001:db8::ffff:1"),
+        ("192.0.2.7", "::ffff:192.0.2.7"),
+    ],
+    ids=["two-spellings", "same-64", "ipv4-mapped"],
+)
+def test_addresses_are_normalised_and_ipv6_counts_by_64(make_app, first: str, second: str) -> None:
+    client = make_app(RATELIMIT_AUTH_FAILURES="2 per hour").test_client()
+    assert statuses(client, 2, **from_address(first)) == [401, 401]
+    assert statuses(client, 1, **from_address(second)) == [429]
+
+
+def test_another_ipv6_64_has_its_own_budget(make_app) -> None:
+    client = make_app(RATELIMIT_AUTH_FAILURES="1 per hour").test_client()
+    assert statuses(client, 2, **from_address("2001:db8:0:1::1")) == [401, 429]
+    assert statuses(client, 1, **from_address("2001:db8:0:2::1")) == [401]
 
 
 def test_successful_requests_do_not_count_as_failures(make_app, keys: KeySet) -> None:
@@ -108,5 +178,17 @@ def test_invalid_route_limit_stops_the_start(settings: Settings) -> None:
     def x() -> str:
         return "x"
 
-    with pytest.raises(ValueError, match="route x: invalid rate limit"):
+    with pytest.raises(ValueError, match="route x: is not a rate limit"):
+        install_limits(app, settings)
+
+
+def test_a_route_limit_with_a_zero_window_stops_the_start(settings: Settings) -> None:
+    app = Flask(__name__)
+
+    @app.get("/x")
+    @limit("1 per 0 second")
+    def x() -> str:
+        return "x"
+
+    with pytest.raises(ValueError, match="route x: needs at least one request"):
         install_limits(app, settings)

@@ -4,12 +4,14 @@ while the key ids, the request lines and the one traceback of a failed request d
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import re
 import shutil
 import socket
 import ssl
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,14 +78,15 @@ class Client:
 
     def send(
         self, method: str, target: str, headers: dict[str, str] | None = None, body: str | bytes | None = None
-    ) -> tuple[int, bytes]:
+    ) -> tuple[int, bytes, str]:
+        """The status, the body and the request id the service gave the request."""
         connection = http.client.HTTPSConnection(
             "localhost", self.server.port, context=self.context, timeout=10
         )
         try:
             connection.request(method, target, body=body, headers=headers or {})
             response = connection.getresponse()
-            return response.status, response.read()
+            return response.status, response.read(), response.headers["X-Request-ID"]
         finally:
             connection.close()
 
@@ -144,8 +147,9 @@ def send_everything(client: Client, keys: KeySet, run: Run, db_directory: Path) 
         headers: dict[str, str],
         body: str | None = None,
     ) -> None:
-        request_id = f"{name}.leak"
-        status, _ = client.send(method, target, {"X-Request-ID": request_id, **headers}, body)
+        status, _, request_id = client.send(
+            method, target, {"X-Request-ID": str(uuid.uuid4()), **headers}, body
+        )
         run.statuses[name] = status
         run.sent.append(Sent(method, logged_path, status, request_id, key_id))
 
@@ -184,8 +188,18 @@ def send_everything(client: Client, keys: KeySet, run: Run, db_directory: Path) 
     app("broken-json", "POST", "/v1/items", "/v1/items", "writer", {"X-API-Key": writer, **json_type}, broken)
     form = {"X-API-Key": writer, "Content-Type": "application/x-www-form-urlencoded"}
     app("form-body", "POST", "/v1/items", "/v1/items", "writer", form, f"api_key={ghost}")
+    # A key split in two by a character outside the key alphabet, in the path and the query.
+    for split in ("/", "%20", "%2F", "%09", "+"):
+        target = f"/v1/items/{ghost[:25]}{split}{ghost[25:]}?q={reader[:30]}{split}{reader[30:]}"
+        app(f"split-{split}", "GET", target, "/v1/items/", "writer", {"X-API-Key": writer})
+    # Credentials a client base64-encoded, in a well-formed header the application reads.
+    basic = base64.b64encode(f"user:{ghost}".encode()).decode()
+    app("basic", "GET", "/v1/whoami", "/v1/whoami", None, {"Authorization": f"Basic {basic}"})
+    # Control characters that would start a forged line in a text log.
+    forged = "/v1/items/x%0d%0a12:00:00%20INFO%20acme.audit:%20forged"
+    app("crlf", "GET", forged, "/v1/items/x", "reader", {"X-API-Key": reader})
     # A key as the request id.
-    run.statuses["request-id"], run.answers["request-id"] = client.send(
+    run.statuses["request-id"], run.answers["request-id"], _ = client.send(
         "GET", "/v1/whoami", {"X-Request-ID": ghost}
     )
 
@@ -197,6 +211,9 @@ def send_everything(client: Client, keys: KeySet, run: Run, db_directory: Path) 
         "bad-method": f"{ghost} /v1/items HTTP/1.1\r\n".encode(),
         "header-without-colon": f"GET / HTTP/1.1\r\nHost: localhost\r\nX-API-Key {ghost}\r\n".encode(),
         "bad-header-name": f"GET / HTTP/1.1\r\nHost: localhost\r\nX({ghost}): 1\r\n".encode(),
+        "split-by-space": f"GET /v1/items/{ghost[:25]} {ghost[25:]} HTTP/1.1\r\nHost: x\r\n".encode(),
+        "split-by-tab": f"GET /v1/items/{ghost[:25]}\t{ghost[25:]} HTTP/1.1\r\nHost: x\r\n".encode(),
+        "basic-without-colon": f"GET / HTTP/1.1\r\nHost: x\r\nAuthorization Basic {basic}\r\n".encode(),
         "folded-header": (
             f"GET /v1/items HTTP/1.1\r\nHost: localhost\r\nX-API-Key: {ghost[:25]}\r\n {ghost[25:]}\r\n"
         ).encode(),
@@ -351,6 +368,16 @@ def test_a_key_sent_as_request_id_is_not_echoed(run: Run, keys: KeySet) -> None:
     assert keys.unconfigured.secret.encode() not in run.answers["request-id"]
 
 
+def test_no_client_text_starts_a_line_of_its_own(runs: Callable[[str], Run]) -> None:
+    """In the text log every line is a record (it starts with its time) or an indented
+    continuation of one: the CR LF a client sent is shown escaped."""
+    logs = runs("development").logs
+    assert "forged" in logs
+    for line in logs.splitlines():
+        assert re.match(r"\d\d:\d\d:\d\d |    \| ", line), line
+    assert "x\\r\\n12:00:00 INFO acme.audit: forged" in logs
+
+
 def test_every_line_written_is_a_json_log_record(runs: Callable[[str], Run]) -> None:
     """Nothing is printed around the formatter, and so around the filter."""
     logs = runs("test").logs
@@ -368,7 +395,9 @@ def test_gunicorn_error_lines_for_failed_requests_are_masked(
     try:
         random_part = ghost[len(KEY_PREFIX) + 1 :]
         target = f"/v1/items/{percent_encoded(ghost)}?api_key={ghost}&token={random_part}&x={ghost}"
-        status, _ = client.send("GET", target, {"Authorization": f"Bearer {ghost}", "Cookie": f"s={ghost}"})
+        status, _, _ = client.send(
+            "GET", target, {"Authorization": f"Bearer {ghost}", "Cookie": f"s={ghost}"}
+        )
     finally:
         logs = server.stop()
     assert status == 500

@@ -3,6 +3,7 @@ that a real handler writes (not only in what the filter returns)."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -262,6 +263,30 @@ def test_a_key_split_across_two_lines_is_masked(
         assert not any(part in line for part in fragments(key.secret)), line
 
 
+@pytest.mark.parametrize("split", [" ", "\t", "/", "+", "%20", "%2F", "%09", "\\t", "%0D%0A"])
+@pytest.mark.parametrize("position", [len(KEY_PREFIX) + 3, 20, 30, 45])
+def test_a_key_split_by_a_character_outside_its_alphabet_is_masked(
+    emit: Emit, key: MintedKey, split: str, position: int
+) -> None:
+    output = emit("GET /v1/items/%s HTTP/1.1", key.secret[:position] + split + key.secret[position:])
+    assert_masked(output, key.secret)
+
+
+def test_the_part_of_a_key_that_lost_its_prefix_is_masked(emit: Emit, key: MintedKey) -> None:
+    rest = key.secret[20:]
+    output = emit("Invalid request from ip=127.0.0.1: Invalid HTTP Version: %r", f"{rest} HTTP/1.1")
+    assert_masked(output, key.secret)
+    assert "HTTP/1.1" in output
+
+
+@pytest.mark.parametrize("encode", [base64.b64encode, base64.urlsafe_b64encode], ids=["standard", "urlsafe"])
+def test_a_key_inside_base64_credentials_is_masked(emit: Emit, key: MintedKey, encode) -> None:
+    basic = encode(f"client:{key.secret}".encode()).decode()
+    output = emit("Invalid HTTP Header: %r", f"Authorization Basic {basic}")
+    assert basic not in output
+    assert MASK in output
+
+
 def test_a_percent_encoded_key_is_masked(emit: Emit, key: MintedKey) -> None:
     encoded = key.secret.replace("_", "%5F", 1)
     output = emit("Invalid HTTP request line: %r", f"GET /v1/items/{encoded} HTTP/1.1 junk")
@@ -363,10 +388,34 @@ def test_the_key_id_stays_visible(emit: Emit, key: MintedKey) -> None:
         "request_id=9f1c2b7e4d6a4c0e8b1f3a5d7c9e0b2f key_id=reader tenant=globex",
         "Listening at: https://127.0.0.1:8443 (4242)",
         "WWW-Authenticate was sent; 401 for an unknown key",
+        "item 3f2b9c0d8e7a4f1b9c2d3e4f5a6b7c8d of tenant acme",
+        "client_request_id=0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
+        "Authorization header missing",
     ],
 )
 def test_messages_without_secrets_are_unchanged(emit: Emit, message: str) -> None:
     assert emit(message) == f"INFO {message}\n"
+
+
+# Lines a client cannot forge
+
+
+@pytest.mark.parametrize("text", ["x\r\n12:00:00 INFO audit: forged", "x\u2028forged", "x\x1b[2Jforged"])
+def test_control_characters_from_a_client_are_escaped_in_text_lines(emit: Emit, text: str) -> None:
+    output = emit("GET %s 404", text, formatter=TextFormatter(), extra={"path": text})
+    assert output.count("\n") == 1
+    assert "forged" in output
+
+
+def test_a_traceback_in_a_text_line_is_indented_under_its_record(emit: Emit, key: MintedKey) -> None:
+    try:
+        raise ValueError("bad\r\n12:00:00 INFO audit: forged")
+    except ValueError as error:
+        output = emit("failed", exc_info=error, formatter=TextFormatter())
+    first, *rest = output.rstrip("\n").split("\n")
+    assert "failed" in first
+    assert rest
+    assert all(line.startswith("    | ") for line in rest)
 
 
 # Robustness

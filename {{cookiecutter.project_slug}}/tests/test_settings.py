@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 from pathlib import Path
 
 import pytest
 
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, mint
-from {{ cookiecutter.package_name }}.settings import ConfigError, check_workers, load_settings, settings_from
+from {{ cookiecutter.package_name }}.serving import check_workers
+from {{ cookiecutter.package_name }}.settings import ConfigError, Settings, load_settings, settings_from
 
 from .support import KeySet
 
@@ -69,10 +72,15 @@ def test_both_key_sources_are_refused(env: dict[str, str], tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("variable", ["RATELIMIT_DEFAULT", "RATELIMIT_AUTH_FAILURES"])
-@pytest.mark.parametrize("value", ["lots", "10 per fortnight", ""])
+@pytest.mark.parametrize("value", ["lots", "10 per fortnight", "", "1 per 0 second", "0 per minute"])
 def test_invalid_limit_stops_the_start(env: dict[str, str], variable: str, value: str) -> None:
     env[variable] = value
     assert refused(env).variable == variable
+
+
+def test_a_zero_window_is_refused_because_it_would_lock_callers_out(env: dict[str, str]) -> None:
+    env["RATELIMIT_DEFAULT"] = "1 per 0 second"
+    assert "at least one second" in str(refused(env))
 
 
 def test_unknown_storage_scheme_is_refused_without_echoing_the_uri(env: dict[str, str]) -> None:
@@ -80,6 +88,32 @@ def test_unknown_storage_scheme_is_refused_without_echoing_the_uri(env: dict[str
     error = refused(env)
     assert error.variable == "RATELIMIT_STORAGE_URI"
     assert "hunter2" not in str(error)
+
+
+@pytest.mark.parametrize("password", ["hun#ter2", "hun/ter2", "hun?ter2", "hunter2#/?"])
+def test_a_storage_password_that_would_be_misread_stops_the_start_unechoed(
+    env: dict[str, str], password: str
+) -> None:
+    env["RATELIMIT_STORAGE_URI"] = f"redis://:{password}@localhost:6379/0"
+    error = refused(env)
+    assert error.variable == "RATELIMIT_STORAGE_URI"
+    assert "percent-encode" in str(error)
+    for piece in ("hun", "ter2"):
+        assert piece not in str(error)
+
+
+def test_a_percent_encoded_storage_password_is_accepted(env: dict[str, str]) -> None:
+    env["RATELIMIT_STORAGE_URI"] = "redis://:hun%23ter%2F2%3F@localhost:6379/0"
+    assert settings_from(env).shared_limits
+
+
+def test_the_storage_uri_may_come_from_a_file(env: dict[str, str], tmp_path: Path) -> None:
+    path = tmp_path / "storage"
+    path.write_text("redis://:hunter2@localhost:6379/0\n")
+    env["RATELIMIT_STORAGE_URI_FILE"] = str(path)
+    settings = settings_from(env)
+    assert settings.ratelimit_storage_uri == "redis://:hunter2@localhost:6379/0"
+    assert "hunter2" not in str(settings.describe())
 
 
 def test_production_without_tls_or_proxy_refuses_plain_http(env: dict[str, str]) -> None:
@@ -91,10 +125,27 @@ def test_production_without_tls_or_proxy_refuses_plain_http(env: dict[str, str])
 
 def test_production_behind_a_named_proxy_may_serve_plain_http(env: dict[str, str]) -> None:
     env.update(APP_ENV="production", FORWARDED_ALLOW_IPS="10.0.0.5, 10.1.0.0/16")
-    assert settings_from(env).forwarded_allow_ips == ("10.0.0.5", "10.1.0.0/16")
+    assert settings_from(env).forwarded_allow_ips == (
+        ipaddress.ip_network("10.0.0.5"),
+        ipaddress.ip_network("10.1.0.0/16"),
+    )
 
 
-@pytest.mark.parametrize("value", ["*", "proxy.internal", "10.0.0.300"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "*",
+        "proxy.internal",
+        "10.0.0.300",
+        "0.0.0.0/0",
+        "::/0",
+        "10.0.0.5, 0.0.0.0/0",
+        "10.0.0.5,::/0",
+        "0.0.0.0/1, 128.0.0.0/1",
+        "::ffff:0:0/96",
+        "::/1, 8000::/1",
+    ],
+)
 def test_untrustworthy_proxy_lists_are_refused(env: dict[str, str], value: str) -> None:
     env["FORWARDED_ALLOW_IPS"] = value
     assert refused(env).variable == "FORWARDED_ALLOW_IPS"
@@ -139,9 +190,10 @@ def test_malformed_values_are_named(env: dict[str, str], variable: str, value: s
     assert refused(env).variable == variable
 
 
-def test_redis_storage_defaults_to_several_workers(env: dict[str, str]) -> None:
+def test_redis_storage_defaults_to_one_worker_per_cpu(env: dict[str, str]) -> None:
     env["RATELIMIT_STORAGE_URI"] = "redis://localhost:6379/0"
-    assert settings_from(env, cpu_count=2).workers == 5
+    assert settings_from(env, cpu_count=2).workers == 2
+    assert settings_from(env, cpu_count=32).workers == 8
 
 
 def test_memory_limits_with_several_workers_are_refused_in_production(
@@ -165,6 +217,12 @@ def test_describe_shows_key_ids_but_no_secret_or_storage_password(env: dict[str,
     assert "reader" in described
     assert "hunter2" not in described
     assert keys.reader.entry.split("sha256=")[1] not in described
+
+
+def test_describe_names_every_variable_of_the_table_once(env: dict[str, str]) -> None:
+    names = [field.metadata["variable"].name for field in dataclasses.fields(Settings)]
+    assert len(names) == len(set(names))
+    assert list(settings_from(env).describe()) == names
 
 
 def test_dot_env_is_read_only_in_development(

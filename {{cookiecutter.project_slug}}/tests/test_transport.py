@@ -350,10 +350,37 @@ def _memory_limits_with_two_workers(given: Inputs) -> dict[str, str]:
     }
 
 
+def _trust_every_address(given: Inputs) -> dict[str, str]:
+    return {**given.env, "FORWARDED_ALLOW_IPS": "10.0.0.5, 0.0.0.0/0"}
+
+
+def _trust_every_ipv6_address(given: Inputs) -> dict[str, str]:
+    return {**given.env, "FORWARDED_ALLOW_IPS": "::/0"}
+
+
+def _key_as_unknown_field(given: Inputs) -> dict[str, str]:
+    return {**given.env, "API_KEYS": f"{given.keys.reader.entry};{given.keys.unconfigured.secret}=x"}
+
+
+def _key_as_id(given: Inputs) -> dict[str, str]:
+    entry = given.keys.writer.entry.replace("id=writer", f"id={given.keys.unconfigured.secret}")
+    return {**given.env, "API_KEYS": f"{given.keys.reader.entry},{entry}"}
+
+
+def _storage_password_with_a_hash(given: Inputs) -> dict[str, str]:
+    secret = given.keys.unconfigured.secret
+    return {**given.env, "RATELIMIT_STORAGE_URI": f"redis://:{secret}#x@localhost:6379/0"}
+
+
 @pytest.mark.parametrize(
     ("variable", "configure"),
     [
         pytest.param("API_KEYS", _without_api_keys, id="missing-API_KEYS"),
+        pytest.param("API_KEYS", _key_as_unknown_field, id="key-as-a-field-name"),
+        pytest.param("API_KEYS", _key_as_id, id="key-as-an-id"),
+        pytest.param("FORWARDED_ALLOW_IPS", _trust_every_address, id="trust-0.0.0.0/0"),
+        pytest.param("FORWARDED_ALLOW_IPS", _trust_every_ipv6_address, id="trust-::/0"),
+        pytest.param("RATELIMIT_STORAGE_URI", _storage_password_with_a_hash, id="storage-password-with-#"),
         pytest.param("API_KEYS", _raw_key, id="raw-key-in-API_KEYS"),
         pytest.param("API_KEYS", _raw_key_among_entries, id="raw-key-among-entries"),
         pytest.param("TLS_CERT_FILE", _unreadable_cert, id="unreadable-TLS_CERT_FILE"),
@@ -397,7 +424,8 @@ def test_bad_configuration_stops_gunicorn_with_one_line_naming_the_variable(
     assert all("Starting gunicorn" in line for line in lines if line != errors[0]), output
     assert "Traceback" not in output
     for field in dataclasses.fields(keys):
-        assert getattr(keys, field.name).secret not in output
+        secret = getattr(keys, field.name).secret
+        assert not [secret[i : i + 12] for i in range(len(secret) - 11) if secret[i : i + 12] in output]
 
 
 # --- 4. Security headers on every kind of response -----------------------------------------------
@@ -501,8 +529,37 @@ def test_trusted_proxy_forwarded_for_gets_separate_rate_limit_buckets(behind_tru
 def test_plain_http_in_proxy_mode_is_answered_not_redirected(
     behind_trusted_proxy: Server, keys: KeySet, path: str
 ) -> None:
-    status, headers, body = request(behind_trusted_proxy.port, path, bearer(keys.reader))
+    forwarded = {"X-Forwarded-Proto": "https", **bearer(keys.reader)}
+    status, headers, body = request(behind_trusted_proxy.port, path, forwarded)
     assert status not in REDIRECTS
     assert "Location" not in headers
     assert status == 200, body
-    assert "Strict-Transport-Security" not in headers  # plain HTTP as the proxy reports it
+
+
+@pytest.mark.parametrize(
+    "forwarded", [{}, {"X-Forwarded-Proto": "http"}], ids=["no-scheme", "plain-http-scheme"]
+)
+def test_a_key_the_proxy_took_over_plain_http_is_refused_in_production(
+    behind_trusted_proxy: Server, keys: KeySet, forwarded: dict[str, str]
+) -> None:
+    """The proxy accepted the client's request in cleartext: its key was exposed on the way.
+    A 403 that says why makes the client notice, where an answer would hide it."""
+    sent = {**forwarded, **bearer(keys.reader)}
+    status, headers, body = request(behind_trusted_proxy.port, "/v1/whoami", sent)
+    assert status not in REDIRECTS
+    assert_problem(status, headers, body, 403)
+    assert b"HTTPS" in body
+    assert request(behind_trusted_proxy.port, "/healthz", forwarded)[0] == 200
+
+
+def test_a_peer_that_is_not_the_proxy_cannot_use_a_key_over_plain_http(keys: KeySet, tmp_path: Path) -> None:
+    """Proxy mode in production, and the client connects to the service directly."""
+    server = proxied_server(keys, tmp_path, "10.255.255.1", "production")
+    try:
+        spoofed = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "10.255.255.1", **bearer(keys.reader)}
+        status, headers, body = request(server.port, "/v1/whoami", spoofed)
+        assert_problem(status, headers, body, 403)
+        assert "Strict-Transport-Security" not in headers
+        assert request(server.port, "/healthz")[0] == 200
+    finally:
+        server.stop()

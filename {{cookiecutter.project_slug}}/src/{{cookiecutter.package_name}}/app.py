@@ -1,4 +1,4 @@
-"""The application factory: each line installs one defence, in the order a request meets them."""
+"""The application factory: one line per defence, so the whole service reads as a table of contents."""
 
 from __future__ import annotations
 
@@ -13,13 +13,22 @@ from .keys import KEY_PREFIX
 from .limits import install_limits
 from .proxy import TrustedProxies
 from .requestlog import install_request_log
-from .settings import Settings, serving_settings
+from .serving import serving_settings
+from .settings import Settings
 from .store import SqliteItems
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the service. Without ``settings``: those the gunicorn master validated, or the
-    environment's when there is no master (``flask run``, another WSGI server)."""
+    environment's when there is no master (``flask run``, another WSGI server).
+
+    Three constraints on the order below: authentication is installed before the limits,
+    because Flask-Limiter checks in an app-level ``before_request`` that needs the caller;
+    the limits come after the blueprints, whose views declare their own limits and
+    exemptions; the proxy middleware wraps everything, so nothing reads a forwarded header
+    it has not vetted. Every response, errors included, passes through every
+    ``after_request`` hook: headers, quota fields and the request line.
+    """
     if settings is None:
         settings = serving_settings()
     logs.configure(key_prefix=KEY_PREFIX, json_lines=not settings.development, level=settings.log_level)
@@ -30,12 +39,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         # Unhandled errors must reach the problem+json handler, also under a test client.
         PROPAGATE_EXCEPTIONS=False,
     )
-    app.extensions["settings"] = settings
     app.extensions["items"] = SqliteItems(settings.items_db)
 
-    install_errors(app)
     install_request_log(app)
-    install_auth(app, settings.keys)
+    install_errors(app)
+    install_auth(app, settings.keys, https_only=settings.app_env == "production")
     register_blueprints(app, openapi_enabled=settings.openapi_enabled)
     install_limits(app, settings)
     install_headers(app, settings)

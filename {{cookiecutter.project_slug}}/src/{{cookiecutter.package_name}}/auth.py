@@ -25,7 +25,7 @@ MAX_PRESENTED = 256
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """The authenticated caller, as views see it on ``g.caller``."""
+    """The authenticated caller, as views get it from :func:`current_caller`."""
 
     key_id: str
     tenant: str
@@ -59,7 +59,7 @@ def presented_key(environ: Mapping[str, Any]) -> str | None:
     return key
 
 
-def _identify(ring: KeyRing) -> Callable[[], Response | None]:
+def _identify(ring: KeyRing, https_only: bool) -> Callable[[], Response | None]:
     # Callers are frozen: one per configured key serves every request.
     callers = {key.key_id: Caller(key.key_id, key.tenant, key.scopes) for key in ring}
 
@@ -67,32 +67,55 @@ def _identify(ring: KeyRing) -> Callable[[], Response | None]:
         environ = request.environ
         # Only a request with a query string needs it parsed (most have none).
         if environ.get("QUERY_STRING") and any(name.lower() in URL_KEY_PARAMETERS for name in request.args):
+            g.auth_failure = "key_in_url"
             return problem(400, "API keys are not accepted in the URL; send an Authorization header.")
-        caller = None
+        g.caller = None
+        if https_only and not request.is_secure:
+            # Plain HTTP from a peer that is not a named proxy, or a proxy that took plain HTTP
+            # from its client: any key on it crossed the network in cleartext.
+            g.auth_failure = "insecure_transport"
+            return None
+        identified = None
         try:
             key = presented_key(environ)
             if key is not None:
-                caller = callers[ring.verify(key).key_id]
-                environ["app.key_id"] = caller.key_id
+                identified = callers[ring.verify(key).key_id]
+                environ["app.key_id"] = identified.key_id
         except InvalidKey as error:
-            g.auth_failure = type(error).__name__
-        g.caller = caller
+            g.auth_failure = error.reason
+        g.caller = identified
         return None
 
     return identify
 
 
-def install_auth(app: Flask, ring: KeyRing) -> None:
-    """Identify the caller before anything else runs, rate limiting included."""
-    app.before_request(_identify(ring))
+def install_auth(app: Flask, ring: KeyRing, *, https_only: bool) -> None:
+    """Identify the caller before anything else runs, rate limiting included. With
+    ``https_only``, no key is even read from a request that did not arrive over HTTPS."""
+    app.before_request(_identify(ring, https_only))
+
+
+def caller() -> Caller | None:
+    """The caller this request authenticated as, or None: the one accessor for everyone."""
+    identified: Caller | None = g.get("caller")
+    return identified
+
+
+def failure() -> str | None:
+    """Why authentication failed: for the request log and metrics, never for the client."""
+    reason: str | None = g.get("auth_failure")
+    return reason
 
 
 def current_caller() -> Caller:
-    """The caller of a protected view (its blueprint has already refused anonymous calls)."""
-    caller: Caller | None = g.get("caller")
-    if caller is None:
+    """The caller of a protected view: a request without a valid key stops here with 401."""
+    identified = caller()
+    if identified is None:
+        if failure() == "insecure_transport":
+            fail(403, "API keys are accepted over HTTPS only: connect through the TLS-terminating proxy.")
+        g.auth_failure = failure() or "missing"
         fail(401, headers=CHALLENGE)
-    return caller
+    return identified
 
 
 def scoped_blueprint(
@@ -112,9 +135,9 @@ def scoped_blueprint(
 
     @blueprint.before_request
     def require_scope() -> None:
-        caller = current_caller()
+        scopes = current_caller().scopes
         needed = scope if request.method in SAFE_METHODS or write_scope is None else write_scope
-        if needed is not None and needed not in caller.scopes:
+        if needed is not None and needed not in scopes:
             fail(403)
 
     return blueprint

@@ -1,4 +1,5 @@
-"""problem+json (RFC 9457) for every error, so no failure answers with HTML, a traceback or a key."""
+"""problem+json (RFC 9457) for every error, so no failure answers with HTML, a traceback, a key or
+a redirect built from the client's Host header."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from http import HTTPStatus
 from typing import NoReturn
 
 from flask import Flask, Response, abort, g, json
-from gunicorn.http.errors import NoMoreData, ParseException  # type: ignore[import-untyped]
+from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import RequestRedirect
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -18,11 +20,13 @@ DETAILS = {
     403: "The API key lacks a scope that this request needs.",
     404: "No such resource.",
     405: "The method is not allowed for this resource.",
+    408: "The request body arrived too slowly.",
     413: "The request body is too large.",
     415: "The request body must be application/json.",
     422: "The request body is not valid for this resource.",
     429: "Too many requests; retry after the time in Retry-After.",
     500: "An internal error occurred; quote the request_id when reporting it.",
+    503: "The service is unavailable; retry after the time in Retry-After.",
 }
 
 
@@ -44,7 +48,9 @@ def fail(status: int, detail: str | None = None, headers: dict[str, str] | None 
 
 
 def _from_http_exception(error: HTTPException) -> Response:
-    status = error.code or 500
+    # Routing would redirect ("/v1//items", a missing trailing slash) to a URL built from the
+    # Host header, in HTML: an API has one spelling for each resource, and says so with 404.
+    status = 404 if isinstance(error, RequestRedirect) else error.code or 500
     headers = {}
     if status == 405 and getattr(error, "valid_methods", None):
         headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
@@ -61,6 +67,7 @@ def install_errors(app: Flask) -> None:
     Flask logs an unhandled exception once (with its traceback, masked by the log filter)
     before it calls the 500 handler.
     """
+    app.url_map.merge_slashes = False
     app.register_error_handler(HTTPException, _from_http_exception)
     # gunicorn raises these while a view reads a body that breaks HTTP framing (a bad chunk,
     # fewer bytes than Content-Length): the client's fault, not a 500.

@@ -43,6 +43,8 @@ ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 BODY_LENGTH = 43  # 62**43 > 2**256: every 256-bit value fits.
 CHECKSUM_LENGTH = 6  # 62**6 > 2**32: every CRC32 value fits.
 RANDOM_BYTES = 32
+# After the prefix, this many characters of the key alphabet are treated as (part of) a key.
+MIN_KEY_PIECE = 12
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 TENANT_PATTERN = ID_PATTERN
@@ -50,24 +52,33 @@ SCOPE_PATTERN = re.compile(r"[a-z][a-z0-9_.-]*(:[a-z0-9_.-]+)*")
 DIGEST_PATTERN = re.compile(r"[0-9a-f]{64}")
 PLACEHOLDER_DIGEST = "0" * 64
 DEFAULT_TENANT = "default"
+FIELDS = frozenset({"id", "tenant", "scopes", "expires", "sha256"})
 KEY_PREFIX = "{{ cookiecutter.key_prefix }}"
 
 
 class InvalidKey(Exception):
-    """A presented key is not accepted. The subclasses exist for logs and tests only:
+    """A presented key is not accepted. The subclasses exist for logs, metrics and tests only:
     callers answer every one of them the same way."""
+
+    reason = "invalid"
 
 
 class MalformedKey(InvalidKey):
     """Wrong length, alphabet, prefix or checksum: rejected before any lookup."""
 
+    reason = "malformed"
+
 
 class UnknownKey(InvalidKey):
     """Well formed, but no entry holds its digest."""
 
+    reason = "unknown"
+
 
 class ExpiredKey(InvalidKey):
     """Its entry has expired."""
+
+    reason = "expired"
 
 
 class EntryError(ValueError):
@@ -150,17 +161,23 @@ def mint(
     return MintedKey(secret, key)
 
 
-def key_pattern(prefix: str) -> str:
-    """A regular expression for this service's keys, for secret scanners and log masking."""
-    length = BODY_LENGTH + CHECKSUM_LENGTH
-    return re.escape(prefix) + "_[0-9A-Za-z]{" + str(length) + "}"
+def key_pattern(prefix: str, shortest: int = BODY_LENGTH + CHECKSUM_LENGTH) -> str:
+    """A regular expression for this service's keys (or, with ``shortest``, any piece of one at
+    least that long after the prefix), for secret scanners and log masking."""
+    return re.escape(prefix) + "_[0-9A-Za-z]{" + f"{shortest},{BODY_LENGTH + CHECKSUM_LENGTH}" + "}"
+
+
+def _looks_like_a_key(text: str) -> bool:
+    # Ids and tenants are logged and shown everywhere: a key pasted as one must not be.
+    return re.search(key_pattern(KEY_PREFIX, MIN_KEY_PIECE), text) is not None
 
 
 def _validate(key: ApiKey) -> None:
-    if not ID_PATTERN.fullmatch(key.key_id):
-        raise EntryError("id must be 1-64 letters, digits, '.', '_' or '-'")
-    if not TENANT_PATTERN.fullmatch(key.tenant):
-        raise EntryError("tenant must be 1-64 letters, digits, '.', '_' or '-'")
+    for name, value in (("id", key.key_id), ("tenant", key.tenant)):
+        if not ID_PATTERN.fullmatch(value):
+            raise EntryError(f"{name} must be 1-64 letters, digits, '.', '_' or '-'")
+        if _looks_like_a_key(value):
+            raise EntryError(f"{name} looks like an API key: name the key, do not paste it")
     if not key.scopes:
         raise EntryError("needs at least one scope")
     for scope in key.scopes:
@@ -177,9 +194,9 @@ def parse_entry(text: str) -> ApiKey:
         if not sep or name in fields:
             raise EntryError("is not an entry printed by 'keys new' (expected id=...;sha256=...)")
         fields[name] = value.strip()
-    unknown = sorted(set(fields) - {"id", "tenant", "scopes", "expires", "sha256"})
-    if unknown:
-        raise EntryError(f"has unknown field {unknown[0]!r}")
+    if not set(fields) <= FIELDS:
+        # Never the field's name: a key pasted into an entry would be one.
+        raise EntryError(f"has an unknown field (known: {', '.join(sorted(FIELDS))})")
     for required in ("id", "scopes", "sha256"):
         if required not in fields:
             raise EntryError(f"has no {required} field")
@@ -214,17 +231,16 @@ class KeyRing:
     """The configured keys, indexed by digest. Build it once at start; it never changes."""
 
     def __init__(self, prefix: str, keys: Iterable[ApiKey]) -> None:
-        self.prefix = prefix
         self._shape = re.compile(key_pattern(prefix))
         self._length = len(prefix) + 1 + BODY_LENGTH + CHECKSUM_LENGTH
         self._by_digest: dict[bytes, ApiKey] = {}
-        seen_ids: set[str] = set()
-        for key in keys:
-            if key.key_id in seen_ids:
-                raise EntryError(f"id {key.key_id!r} is configured twice")
+        first_with_id: dict[str, int] = {}
+        for position, key in enumerate(keys, start=1):
+            if key.key_id in first_with_id:
+                raise EntryError(f"entry {position} has the same id as entry {first_with_id[key.key_id]}")
             if key.digest in self._by_digest:
-                raise EntryError(f"id {key.key_id!r} has the same digest as another entry")
-            seen_ids.add(key.key_id)
+                raise EntryError(f"entry {position} has the same digest as another entry")
+            first_with_id[key.key_id] = position
             self._by_digest[key.digest] = key
 
     @classmethod
@@ -293,6 +309,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, prefix: str = KEY_PREFIX) -> int:
     args = _parser().parse_args(argv)
     if args.command == "new":
+        if args.expires is not None and args.expires <= dt.datetime.now(dt.UTC).date():
+            print("error: --expires is not in the future: the key would be refused at once", file=sys.stderr)
+            return 2
         try:
             minted = mint(prefix, key_id=args.id, scopes=args.scope, tenant=args.tenant, expires=args.expires)
         except EntryError as error:

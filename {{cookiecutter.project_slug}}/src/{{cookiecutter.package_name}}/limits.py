@@ -1,32 +1,44 @@
-"""Rate limits per key id (never the key) and per address, so one client cannot starve others
-and key guessing stays slow (CWE-307).
+"""Rate limits per key id (never the key) and per client network, so one client cannot starve
+the others and key guessing stays slow (CWE-307, CWE-770).
 
 Storage keys look like ``LIMITS:LIMITER/key:<key id>/...`` or ``.../addr:<address>/...``:
-safe to read, and nothing in them can be turned back into a key.
+safe to read, and nothing in them can be turned back into a key. Answers carry the IETF
+``RateLimit-Policy`` and ``RateLimit`` fields (draft-ietf-httpapi-ratelimit-headers), and
+``Retry-After`` only with a 429.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import ipaddress
+import logging
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
-from flask import Flask, Response, g, request
-from flask_limiter import ApplicationLimit, Limiter
-from limits import parse_many
+from flask import Flask, Response, current_app, request
+from flask_limiter import Limiter, RequestLimit
+from limits import RateLimitItem
+from limits.errors import StorageError
 
-from .limiter import limiter_class
-from .settings import Settings
+from .auth import caller
+from .errors import problem
+from .settings import Invalid, Settings, rate_limits
 
 View = TypeVar("View", bound=Callable[..., object])
 
 RATE_LIMIT = "rate_limit"
 EXEMPT = "rate_limit_exempt"
-# Fail fast when Redis does not answer, instead of holding a worker for the OS timeout.
+AUTH_FAILURES = "auth-failures"
+# Fail fast when Redis does not answer, instead of holding a request for the OS timeout; storage
+# errors arrive as limits' StorageError, which this module catches by name.
 REDIS_OPTIONS: dict[str, str | int] = {
     "socket_connect_timeout": 1,
     "socket_timeout": 1,
     "health_check_interval": 5,
+    "wrap_exceptions": True,
 }
+
+logger = logging.getLogger(__name__)
 
 
 def limit(value: str) -> Callable[[View], View]:
@@ -45,65 +57,172 @@ def exempt(view: View) -> View:
     return view
 
 
-def limit_key() -> str:
-    caller = g.get("caller")
-    return f"key:{caller.key_id}" if caller is not None else f"addr:{client_address()}"
-
-
 def client_address() -> str:
-    # REMOTE_ADDR is the peer, or what a trusted proxy reported (see proxy.py); never a
-    # header a client can set on its own.
-    return f"{request.remote_addr}"
+    """The client as a rate-limit identity: an IPv4 address, or the /64 of an IPv6 one.
+
+    REMOTE_ADDR is the peer, or what a trusted proxy reported (see proxy.py); never a header a
+    client can set on its own. An IPv6 subscriber usually holds a whole /64 and could take a
+    fresh budget with every address in it; one address also has several spellings.
+    """
+    text = request.remote_addr or ""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return text
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network((address, 64), strict=False))
+    return str(address)
 
 
-def _has_valid_key() -> bool:
-    return g.get("caller") is not None
+def limit_key() -> str:
+    identified = caller()
+    return f"key:{identified.key_id}" if identified is not None else f"addr:{client_address()}"
 
 
-def _failed_authentication(response: Response) -> bool:
-    return response.status_code == 401
+def _fields(
+    response: Response,
+    policies: Sequence[tuple[str, RateLimitItem]],
+    current: str,
+    remaining: int,
+    reset_at: float,
+) -> None:
+    """The IETF fields, and Retry-After when the answer is 429."""
+    seconds = max(1, int(reset_at - time.time()))
+    response.headers["RateLimit-Policy"] = ", ".join(
+        f'"{name}";q={item.amount};w={item.get_expiry()}' for name, item in policies
+    )
+    response.headers["RateLimit"] = f'"{current}";r={max(0, remaining)};t={seconds}'
+    if response.status_code == 429:
+        response.headers["Retry-After"] = str(seconds)
+
+
+class FailureBudget:
+    """Failed authentications allowed per client address (RATELIMIT_AUTH_FAILURES).
+
+    Each failure is counted when it happens, in one atomic step of the storage, and the
+    answer follows the count: N failures at once from one address give exactly the limit's
+    number of 401s, then 429s. A test before the hit would let parallel failures through.
+    """
+
+    def __init__(self, limiter: Limiter, text: str) -> None:
+        self.limiter = limiter
+        self.policies = _named(AUTH_FAILURES, sorted(rate_limits(text)))
+
+    def refuse_spent(self) -> Response | None:
+        """Before the request: 429 for an address that has no failure left."""
+        if caller() is not None or getattr(_view(), EXEMPT, False):
+            return None
+        identity = [f"addr:{client_address()}", AUTH_FAILURES]
+        try:
+            strategy = self.limiter.limiter
+            spent = [(name, item) for name, item in self.policies if not strategy.test(item, *identity)]
+            return self._too_many(identity, *spent[0]) if spent else None
+        except StorageError:
+            logger.warning("Rate limit storage unreachable: failed authentications not checked")
+            return None
+
+    def count(self, response: Response) -> Response:
+        """After the request: count a 401, and answer 429 instead when it was one too many."""
+        if response.status_code != 401 or caller() is not None:
+            return response
+        identity = [f"addr:{client_address()}", AUTH_FAILURES]
+        try:
+            strategy = self.limiter.limiter
+            over = [(name, item) for name, item in self.policies if not strategy.hit(item, *identity)]
+            return self._too_many(identity, *over[0]) if over else response
+        except StorageError:
+            logger.warning("Rate limit storage unreachable: a failed authentication was not counted")
+            return response
+
+    def _too_many(self, identity: list[str], name: str, item: RateLimitItem) -> Response:
+        reset_at, remaining = self.limiter.limiter.get_window_stats(item, *identity)
+        answer = problem(429)
+        _fields(answer, self.policies, name, remaining, reset_at)
+        return answer
+
+
+def _named(base: str, items: Sequence[RateLimitItem]) -> list[tuple[str, RateLimitItem]]:
+    """Policy names: the limit's origin, and its window when one limit has several."""
+    if len(items) == 1:
+        return [(base, items[0])]
+    return [(f"{base}-{item.get_expiry()}s", item) for item in items]
+
+
+def _name_of(policies: Sequence[tuple[str, RateLimitItem]], item: RateLimitItem) -> str:
+    return next((name for name, known in policies if known == item), policies[0][0])
+
+
+def _view() -> object:
+    return current_app.view_functions.get(request.endpoint or "")
+
+
+class QuotaFields:
+    """The IETF fields for the limits Flask-Limiter applied to this request."""
+
+    def __init__(self, limiter: Limiter, default: str) -> None:
+        self.limiter = limiter
+        self.default = sorted(rate_limits(default))
+
+    def _policies(self, applied: list[RequestLimit]) -> list[tuple[str, RateLimitItem]]:
+        items = [current.limit for current in applied]
+        if all(item in self.default for item in items):
+            return _named("default", items)
+        return _named(request.endpoint or "route", items)
+
+    def add(self, response: Response) -> Response:
+        current = self.limiter.current_limit
+        if current is None or "RateLimit" in response.headers:
+            return response
+        policies = self._policies(self.limiter.current_limits)
+        try:
+            _fields(
+                response, policies, _name_of(policies, current.limit), current.remaining, current.reset_at
+            )
+        except StorageError:
+            logger.warning("Rate limit storage unreachable: quota fields left out")
+        return response
 
 
 def install_limits(app: Flask, settings: Settings) -> Limiter:
-    """Wire Flask-Limiter. Must run after ``install_auth``: its check is an app-level
-    ``before_request`` and needs the caller that authentication found."""
-    auth_failures = ApplicationLimit(
-        settings.ratelimit_auth_failures,
-        key_function=lambda: f"addr:{client_address()}",
-        scope="auth-failures",
-        exempt_when=_has_valid_key,
-        deduct_when=_failed_authentication,
-    )
-    options = REDIS_OPTIONS if settings.shared_limits else {}
-    limiter = limiter_class()(
+    """Wire Flask-Limiter. Must run after ``install_auth`` (its check is an app-level
+    ``before_request`` that needs the caller) and after the blueprints (limits and
+    exemptions are declared on their views)."""
+    shared = settings.shared_limits
+    limiter = Limiter(
         limit_key,
         default_limits=[settings.ratelimit_default],
-        application_limits=[auth_failures],
-        headers_enabled=True,
+        headers_enabled=False,  # QuotaFields writes the IETF fields, and Retry-After only on 429
         strategy=settings.ratelimit_strategy,
         storage_uri=settings.ratelimit_storage_uri,
-        storage_options=options,
+        storage_options=REDIS_OPTIONS if shared else {},
         # Redis down: count in this process's memory and probe Redis again, rather than
         # answer 500 or stop limiting (see the README, "Rate limits").
-        in_memory_fallback_enabled=settings.shared_limits,
+        in_memory_fallback_enabled=shared,
         # Flask-Limiter switches to memory once per process, on the first failed request;
-        # requests already in flight in other threads then meet the same storage error, as
-        # may the after-request deduction and headers. Those few pass uncounted (logged)
-        # instead of answering 500.
-        swallow_errors=settings.shared_limits,
-        retry_after="delta-seconds",
+        # requests already in flight meet the same storage error. Those few pass uncounted
+        # (logged) instead of answering 500.
+        swallow_errors=shared,
     )
     limiter.init_app(app)
+    budget = FailureBudget(limiter, settings.ratelimit_auth_failures)
+    fields = QuotaFields(limiter, settings.ratelimit_default)
+    app.before_request(budget.refuse_spent)
+    # after_request hooks run last-registered first: a 401 is counted, maybe made a 429 with
+    # its own fields, before the generic fields are added.
+    app.after_request(fields.add)
+    app.after_request(budget.count)
     for endpoint, view in list(app.view_functions.items()):
         if getattr(view, EXEMPT, False):
             limiter.exempt(view)
         value = getattr(view, RATE_LIMIT, None)
         if value is not None:
             try:
-                parse_many(value)
-            except ValueError:
+                rate_limits(value)
+            except Invalid as error:
                 # Flask-Limiter would log and silently fall back to the default limit.
-                raise ValueError(f"route {endpoint}: invalid rate limit {value!r}") from None
+                raise ValueError(f"route {endpoint}: {error}") from None
             # The wrapper is what checks a decorated limit: it must replace the view.
             app.view_functions[endpoint] = limiter.limit(value)(cast(Callable[..., Any], view))
     return limiter

@@ -1,5 +1,6 @@
-"""Log masking: no API key, credential header or key-like query value reaches a log line,
-tracebacks and extra fields included.
+"""Log masking and log lines that cannot lie: no API key, credential header or key-like query
+value reaches a log line (tracebacks and extra fields included), and no client-sent control
+character can start a forged line.
 
 The filter sits on the handlers that write (not on loggers, whose filters miss records of
 child loggers), and rewrites each record before any formatter sees it.
@@ -7,36 +8,49 @@ child loggers), and rewrites each record before any formatter sees it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import json
 import logging
 import logging.config
 import re
-import threading
 import traceback
 from contextvars import ContextVar
 from typing import Any
 
+from .keys import BODY_LENGTH, CHECKSUM_LENGTH, MIN_KEY_PIECE
+
 MASK = "[MASKED]"
-# After the prefix, a run this long of the key alphabet is masked: a key, a truncated or
-# mistyped one, but not a word such as the package name (``<prefix>_widgets_api``).
-MIN_SECRET_LENGTH = 12
-KEY_BODY_LENGTH = 49  # random part and checksum: nothing after them belongs to the key.
-# Where a long value was wrapped: a line break and the next line's indentation.
-BREAK = r"(?:\r?\n[ \t]*)?"
+# What may split a key in a log line and still leave it readable: a wrapped line, whitespace,
+# a slash, a "+" (a form-encoded space), any percent-encoded byte, or an escape in a repr().
+SPLIT = r"(?:\r?\n[ \t]*|[ \t/+]|%[0-9A-Fa-f]{2}|\\[tnr]|\\x[0-9A-Fa-f]{2})?"
+# A character of the key alphabet, raw or percent-encoded as a raw request line carries it.
+KEY_CHARACTER = r"(?:[0-9A-Za-z]|%(?:3[0-9]|4[1-9A-Fa-f]|5[0-9Aa]|6[1-9A-Fa-f]|7[0-9Aa]))"
 # As they appear in headers, reprs and WSGI environs (HTTP_X_API_KEY).
 CREDENTIAL_HEADERS = r"(?:proxy[-_])?authorization|x[-_]api[-_]key|(?:set[-_])?cookie"
+AUTH_SCHEMES = r"bearer|basic|token|apikey|digest|negotiate"
 # Any query parameter whose name holds one of these words (api_key, access_token, api%5Fkey...).
 KEY_PARAMETER_WORDS = r"key|token|secret|password"
+# The rest of a key that something split from its prefix (gunicorn quotes the part of a request
+# line after a space on its own): a run of the key alphabet with a digit, a capital and a
+# small letter. Hex ids, words and identifiers lack one of the three; a key's body has all.
+KEY_PIECE = (
+    r"(?<![0-9A-Za-z])(?=[0-9A-Za-z]*[0-9])(?=[0-9A-Za-z]*[A-Z])(?=[0-9A-Za-z]*[a-z])"
+    + "[0-9A-Za-z]{"
+    + str(MIN_KEY_PIECE)
+    + ",}(?![0-9A-Za-z])"
+)
+# Long enough to hold "x:" and a key piece once decoded: credentials a client base64-encoded.
+BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{24,}={0,2}")
 
 # Every alternative of the masking pattern needs one of these characters (the key's "_" or
-# "%5F" separator, a header's ":", "=" or ",", a query's "?", "&" or ";"): a string without
-# any, such as a generated request id or a plain path, cannot match and skips the regex.
-MASK_TRIGGERS = re.compile(r"[_%:=,?&;]")
-# Strings seen to hold nothing to mask (a path, a method, a key id) come back on most lines:
-# remembered, they skip the regex. Only such strings are kept, never one that held a secret.
-CLEAN_CACHE_SIZE = 4096
-CLEAN_MAX_LENGTH = 256
+# "%5F" separator, a header's ":", "=" or ",", a query's "?", "&" or ";", a scheme's space)
+# or a run as long as a key piece: a short string without any, such as a method or a status,
+# skips the regex.
+MASK_TRIGGERS = re.compile(r"[_%:=,?&; ]")
+# Control characters, and the Unicode line breaks that some viewers honour.
+CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
@@ -48,20 +62,25 @@ STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, N
 
 
 def masking_pattern(key_prefix: str) -> re.Pattern[str]:
-    """Keys of this service (also mistyped, truncated, percent-encoded or wrapped over lines,
-    even inside the prefix), credential header values, and key-like query parameters."""
-    prefix = BREAK.join(re.escape(char) for char in key_prefix)
-    # "_" also percent-encoded, as a raw request line carries it.
-    separator = BREAK + r"(?:_|%5[Ff])"
-    body = r"(?:" + BREAK + r"[0-9A-Za-z])" + "{" + f"{MIN_SECRET_LENGTH},{KEY_BODY_LENGTH}" + "}"
+    """Keys of this service (also mistyped, truncated, percent-encoded, or split by a line
+    break, a space or a slash, even inside the prefix), credential header values, and
+    key-like query parameters."""
+    prefix = SPLIT.join(re.escape(char) for char in key_prefix)
+    separator = SPLIT + r"(?:_|%5[Ff])"
+    body = rf"(?:{SPLIT}{KEY_CHARACTER})" + "{" + f"{MIN_KEY_PIECE},{BODY_LENGTH + CHECKSUM_LENGTH}" + "}"
     key = prefix + separator + body
     header = (
         rf"(?P<header>(?i:(?<![0-9A-Za-z])(?:{CREDENTIAL_HEADERS})(?![0-9A-Za-z])"
-        r"(?:[\"']\s*[:=,]|\s*[:=])\s*[\"']?))[^\"'\r\n]+"
+        rf"(?:[\"']\s*[:=,]|\s*[:=]|\s+(?=(?:{AUTH_SCHEMES})\s))\s*[\"']?))[^\"'\r\n]+"
     )
     name = r"[^=&;?#\s\"']*"
     query = rf"(?P<query>(?i:[?&;]{name}(?:{KEY_PARAMETER_WORDS}){name}=))[^&;#\s\"']*"
-    return re.compile(rf"(?P<key>{key})|{header}|{query}")
+    return re.compile(rf"(?P<key>{key})|{header}|{query}|{KEY_PIECE}")
+
+
+def escape_controls(text: str) -> str:
+    """Control characters as visible escapes: a client's CR LF cannot start a line of its own."""
+    return CONTROL.sub(lambda match: json.dumps(match.group())[1:-1], text)
 
 
 class MaskSecrets(logging.Filter):
@@ -71,29 +90,30 @@ class MaskSecrets(logging.Filter):
     def __init__(self, key_prefix: str) -> None:
         super().__init__()
         self.pattern = masking_pattern(key_prefix)
-        self.clean: set[str] = set()
+        self.encoded_prefix = f"{key_prefix}_".encode()
 
     @staticmethod
     def _replace(match: re.Match[str]) -> str:
         return (match.group("header") or match.group("query") or "") + MASK
 
+    def _encoded_key(self, match: re.Match[str]) -> str:
+        run = match.group()
+        try:
+            decoded = base64.b64decode(run + "=" * (-len(run) % 4), altchars=b"-_" if "-" in run else None)
+        except (binascii.Error, ValueError):
+            return run
+        return MASK if self.encoded_prefix in decoded else run
+
     def mask(self, text: str) -> str:
-        if text in self.clean or MASK_TRIGGERS.search(text) is None:
+        if len(text) < MIN_KEY_PIECE and MASK_TRIGGERS.search(text) is None:
             return text
-        masked = self.pattern.sub(self._replace, text)
-        if masked == text and len(text) <= CLEAN_MAX_LENGTH:
-            if len(self.clean) >= CLEAN_CACHE_SIZE:
-                self.clean.clear()  # bounded: a flood of distinct paths only costs the regex again
-            self.clean.add(text)
-        return masked
+        return self.pattern.sub(self._replace, BASE64_RUN.sub(self._encoded_key, text))
 
     def _mask_value(self, value: Any) -> Any:
-        if type(value) is str:  # most extras: tested first
+        if isinstance(value, str):
             return self.mask(value)
         if value is None or isinstance(value, bool | int | float):
             return value
-        if isinstance(value, str):
-            return self.mask(value)
         if isinstance(value, dict):
             return {self._mask_value(k): self._mask_value(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
@@ -112,7 +132,7 @@ class MaskSecrets(logging.Filter):
         record.args = None
         rid = request_id.get()
         if rid is not None and "request_id" not in vars(record):
-            record.request_id = rid  # a client may send a key as its request id: masked below
+            record.request_id = rid
         if record.exc_info:
             # Format the traceback here, masked, and drop exc_info so that no formatter
             # renders the original (exception messages and locals may hold a key).
@@ -138,61 +158,12 @@ class MaskSecrets(logging.Filter):
         return True
 
 
-# What json.dumps(entry, default=str) builds for every call, built once.
-ENCODER = json.JSONEncoder(default=str)
-
-
-class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """A StreamHandler whose threads do not queue at the stream.
-
-    Writing releases the GIL, and under threads each release costs a switch between them. A
-    thread that finds another one writing leaves its line to that thread, which writes all
-    that is pending before it carries on: lines keep their order, each is written before the
-    writing thread's own request ends, and under load one write carries several lines.
-    """
-
-    def __init__(self, stream: Any = None) -> None:
-        super().__init__(stream)
-        self.pending: list[str] = []
-        self.writing = False
-        self.pending_lock = threading.Lock()
-
-    def handle(self, record: logging.LogRecord) -> bool:
-        if not self.filter(record):
-            return False
-        try:
-            line = self.format(record) + self.terminator
-        except Exception:  # noqa: BLE001 - as Handler.emit: report, never raise into the caller
-            self.handleError(record)
-            return True
-        with self.pending_lock:
-            self.pending.append(line)
-            if self.writing:
-                return True
-            self.writing = True
-        self._write_pending(record)
-        return True
-
-    def _write_pending(self, record: logging.LogRecord) -> None:
-        try:
-            while True:
-                with self.pending_lock:
-                    if not self.pending:
-                        self.writing = False
-                        return
-                    text = "".join(self.pending)
-                    self.pending.clear()
-                with self.lock:  # type: ignore[union-attr]
-                    self.stream.write(text)
-                    self.stream.flush()
-        except Exception:  # noqa: BLE001 - as Handler.emit: report, never raise into the caller
-            with self.pending_lock:
-                self.writing = False
-            self.handleError(record)
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in STANDARD_ATTRIBUTES}
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, for log pipelines."""
+    """One JSON object per line, for log pipelines; JSON escapes every control character."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -200,35 +171,45 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
+            **_extras(record),
         }
-        if hasattr(record, "request_id"):
-            entry["request_id"] = record.request_id  # set, and masked, by MaskSecrets
-        entry.update({k: v for k, v in vars(record).items() if k not in STANDARD_ATTRIBUTES})
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
             entry["exception"] = record.exc_text
         if record.stack_info:
             entry["stack"] = record.stack_info
-        return ENCODER.encode(entry)
+        return json.dumps(entry, default=str)
 
 
 class TextFormatter(logging.Formatter):
-    """Readable lines for development, extras appended as key=value."""
+    """Readable lines for development, extras appended as key=value.
+
+    Client text is escaped, and every line of a record after its first (a traceback, a
+    stack) is indented, so nothing a client sends can pass for a record of its own.
+    """
 
     def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+        super().__init__(datefmt="%H:%M:%S")
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        extras = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in STANDARD_ATTRIBUTES)
-        return f"{line} {extras}" if extras else line
+        head = (
+            f"{self.formatTime(record, self.datefmt)} {record.levelname} {record.name}: {record.getMessage()}"
+        )
+        extras = " ".join(f"{k}={v}" for k, v in _extras(record).items())
+        lines = [escape_controls(f"{head} {extras}" if extras else head)]
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        for block in (record.exc_text, record.stack_info and self.formatStack(record.stack_info)):
+            if block:
+                lines += (f"    | {escape_controls(line)}" for line in block.split("\n"))
+        return "\n".join(lines)
 
 
 def logging_config(*, key_prefix: str, json_lines: bool, level: str) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for the app, werkzeug and gunicorn alike."""
     handler = {
-        "class": f"{__name__}.LineHandler",
+        "class": "logging.StreamHandler",
         "stream": "ext://sys.stderr",
         "formatter": "lines",
         "filters": ["mask"],

@@ -22,19 +22,14 @@ FORWARDED_HEADERS = (
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
-    """Addresses or networks, as gunicorn's FORWARDED_ALLOW_IPS accepts them."""
-    return tuple(ipaddress.ip_network(value, strict=False) for value in values)
-
-
 class TrustedProxies:
     """WSGI middleware: from a trusted peer, take the client address and scheme the proxy
     reports (the last hop, the one it added itself); from anyone, drop forwarded headers so
     nothing further in (Talisman included) can read a spoofed one."""
 
-    def __init__(self, app: WSGIApplication, trusted: Iterable[str]) -> None:
+    def __init__(self, app: WSGIApplication, trusted: Iterable[Network]) -> None:
         self.app = app
-        self.trusted = parse_networks(trusted)
+        self.trusted = tuple(trusted)
 
     def _is_trusted(self, peer: str | None) -> bool:
         if not self.trusted or not peer:

@@ -1,77 +1,51 @@
-"""One log line per request, with a request id and the key id, and never the query string or
-a header: those are where keys travel."""
+"""One log line per request, under a request id the service made itself, and never the query
+string or a header: those are where keys travel.
+
+The id a client sends in ``X-Request-ID`` is never the request's id, so no client can give its
+request another request's id, and it is kept (as ``client_request_id``) only when it is a
+UUID: a format that cannot carry a key.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import logging
-import os
 import re
-import secrets
 import time
+import uuid
 
 from flask import Flask, Response, g, request
 
-from .keys import KEY_PREFIX
+from .auth import caller, failure
 from .logging import request_id
 
 logger = logging.getLogger(__name__)
 
-_ID_KEY = secrets.token_bytes(32)
-_COUNTER = itertools.count()
-
-# A client's request id is echoed and logged: accept only short, plain tokens.
-REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")
-
-
-def _acceptable(incoming: str) -> bool:
-    # A key sent as a request id would be echoed back and logged (masked, so useless).
-    return REQUEST_ID.fullmatch(incoming) is not None and f"{KEY_PREFIX}_" not in incoming
-
-
-def new_request_id() -> str:
-    """32 hex digits that no one can predict or count, as uuid4().hex gives.
-
-    A keyed hash of a per-process counter: os.urandom (behind uuid4 and secrets) is a system
-    call that releases the GIL, and under threads each release costs a switch between them.
-    """
-    number = next(_COUNTER).to_bytes(8, "big") + os.getpid().to_bytes(8, "big")
-    return hashlib.blake2b(number, key=_ID_KEY, digest_size=16).hexdigest()
+CLIENT_REQUEST_ID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 
 
 def _start() -> None:
-    incoming = request.environ.get("HTTP_X_REQUEST_ID")
-    rid = incoming if incoming is not None and _acceptable(incoming) else new_request_id()
-    g.request_id = rid
+    g.request_id = uuid.uuid4().hex
     g.started = time.perf_counter()
-    request_id.set(rid)
+    request_id.set(g.request_id)
 
 
 def _finish(response: Response) -> Response:
-    method, path, status = request.method, request.path, response.status_code
     response.headers["X-Request-ID"] = g.request_id
     if logger.isEnabledFor(logging.INFO):
-        caller = g.get("caller")
+        identified = caller()
+        incoming = request.headers.get("X-Request-ID", "")
         extra = {
-            "method": method,
-            "path": path,
-            "status": status,
+            "method": request.method,
+            "path": request.path,
+            "status": response.status_code,
             "duration_ms": round((time.perf_counter() - g.started) * 1000, 2),
-            "key_id": caller.key_id if caller is not None else None,
+            "key_id": identified.key_id if identified is not None else None,
+            "auth_failure": failure(),
             "remote_addr": request.remote_addr,
+            "client_request_id": incoming if CLIENT_REQUEST_ID.fullmatch(incoming) else None,
         }
-        # What logger.info does, less the walk up the stack to find the caller (about a
-        # sixth of the cost of the line): the caller is this function.
-        args = (method, path, status)
-        record = logger.makeRecord(
-            logger.name, logging.INFO, __file__, _LINE, "%s %s %s", args, None, "_finish", extra
-        )
-        logger.handle(record)
+        logger.info("%s %s %s", request.method, request.path, response.status_code, extra=extra)
     return response
-
-
-_LINE = _finish.__code__.co_firstlineno
 
 
 def _forget(_error: BaseException | None) -> None:

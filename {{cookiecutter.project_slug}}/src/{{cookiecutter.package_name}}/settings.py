@@ -1,59 +1,241 @@
 """The one place that reads the environment, so a bad configuration stops the start, not a request.
 
-Run ``python -m {{ cookiecutter.package_name }}.settings`` to see what the service would start with
-(key ids, never keys), or the one line that says why it would not start.
+Each variable is declared once, as a field of :class:`Settings`: its name, its default and its
+parser. Errors name the variable and the problem, never the value, which may be a secret.
+Run ``python -m {{ cookiecutter.package_name }}.settings`` to see what the service would start
+with (key ids, never keys), or the one line that says why it would not start.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import json
 import os
+import re
 import ssl
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
-from limits import parse_many
+from limits import RateLimitItem, parse_many
 
 from .keys import KEY_PREFIX, EntryError, KeyRing
-from .proxy import parse_networks
 
+UNPARSABLE_URI = "cannot be parsed: percent-encode '#', '/', '?' and '@' in the password"
 ENVIRONMENTS = ("production", "development", "test")
 STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter")
-STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+sentinel", "redis+cluster", "memcached")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+sentinel", "redis+cluster", "memcached")
+ZERO_WINDOW = re.compile(r"(?:\bper|/)\s*0+\s*[a-z]", re.IGNORECASE)
+NO_KEYS = "not set: add the entry printed by 'keys new'"
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+EVERY_IPV4 = ipaddress.IPv4Network("0.0.0.0/0")
+EVERY_IPV6 = ipaddress.IPv6Network("::/0")
+EVERY_MAPPED_IPV4 = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
 class ConfigError(ValueError):
-    """One line naming the variable and the problem. Never carries a secret value."""
+    """One line naming the variable and the problem. Never carries a value."""
 
     def __init__(self, variable: str, problem: str) -> None:
         super().__init__(f"{variable}: {problem}")
         self.variable = variable
 
 
+class Invalid(ValueError):
+    """Raised by a parser: the problem, in words that never quote the value."""
+
+
+@dataclass(frozen=True)
+class Variable:
+    """How one environment variable becomes one field of :class:`Settings`."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: str | Callable[[Mapping[str, Any]], str | None] | None = None
+    missing: str | None = None  # set for a required variable: the problem to report
+    from_file: bool = False  # NAME_FILE may name a file that holds the value (container secrets)
+    show: Callable[[Any], object] = lambda value: value  # how `describe` shows it: never a secret
+
+
+def read(name: str, parse: Callable[[str], Any], default: Any = None, **options: Any) -> dict[str, Variable]:
+    """The metadata of a :class:`Settings` field: how its variable is read."""
+    return {"variable": Variable(name, parse, default, **options)}
+
+
+# --- parsers: text in, value out, or Invalid with a message that never quotes the text ---------
+
+
+def choice(*allowed: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise Invalid(f"must be one of {', '.join(allowed)}")
+        return text
+
+    return parse
+
+
+def whole(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise Invalid("must be a whole number") from None
+        if not low <= value <= high:
+            raise Invalid(f"must be between {low} and {high}")
+        return value
+
+    return parse
+
+
+def flag(text: str) -> bool:
+    value = text.lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise Invalid("must be true or false")
+    return value in ("true", "1", "yes")
+
+
+def rate_limits(text: str) -> tuple[RateLimitItem, ...]:
+    """Limits in Flask-Limiter's notation. An amount of zero locks callers out; a window of
+    zero, which the parser would quietly read as one, means the value is not what was meant."""
+    try:
+        parsed = tuple(parse_many(text))
+    except ValueError:
+        parsed = ()
+    if not parsed:
+        raise Invalid("is not a rate limit such as '100 per minute' or '10/second'")
+    if ZERO_WINDOW.search(text) or any(item.amount < 1 for item in parsed):
+        raise Invalid("needs at least one request per window of at least one second")
+    return parsed
+
+
+def rate_limit(text: str) -> str:
+    rate_limits(text)
+    return text
+
+
+def storage_uri(text: str) -> str:
+    """A storage URI that its client will read as written: a password holding ``#``, ``/`` or
+    ``?`` unencoded would be split into another part of the URI, and quoted in a later error."""
+    scheme, sep, _ = text.partition("://")
+    if not sep or scheme not in STORAGE_SCHEMES:
+        raise Invalid(f"scheme must be one of {', '.join(STORAGE_SCHEMES)}")
+    if scheme == "memory":
+        return text
+    try:
+        parts = urlsplit(text)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # a port that is not a number: often the rest of a password
+        port_ok = False
+    database = parts.path.strip("/")
+    if (
+        not port_ok
+        or not parts.hostname
+        or parts.fragment
+        or (scheme in ("redis", "rediss") and database and not database.isdigit())
+    ):
+        raise Invalid(UNPARSABLE_URI)
+    return text
+
+
+def redacted_uri(text: str) -> str:
+    """The URI without its credentials, for display."""
+    scheme, _, rest = text.partition("://")
+    credentials, at, location = rest.rpartition("@")
+    return f"{scheme}://***@{location}" if at and credentials else text
+
+
+def key_ring(text: str) -> KeyRing:
+    try:
+        return KeyRing.from_text(KEY_PREFIX, text)
+    except EntryError as error:
+        raise Invalid(str(error)) from None
+
+
+def readable_file(text: str) -> Path:
+    try:
+        Path(text).read_bytes()
+    except OSError as error:
+        raise Invalid(f"cannot read the file ({type(error).__name__})") from None
+    return Path(text)
+
+
+def proxy_networks(text: str) -> tuple[Network, ...]:
+    """The TLS-terminating proxies to trust; a list that covers every address trusts every
+    client to report its own address and scheme, so it is refused."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if "*" in parts:
+        raise Invalid("'*' trusts every client; name the proxies")
+    try:
+        networks = tuple(ipaddress.ip_network(part, strict=False) for part in parts)
+    except ValueError:
+        raise Invalid("must be IP addresses or networks, comma-separated") from None
+    v4 = [n for n in networks if isinstance(n, ipaddress.IPv4Network)]
+    v6 = [n for n in networks if isinstance(n, ipaddress.IPv6Network)]
+    if EVERY_IPV4 in ipaddress.collapse_addresses(v4) or EVERY_IPV6 in ipaddress.collapse_addresses(v6):
+        raise Invalid("covers every address, so any client could forge its own; name the proxies")
+    # A dual-stack socket shows IPv4 clients as ::ffff:a.b.c.d: this range is every IPv4 client.
+    if any(EVERY_MAPPED_IPV4.subnet_of(n) for n in v6):
+        raise Invalid("covers every IPv4 client (::ffff:0:0/96); name the proxies")
+    return networks
+
+
+def _default_workers(values: Mapping[str, Any]) -> str:
+    # In-memory limits are per process: more than one worker would multiply every limit.
+    if values["ratelimit_storage_uri"].startswith("memory://"):
+        return "1"
+    return str(min(values["cpu_count"], 8))
+
+
+def _openapi_default(values: Mapping[str, Any]) -> str:
+    # The document maps every route and error: handy in development, an attack map elsewhere.
+    return "true" if values["app_env"] == "development" else "false"
+
+
+def _show_keys(ring: KeyRing) -> object:
+    return [key.describe() for key in ring]
+
+
+def _show_networks(networks: tuple[Network, ...]) -> object:
+    return [str(network) for network in networks]
+
+
+def _show_optional(value: object) -> object:
+    return None if value is None else str(value)
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Everything the service reads from its environment, validated."""
+    """Everything the service reads from its environment, validated. The table of variables."""
 
-    app_env: str
-    keys: KeyRing
-    ratelimit_storage_uri: str = "memory://"
-    ratelimit_strategy: str = "fixed-window"
-    ratelimit_default: str = "100 per minute"
-    ratelimit_auth_failures: str = "20 per minute"
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
-    forwarded_allow_ips: tuple[str, ...] = ()
-    max_content_length: int = 64 * 1024
-    items_db: str = "items.sqlite3"
-    hsts_preload: bool = False
-    openapi_enabled: bool = False
-    log_level: str = "INFO"
-    bind: str = "127.0.0.1:8443"
-    workers: int = 1
-    threads: int = 8
+    app_env: str = field(metadata=read("APP_ENV", choice(*ENVIRONMENTS), "production"))
+    keys: KeyRing = field(
+        metadata=read("API_KEYS", key_ring, missing=NO_KEYS, from_file=True, show=_show_keys)
+    )
+    ratelimit_storage_uri: str = field(
+        metadata=read("RATELIMIT_STORAGE_URI", storage_uri, "memory://", from_file=True, show=redacted_uri)
+    )
+    ratelimit_strategy: str = field(metadata=read("RATELIMIT_STRATEGY", choice(*STRATEGIES), "fixed-window"))
+    ratelimit_default: str = field(metadata=read("RATELIMIT_DEFAULT", rate_limit, "100 per minute"))
+    ratelimit_auth_failures: str = field(
+        metadata=read("RATELIMIT_AUTH_FAILURES", rate_limit, "20 per minute")
+    )
+    tls_cert_file: Path | None = field(metadata=read("TLS_CERT_FILE", readable_file, show=_show_optional))
+    tls_key_file: Path | None = field(metadata=read("TLS_KEY_FILE", readable_file, show=_show_optional))
+    forwarded_allow_ips: tuple[Network, ...] = field(
+        metadata=read("FORWARDED_ALLOW_IPS", proxy_networks, "", show=_show_networks)
+    )
+    max_content_length: int = field(metadata=read("MAX_CONTENT_LENGTH", whole(1, 1 << 30), "65536"))
+    items_db: str = field(metadata=read("ITEMS_DB", str, "items.sqlite3"))
+    hsts_preload: bool = field(metadata=read("HSTS_PRELOAD", flag, "false"))
+    openapi_enabled: bool = field(metadata=read("OPENAPI_ENABLED", flag, _openapi_default))
+    log_level: str = field(metadata=read("LOG_LEVEL", choice(*LOG_LEVELS), "INFO"))
+    bind: str = field(metadata=read("BIND", str, "127.0.0.1:8443"))
+    workers: int = field(metadata=read("WEB_CONCURRENCY", whole(1, 64), _default_workers))
 
     @property
     def development(self) -> bool:
@@ -64,189 +246,72 @@ class Settings:
         return self.tls_cert_file is not None
 
     @property
-    def behind_proxy(self) -> bool:
-        return bool(self.forwarded_allow_ips)
-
-    @property
     def shared_limits(self) -> bool:
         """True when every worker and host counts against the same limits."""
         return not self.ratelimit_storage_uri.startswith("memory://")
 
     def describe(self) -> dict[str, object]:
-        """The resolved configuration without secrets (a storage URI may hold a password)."""
-        return {
-            "APP_ENV": self.app_env,
-            "API_KEYS": [key.describe() for key in self.keys],
-            "RATELIMIT_STORAGE_URI": self.ratelimit_storage_uri.split("://", 1)[0] + "://…",
-            "RATELIMIT_STRATEGY": self.ratelimit_strategy,
-            "RATELIMIT_DEFAULT": self.ratelimit_default,
-            "RATELIMIT_AUTH_FAILURES": self.ratelimit_auth_failures,
-            "TLS_CERT_FILE": str(self.tls_cert_file) if self.tls_cert_file else None,
-            "TLS_KEY_FILE": str(self.tls_key_file) if self.tls_key_file else None,
-            "FORWARDED_ALLOW_IPS": list(self.forwarded_allow_ips),
-            "MAX_CONTENT_LENGTH": self.max_content_length,
-            "ITEMS_DB": self.items_db,
-            "HSTS_PRELOAD": self.hsts_preload,
-            "OPENAPI_ENABLED": self.openapi_enabled,
-            "LOG_LEVEL": self.log_level,
-            "BIND": self.bind,
-            "WEB_CONCURRENCY": self.workers,
-            "GUNICORN_THREADS": self.threads,
-        }
+        """The resolved configuration, each value as its variable's ``show`` allows."""
+        return {spec.name: spec.show(getattr(self, name)) for name, spec in _variables().items()}
 
 
-def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...], default: str) -> str:
-    value = env.get(name, default).strip()
-    if value not in allowed:
-        raise ConfigError(name, f"must be one of {', '.join(allowed)}")
-    return value
+def _variables() -> dict[str, Variable]:
+    return {f.name: f.metadata["variable"] for f in dataclasses.fields(Settings)}
 
 
-def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(name, "must be a whole number") from None
-    if not low <= value <= high:
-        raise ConfigError(name, f"must be between {low} and {high}")
-    return value
-
-
-def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    value = raw.strip().lower()
-    if value not in ("true", "false", "1", "0", "yes", "no"):
-        raise ConfigError(name, "must be true or false")
-    return value in ("true", "1", "yes")
-
-
-def _limit(env: Mapping[str, str], name: str, default: str) -> str:
-    value = env.get(name, default).strip()
-    try:
-        parsed = parse_many(value)
-    except ValueError:
-        parsed = []
-    if not parsed:
-        raise ConfigError(name, "is not a rate limit such as '100 per minute' or '10/second'")
-    return value
-
-
-def _keys(env: Mapping[str, str]) -> KeyRing:
-    inline, path = env.get("API_KEYS"), env.get("API_KEYS_FILE")
+def _raw(env: Mapping[str, str], spec: Variable) -> tuple[str, str | None]:
+    """The variable's text and the name it came from (NAME, or NAME_FILE for a secret file)."""
+    inline = env.get(spec.name)
+    path = env.get(f"{spec.name}_FILE") if spec.from_file else None
     if inline is not None and path is not None:
-        raise ConfigError("API_KEYS", "set API_KEYS or API_KEYS_FILE, not both")
-    if path is not None:
-        name = "API_KEYS_FILE"
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise ConfigError(name, f"cannot read the file ({type(error).__name__})") from None
-    elif inline is not None:
-        name, text = "API_KEYS", inline
-    else:
-        raise ConfigError("API_KEYS", "not set: add the entry printed by 'keys new'")
+        raise ConfigError(spec.name, f"set {spec.name} or {spec.name}_FILE, not both")
+    if path is None:
+        return spec.name, inline
     try:
-        return KeyRing.from_text(KEY_PREFIX, text)
-    except EntryError as error:
-        raise ConfigError(name, str(error)) from None
-
-
-def _storage(env: Mapping[str, str]) -> str:
-    value = env.get("RATELIMIT_STORAGE_URI", "memory://").strip()
-    scheme, sep, _ = value.partition("://")
-    if not sep or scheme not in STORAGE_SCHEMES:
-        # The URI may hold a password: name the accepted schemes, not the value.
-        raise ConfigError("RATELIMIT_STORAGE_URI", f"scheme must be one of {', '.join(STORAGE_SCHEMES)}")
-    return value
-
-
-def _tls(env: Mapping[str, str]) -> tuple[Path | None, Path | None]:
-    cert, key = env.get("TLS_CERT_FILE"), env.get("TLS_KEY_FILE")
-    if cert is None and key is None:
-        return None, None
-    if cert is None or key is None:
-        missing = "TLS_CERT_FILE" if cert is None else "TLS_KEY_FILE"
-        raise ConfigError(missing, "not set: TLS needs both TLS_CERT_FILE and TLS_KEY_FILE")
-    for name, value in (("TLS_CERT_FILE", cert), ("TLS_KEY_FILE", key)):
-        try:
-            Path(value).read_bytes()
-        except OSError as error:
-            raise ConfigError(name, f"cannot read the file ({type(error).__name__})") from None
-    try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
-    except ssl.SSLError:
-        raise ConfigError("TLS_KEY_FILE", "is not the private key of TLS_CERT_FILE, or not PEM") from None
-    return Path(cert), Path(key)
-
-
-def _proxies(env: Mapping[str, str]) -> tuple[str, ...]:
-    value = env.get("FORWARDED_ALLOW_IPS", "")
-    proxies = tuple(part.strip() for part in value.split(",") if part.strip())
-    if "*" in proxies:
-        # Trusting everyone lets any client pick its own address and scheme.
-        raise ConfigError("FORWARDED_ALLOW_IPS", "'*' trusts every client; name the proxies")
-    try:
-        parse_networks(proxies)
-    except ValueError:
-        raise ConfigError(
-            "FORWARDED_ALLOW_IPS", "must be IP addresses or networks, comma-separated"
-        ) from None
-    return proxies
+        return f"{spec.name}_FILE", Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{spec.name}_FILE", f"cannot read the file ({type(error).__name__})") from None
 
 
 def settings_from(env: Mapping[str, str], cpu_count: int = 1) -> Settings:
     """Build and validate settings from a mapping (the environment, or a test's dict)."""
-    app_env = _choice(env, "APP_ENV", ENVIRONMENTS, "production")
-    keys = _keys(env)
-    storage = _storage(env)
-    cert, key = _tls(env)
-    proxies = _proxies(env)
-    if cert is None and not proxies and app_env == "production":
+    values: dict[str, Any] = {"cpu_count": cpu_count}
+    for name, spec in _variables().items():
+        source, text = _raw(env, spec)
+        default = spec.default(values) if callable(spec.default) else spec.default
+        text = default if text is None else text
+        if text is None:
+            if spec.missing is not None:
+                raise ConfigError(spec.name, spec.missing)
+            values[name] = None
+            continue
+        try:
+            values[name] = spec.parse(text.strip())
+        except Invalid as error:
+            raise ConfigError(source, str(error)) from None
+    del values["cpu_count"]
+    settings = Settings(**values)
+    _check_transport(settings)
+    return settings
+
+
+def _check_transport(settings: Settings) -> None:
+    cert, key = settings.tls_cert_file, settings.tls_key_file
+    if (cert is None) != (key is None):
+        missing = "TLS_CERT_FILE" if cert is None else "TLS_KEY_FILE"
+        raise ConfigError(missing, "not set: TLS needs both TLS_CERT_FILE and TLS_KEY_FILE")
+    if cert is not None:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+        except ssl.SSLError:
+            raise ConfigError("TLS_KEY_FILE", "is not the private key of TLS_CERT_FILE, or not PEM") from None
+    elif not settings.forwarded_allow_ips and settings.app_env == "production":
         # Plain HTTP would carry keys in cleartext; redirecting would hide that it happened.
         raise ConfigError(
             "TLS_CERT_FILE",
             "not set: serve HTTPS with TLS_CERT_FILE and TLS_KEY_FILE, "
             "or name the TLS-terminating proxies in FORWARDED_ALLOW_IPS",
         )
-    # In-memory limits are per process: more than one worker would multiply every limit.
-    default_workers = 1 if storage.startswith("memory://") else min(2 * cpu_count + 1, 9)
-    return Settings(
-        app_env=app_env,
-        keys=keys,
-        ratelimit_storage_uri=storage,
-        ratelimit_strategy=_choice(env, "RATELIMIT_STRATEGY", STRATEGIES, "fixed-window"),
-        ratelimit_default=_limit(env, "RATELIMIT_DEFAULT", "100 per minute"),
-        ratelimit_auth_failures=_limit(env, "RATELIMIT_AUTH_FAILURES", "20 per minute"),
-        tls_cert_file=cert,
-        tls_key_file=key,
-        forwarded_allow_ips=proxies,
-        max_content_length=_integer(env, "MAX_CONTENT_LENGTH", 64 * 1024, 1, 1 << 30),
-        items_db=env.get("ITEMS_DB", "items.sqlite3"),
-        hsts_preload=_flag(env, "HSTS_PRELOAD"),
-        # The document maps every route and error: handy in development, an attack map elsewhere.
-        openapi_enabled=_flag(env, "OPENAPI_ENABLED", default=app_env == "development"),
-        log_level=_choice(env, "LOG_LEVEL", LOG_LEVELS, "INFO"),
-        bind=env.get("BIND", "127.0.0.1:8443"),
-        workers=_integer(env, "WEB_CONCURRENCY", default_workers, 1, 64),
-        threads=_integer(env, "GUNICORN_THREADS", 8, 1, 256),
-    )
-
-
-def check_workers(settings: Settings, workers: int) -> None:
-    """Refuse (in production) or warn about limits that each worker would count alone."""
-    if workers > 1 and not settings.shared_limits:
-        problem = (
-            f"memory:// with {workers} workers multiplies every rate limit by {workers}; "
-            "use redis:// or one worker"
-        )
-        if settings.app_env == "production":
-            raise ConfigError("RATELIMIT_STORAGE_URI", problem)
-        print(f"warning: RATELIMIT_STORAGE_URI: {problem}", file=sys.stderr)
 
 
 def load_settings() -> Settings:
@@ -260,38 +325,6 @@ def load_settings() -> Settings:
 
         load_dotenv(".env", override=False)
     return settings_from(os.environ, cpu_count=os.cpu_count() or 1)
-
-
-# The settings this process serves with. The gunicorn master sets them when it reads its
-# configuration; workers are forked from it and inherit them, so every worker serves exactly
-# what the master validated, and a reload that fails validation changes nothing.
-_serving: Settings | None = None
-
-
-def serving_settings() -> Settings:
-    """The settings in force: those the gunicorn master validated, else the environment's."""
-    global _serving
-    if _serving is None:
-        _serving = load_settings()
-    return _serving
-
-
-def reload_settings() -> tuple[Settings, ConfigError | None]:
-    """Read the environment again (gunicorn start and SIGHUP).
-
-    At start a bad configuration raises. On a reload it returns the settings already in
-    force with the error, so the service keeps serving the last configuration that worked.
-    """
-    global _serving
-    try:
-        fresh = load_settings()
-        check_workers(fresh, fresh.workers)
-    except ConfigError as error:
-        if _serving is None:
-            raise
-        return _serving, error
-    _serving = fresh
-    return fresh, None
 
 
 def main() -> int:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from flask import current_app, request
+from flask import current_app
 
 from ..auth import current_caller, scoped_blueprint
+from ..body import json_body
 from ..errors import fail
 from ..limits import limit
 from ..store import ItemStore
@@ -30,11 +31,7 @@ def list_items() -> dict[str, object]:
 @blueprint.post("")
 @limit("30 per minute")
 def create_item() -> tuple[dict[str, str], int]:
-    if not request.is_json:
-        fail(415)
-    body = request.get_json(silent=True)
-    if body is None:
-        fail(400, "The request body is not valid JSON.")
+    body = json_body()
     name = body.get("name") if isinstance(body, dict) else None
     if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
         fail(422, f"'name' must be a non-empty string of at most {MAX_NAME} characters.")
