@@ -152,7 +152,7 @@ def test_openapi_validator_refuses_a_response_without_description(default_bake: 
 
 
 def test_package_data_lists_every_file_that_is_not_python(default_bake: Path) -> None:
-    """Without this, `pip install .` (the container build) would leave the document out."""
+    """Without this, a wheel or `pip install .` of the service would leave the document out."""
     package = default_bake / "src" / "acme_widgets_api"
     data = {p.name for p in package.iterdir() if p.is_file() and p.suffix not in (".py", ".pyc")}
     declared = tomllib.loads((default_bake / "pyproject.toml").read_text())["tool"]["setuptools"]
