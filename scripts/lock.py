@@ -23,6 +23,7 @@ TEMPLATE = Path(__file__).resolve().parents[1]
 LOCK_FILES = ("requirements.txt", "requirements-dev.txt")
 # uv marks what pyproject.toml asks for with the project's name; a bake puts its own there.
 DIRECT = "{slug} (pyproject.toml)"
+SLUG = "{{ cookiecutter.project_slug }}"
 
 
 def lock_sets(template: Path) -> dict[str, dict[str, str]]:
@@ -40,10 +41,10 @@ def relock(template: Path, name: str, choices: dict[str, str], *, upgrade: bool)
         project = Path(cookiecutter(str(template), no_input=True, output_dir=scratch, extra_context=choices))
         target = "lock-upgrade" if upgrade else "lock"
         subprocess.run(["make", "-s", target, f"PYTHON={sys.executable}"], cwd=project, check=True)
+        baked, variable = DIRECT.format(slug=project.name), DIRECT.format(slug=SLUG)
         for lock in LOCK_FILES:
             text = (project / lock).read_text(encoding="utf-8")
-            text = text.replace(DIRECT.format(slug=project.name), DIRECT.format(slug="{{ cookiecutter.project_slug }}"))
-            (stored / lock).write_text(text, encoding="utf-8")
+            (stored / lock).write_text(text.replace(baked, variable), encoding="utf-8")
     print(f"locked {name}: {', '.join(str(stored / lock) for lock in LOCK_FILES)}")
 
 

@@ -23,7 +23,7 @@ from .conftest import TEMPLATE, Bake, python, run_in
 
 LOCKS = TEMPLATE / "templates" / "locks"
 LOCK_SETS: dict[str, dict[str, str]] = json.loads((LOCKS / "sets.json").read_text())
-# package: (its last release with a known advisory, the first without)
+# package: (a release with a known advisory that the floor must refuse, the floor it must allow)
 ADVISORY_FLOORS = {
     "flask": ("3.1.2", "3.1.3"),  # GHSA-68rp-wp8r-4726
     "werkzeug": ("3.1.5", "3.1.6"),  # GHSA-29vq-49wr-vm6x, the last of three safe_join fixes
@@ -125,12 +125,12 @@ def lock_test(project: Path) -> tuple[int, str]:
     [
         (
             '"gevent>=24.10.1",',
-            '"gevent>=24.10.1",\n    "itsdangerous-extra-dependency>=1.0",',
-            "itsdangerous-extra-dependency: in pyproject.toml, not in requirements.txt",
+            '"gevent>=24.10.1",\n    "a-new-dependency>=1.0",',
+            "a-new-dependency: in pyproject.toml, not in requirements.txt",
         ),
         ('"werkzeug>=3.1.6",', '"werkzeug>=99.0",', "werkzeug: requirements.txt pins"),
         (
-            '    "python-dotenv>=1.2.2",  # CVE-2026-28684 below\n',
+            '    "python-dotenv>=1.2.2",  # CVE-2026-28684\n',
             "",
             "python-dotenv: in requirements.txt for pyproject.toml, which no longer asks for it",
         ),
