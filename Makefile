@@ -5,7 +5,7 @@ BIN := $(abspath $(VENV))/bin
 DEMO := build/demo/acme-widgets-api
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test system-deps clean
+.PHONY: help demo test lock lock-upgrade system-deps clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,12 @@ system-deps: ## install redis-server and testssl.sh with apt-get when missing
 
 test: $(VENV)/.installed system-deps ## run the template's whole test suite
 	$(BIN)/python -m pytest
+
+lock: $(VENV)/.installed ## re-lock each lock set in templates/locks from the pyproject.toml it bakes
+	$(BIN)/python scripts/lock.py
+
+lock-upgrade: $(VENV)/.installed ## the same, moving every pin to its newest release
+	$(BIN)/python scripts/lock.py --upgrade
 
 clean: ## remove the virtualenv, demo bakes and reports
 	rm -rf $(VENV) build reports

@@ -14,7 +14,8 @@ import pytest
 
 from .conftest import TEMPLATE, Bake, python, run_in
 
-LEFTOVER_SYNTAX = re.compile(r"\{\{|\{%|\{#|cookiecutter\.")
+# `${{ ... }}` is GitHub Actions' own expression syntax (the workflow is copied unrendered).
+LEFTOVER_SYNTAX = re.compile(r"(?<!\$)\{\{|\{%|\{#|cookiecutter\.")
 CHOICES = {"container": ("yes", "no"), "github_actions": ("yes", "no")}
 OPTIONAL_FILES = {"container": ("Dockerfile", ".dockerignore"), "github_actions": (".github",)}
 COMBINATIONS = [dict(zip(CHOICES, values, strict=True)) for values in itertools.product(*CHOICES.values())]
