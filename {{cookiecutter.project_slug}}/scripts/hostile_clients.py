@@ -187,8 +187,8 @@ def legitimate_request(target: Target, key: str) -> tuple[int | str, float]:
         connection.close()
 
 
-def run(target: Target, key: str, counts: dict[str, int], seconds: float) -> Report:
-    """The attack for ``seconds``, a legitimate request every 0.2 s meanwhile."""
+def run(target: Target, key: str, counts: dict[str, int], seconds: float, interval: float = 0.2) -> Report:
+    """The attack for ``seconds``, a legitimate request every ``interval`` seconds meanwhile."""
     attack = Attack(target, counts)
     attack.start()
     answers = []
@@ -196,7 +196,7 @@ def run(target: Target, key: str, counts: dict[str, int], seconds: float) -> Rep
     try:
         while time.monotonic() - began < seconds:
             answers.append(legitimate_request(target, key))
-            time.sleep(0.2)
+            time.sleep(interval)
     finally:
         report = attack.stop()
     report.seconds = time.monotonic() - began

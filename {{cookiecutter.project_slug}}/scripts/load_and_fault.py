@@ -1,5 +1,6 @@
 """Load and faults against a real service: gunicorn workers on a real Redis, a mixed load, one
-worker killed, Redis stopped and started again. Prints what happened and checks the rules.
+worker killed, Redis stopped and started again, then hundreds of stalled connections. Prints
+what happened and checks the rules.
 
     python scripts/load_and_fault.py [--duration 30] [--clients 8] [--workers 4]
 
@@ -13,6 +14,7 @@ import argparse
 import http.client
 import os
 import random
+import re
 import shutil
 import signal
 import ssl
@@ -29,6 +31,8 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from hostile_clients import PROMPT_SECONDS, Report, Target
+from hostile_clients import run as hold_hostile_connections
 from local_service import LocalService, free_port, wait_for_port
 
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, mint
@@ -38,6 +42,9 @@ WINDOW_SECONDS = 5
 HOT_LIMIT = 20  # per key and window; the "hot" key asks for far more than that
 MIX = {"valid": 30, "items": 10, "hot": 25, "unknown": 10, "hostile": 10, "oversized": 5, "health": 10}
 HOSTILE = ("\u00ff\u00fe" * 40, "A" * 8000, "Bearer \u0001\u007f", "ключ".encode().decode("latin-1"))
+# The last phase: connections that stall in the handshake, send nothing or trickle headers.
+STALLED = {"stalled": 150, "silent": 100, "trickle": 50}
+QUOTA_RESET = re.compile(r";t=(\d+)")
 
 Rule = tuple[str, bool, str]
 
@@ -49,7 +56,7 @@ class Outcome:
     status: int | None  # None: the request got no answer at all
     latency: float
     error: str = ""
-    window: str = ""  # X-RateLimit-Reset: which fixed window counted the request
+    window: int = 0  # when the fixed window that counted the request ends (RateLimit's t)
 
 
 @dataclass
@@ -57,6 +64,7 @@ class Timeline:
     kill: float
     redis_down: float
     redis_up: float
+    stalled: float
     duration: float
 
     def phase(self, at: float) -> str:
@@ -64,7 +72,9 @@ class Timeline:
             return "redis up"
         if at < self.redis_up:
             return "redis down"
-        return "redis back"
+        if at < self.stalled:
+            return "redis back"
+        return "stalled connections"
 
 
 class RedisServer:
@@ -122,14 +132,15 @@ class Load:
             return "POST", "/v1/items", {"Authorization": valid, "Content-Type": JSON}, body
         return "GET", "/healthz", {}, None
 
-    def send(self, connection: http.client.HTTPSConnection, kind: str, rng: random.Random) -> tuple[int, str]:
+    def send(self, connection: http.client.HTTPSConnection, kind: str, rng: random.Random) -> tuple[int, int]:
         method, path, headers, body = self.request(kind, rng)
         connection.request(method, path, body=body, headers=headers)
         response = connection.getresponse()
         response.read()
         if response.will_close:
             connection.close()
-        return response.status, response.getheader("X-RateLimit-Reset", "")
+        reset = QUOTA_RESET.search(response.getheader("RateLimit", ""))
+        return response.status, round(time.time()) + int(reset.group(1)) if reset else 0
 
     def connect(self) -> http.client.HTTPSConnection:
         return http.client.HTTPSConnection("localhost", self.port, context=self.context, timeout=10)
@@ -141,7 +152,7 @@ class Load:
         while time.monotonic() < self.stop_at:
             kind = rng.choice(kinds)
             started = time.monotonic()
-            status, error, window = None, "", ""
+            status, error, window = None, "", 0
             # As HTTP client libraries do: a kept-alive connection that the server closed
             # meanwhile is reopened once; a fresh connection that fails is an error.
             for attempt in ("reused", "fresh"):
@@ -173,14 +184,33 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
 
 
-def check_rules(outcomes: list[Outcome], timeline: Timeline, clients: int, keys_after: int) -> list[Rule]:
+def windows(ends: list[int]) -> Counter[int]:
+    """Successes per fixed window, by the end of the window as clients saw it (give or take 2 s)."""
+    counted: Counter[int] = Counter()
+    current = None
+    for end in sorted(ends):
+        if current is None or end - current > 2:
+            current = end
+        counted[current] += 1
+    return counted
+
+
+def check_rules(
+    outcomes: list[Outcome], timeline: Timeline, clients: int, keys_after: int, stalled: Report
+) -> list[Rule]:
     five_hundreds = [o for o in outcomes if o.status is not None and o.status >= 500]
     errors = [o for o in outcomes if o.status is None]
     near_kill = [o for o in errors if timeline.kill - 1 <= o.started <= timeline.kill + 2]
-    hot_ok = Counter(
-        o.window for o in outcomes if o.kind == "hot" and o.status == 200 and o.started < timeline.redis_down
+    hot_ok = windows(
+        [
+            o.window
+            for o in outcomes
+            if o.kind == "hot" and o.status == 200 and o.started < timeline.redis_down
+        ]
     )
     worst = max(hot_ok.values(), default=0)
+    held = [o for o in outcomes if timeline.phase(o.started) == "stalled connections"]
+    slow = [o for o in held if o.status is None or o.latency > PROMPT_SECONDS]
     down = [o for o in outcomes if timeline.phase(o.started) == "redis down"]
     answered = [o for o in down if o.status is not None and o.status < 500]
     return [
@@ -205,11 +235,18 @@ def check_rules(outcomes: list[Outcome], timeline: Timeline, clients: int, keys_
             keys_after > 0,
             f"{keys_after} limiter keys in Redis after the restart",
         ),
+        (
+            f"stalled connections: every request answered within {PROMPT_SECONDS:.0f} s",
+            bool(held) and not slow and bool(stalled.answers) and not stalled.failures,
+            f"{len(held) - len(slow)} of {len(held)} load requests and "
+            f"{len(stalled.answers) - len(stalled.failures)} of {len(stalled.answers)} fresh connections "
+            f"answered in time, {stalled.held} hostile connections held",
+        ),
     ]
 
 
-def print_report(outcomes: list[Outcome], timeline: Timeline, rules: list[Rule]) -> None:
-    phases = ("redis up", "redis down", "redis back")
+def print_report(outcomes: list[Outcome], timeline: Timeline, rules: list[Rule], stalled: Report) -> None:
+    phases = ("redis up", "redis down", "redis back", "stalled connections")
     table: dict[str, Counter[str]] = {phase: Counter() for phase in phases}
     for o in outcomes:
         table[timeline.phase(o.started)][str(o.status) if o.status else f"failed:{o.error}"] += 1
@@ -224,27 +261,29 @@ def print_report(outcomes: list[Outcome], timeline: Timeline, rules: list[Rule])
         f"({len(outcomes) / timeline.duration:.0f}/s); "
         f"latency p50 {percentile(latencies, 0.5):.1f} ms, p99 {percentile(latencies, 0.99):.1f} ms\n"
     )
+    print("\n".join(stalled.lines()) + "\n")
     for name, passed, detail in rules:
         print(f"[{'PASS' if passed else 'FAIL'}] {name}: {detail}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--duration", type=float, default=30, help="seconds of load (at least 12)")
+    parser.add_argument("--duration", type=float, default=40, help="seconds of load (at least 16)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent client connections")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn workers")
     args = parser.parse_args()
-    duration = max(args.duration, 12)
+    duration = max(args.duration, 16)
     scopes = ["items:read", "items:write"]
     valid = [mint(KEY_PREFIX, key_id=f"client-{i}", scopes=scopes) for i in range(3)]
     hot = mint(KEY_PREFIX, key_id="hot", scopes=scopes)
     unknown = mint(KEY_PREFIX, key_id="unknown", scopes=scopes)
+    probe = mint(KEY_PREFIX, key_id="probe", scopes=scopes)  # its own budget, well under the limit
     keys = {"valid": [m.secret for m in valid], "hot": [hot.secret], "unknown": [unknown.secret]}
     with tempfile.TemporaryDirectory() as directory:
         store = RedisServer(Path(directory))
         service = LocalService(
             Path(directory),
-            ",".join(m.entry for m in [*valid, hot]),
+            ",".join(m.entry for m in [*valid, hot, probe]),
             WEB_CONCURRENCY=str(args.workers),
             RATELIMIT_STORAGE_URI=store.uri,
             RATELIMIT_DEFAULT=f"{HOT_LIMIT} per {WINDOW_SECONDS} seconds",
@@ -256,8 +295,8 @@ def main() -> int:
             context = ssl.create_default_context(cafile=str(service.cafile))
             load = Load(service.port, context, keys, args.clients)
             began = time.monotonic()
-            kill, down, up = (began + fraction * duration for fraction in (0.25, 0.45, 0.65))
-            timeline = Timeline(kill, down, up, duration)
+            kill, down, up, stall = (began + fraction * duration for fraction in (0.2, 0.35, 0.5, 0.65))
+            timeline = Timeline(kill, down, up, stall, duration)
             threads = load.run(duration)
             time.sleep(max(0.0, timeline.kill - time.monotonic()))
             os.kill(service.workers()[0], signal.SIGKILL)
@@ -265,14 +304,18 @@ def main() -> int:
             store.stop()
             time.sleep(max(0.0, timeline.redis_up - time.monotonic()))
             store.start()
+            time.sleep(max(0.0, timeline.stalled - time.monotonic()))
+            target = Target("localhost", service.port, context)
+            remaining = began + duration - time.monotonic()
+            stalled = hold_hostile_connections(target, probe.secret, STALLED, remaining, interval=0.5)
             for thread in threads:
                 thread.join()
             keys_after = store.limiter_keys()
         finally:
             service.stop()
             store.stop()
-    rules = check_rules(load.outcomes, timeline, args.clients, keys_after)
-    print_report(load.outcomes, timeline, rules)
+    rules = check_rules(load.outcomes, timeline, args.clients, keys_after, stalled)
+    print_report(load.outcomes, timeline, rules, stalled)
     return 0 if all(passed for _, passed, _ in rules) else 1
 
 

@@ -4,8 +4,10 @@ legitimate client waiting (CWE-400, OWASP API4:2023)."""
 
 from __future__ import annotations
 
+import socket
 import ssl
 import statistics
+import time
 from collections.abc import Callable
 
 import pytest
@@ -55,3 +57,33 @@ def test_the_same_with_two_workers_sharing_limits_in_redis(
 ) -> None:
     server = start_server("--workers", "2", RATELIMIT_STORAGE_URI=redis_server.uri)
     assert_available(attack(server, client_context, keys))
+
+
+def test_a_body_that_trickles_in_is_cut_off_with_408(
+    start_server: Callable[..., Server], keys: KeySet, client_context: ssl.SSLContext
+) -> None:
+    """A client with a write key sends its headers, then its body a byte a second: the service
+    answers 408 once the body deadline passes, instead of holding the connection."""
+    server = start_server()
+    head = (
+        "POST /v1/items HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {keys.writer.secret}\r\nContent-Length: 1000\r\n\r\n"
+    )
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    with client_context.wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(head.encode())
+        started = time.monotonic()
+        tls.setblocking(False)
+        answer = b""
+        while b"\r\n\r\n" not in answer and time.monotonic() - started < 25:
+            try:
+                tls.send(b" ")
+                answer += tls.recv(65536)
+            except (ssl.SSLWantReadError, BlockingIOError):
+                time.sleep(1)
+            except OSError:
+                break
+        took = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert b"application/problem+json" in answer
+    assert 9 <= took < 15, took

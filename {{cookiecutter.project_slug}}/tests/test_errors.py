@@ -142,3 +142,30 @@ def test_body_that_breaks_http_framing_is_400_not_500(start_server, keys: KeySet
     status_line, _, rest = answer.partition(b"\r\n")
     assert status_line.split()[1] == b"400"
     assert b"application/problem+json" in rest
+
+
+@pytest.mark.slow
+def test_a_chunked_body_over_the_size_limit_is_413_through_gunicorn(
+    start_server, keys: KeySet, client_context
+) -> None:
+    server = start_server(MAX_CONTENT_LENGTH="1024")
+    chunk = b'{"name": "' + b"x" * 3000 + b'"}'
+    request = (
+        (
+            "POST /v1/items HTTP/1.1\r\nHost: localhost\r\n"
+            f"Authorization: Bearer {keys.writer.secret}\r\nContent-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        ).encode()
+        + f"{len(chunk):x}\r\n".encode()
+        + chunk
+        + b"\r\n0\r\n\r\n"
+    )
+    raw = socket.create_connection(("127.0.0.1", server.port))
+    with client_context.wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(request)
+        answer = b""
+        while chunk_read := tls.recv(65536):
+            answer += chunk_read
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.split()[1] == b"413"
+    assert b"application/problem+json" in rest

@@ -514,6 +514,14 @@ def test_spoofed_forwarded_for_from_untrusted_peer_does_not_change_rate_limit_bu
     assert statuses == [401, 401, 429]
 
 
+def test_a_trusted_proxy_cannot_reroute_a_request(behind_trusted_proxy: Server, keys: KeySet) -> None:
+    """gunicorn maps no forwarded SCRIPT_NAME or PATH_INFO, even from the trusted proxy."""
+    sent = {"X-Forwarded-Proto": "https", "SCRIPT_NAME": "/v1", "PATH_INFO": "/healthz"}
+    status, _, body = request(behind_trusted_proxy.port, "/v1/whoami", sent)
+    assert status == 401, body
+    assert request(behind_trusted_proxy.port, "/v1/whoami", {**sent, **bearer(keys.reader)})[0] == 200
+
+
 def test_trusted_proxy_forwarded_for_gets_separate_rate_limit_buckets(behind_trusted_proxy: Server) -> None:
     first = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
     second = {"X-Forwarded-For": "203.0.113.8", "X-Forwarded-Proto": "https"}
