@@ -157,3 +157,37 @@ def test_stack_benchmark_runs_against_bare_flask(default_bake: Path) -> None:
     ratios = re.findall(r"service / bare throughput ([\d.]+)", output)
     assert len(ratios) == 2
     assert all(float(ratio) > 0.1 for ratio in ratios), output
+
+
+# A private module of a dependency (`pkg._x`), Flask's deprecated request context, Werkzeug's
+# header list: what breaks when a dependency ships its next release.
+PRIVATE_API = re.compile(
+    r"(?:from|import) (?:flask_limiter|flask_talisman|werkzeug|flask|gunicorn|limits|gevent)(?:\.\w+)*\._"
+    r"|request_ctx|\._list\b|\._create_unverified_context"
+)
+
+
+def test_no_bake_reaches_into_a_dependencys_private_parts(default_bake: Path) -> None:
+    found = [
+        f"{path.relative_to(default_bake)}:{number}: {line.strip()}"
+        for path in text_files(default_bake)
+        if path.suffix in (".py", "") or path.name in ("Dockerfile", "Makefile")
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1)
+        if PRIVATE_API.search(line)
+    ]
+    assert not found, found
+    run_in(default_bake, *python("-m", "ruff", "check", "--select", "SLF001", "."))
+
+
+def test_the_suite_passes_against_the_next_flask_limiter_release(default_bake: Path, tmp_path: Path) -> None:
+    """Every process of the run (gunicorn's too) imports a Flask-Limiter that says it is 4.2.0:
+    nothing in a bake may depend on the release it was written against."""
+    (tmp_path / "sitecustomize.py").write_text('import flask_limiter\nflask_limiter.__version__ = "4.2.0"\n')
+    env = {"PYTHONPATH": str(tmp_path)}
+    version = "import flask_limiter; print(flask_limiter.__version__)"
+    seen = run_in(default_bake, *python("-c", version), env=env)
+    assert seen.strip() == "4.2.0"
+    pytest = ("-m", "pytest", "-q", "-p", "no:cacheprovider")
+    for selection in (("-m", "not slow"), ("tests/test_limits_redis.py",)):
+        output = run_in(default_bake, *python(*pytest, *selection), env=env)
+        assert " passed" in output and "failed" not in output, output[-2000:]
