@@ -339,6 +339,10 @@ def _invalid_limit(given: Inputs) -> dict[str, str]:
     return {**given.env, "RATELIMIT_DEFAULT": "plenty per fortnight"}
 
 
+def _zero_window(given: Inputs) -> dict[str, str]:
+    return {**given.env, "RATELIMIT_DEFAULT": "1 per 0 second"}
+
+
 def _memory_limits_with_two_workers(given: Inputs) -> dict[str, str]:
     return {
         **given.env,
@@ -387,6 +391,7 @@ def _storage_password_with_a_hash(given: Inputs) -> dict[str, str]:
         pytest.param("TLS_KEY_FILE", _mismatched_key, id="TLS_KEY_FILE-not-matching-cert"),
         pytest.param("TLS_CERT_FILE", _production_without_tls_or_proxy, id="production-without-tls"),
         pytest.param("RATELIMIT_DEFAULT", _invalid_limit, id="invalid-RATELIMIT_DEFAULT"),
+        pytest.param("RATELIMIT_DEFAULT", _zero_window, id="zero-window-RATELIMIT_DEFAULT"),
         pytest.param("RATELIMIT_STORAGE_URI", _memory_limits_with_two_workers, id="memory-with-2-workers"),
     ],
 )
@@ -522,6 +527,15 @@ def test_a_trusted_proxy_cannot_reroute_a_request(behind_trusted_proxy: Server, 
     assert request(behind_trusted_proxy.port, "/v1/whoami", {**sent, **bearer(keys.reader)})[0] == 200
 
 
+def test_ipv6_clients_behind_the_proxy_are_counted_by_64(behind_trusted_proxy: Server) -> None:
+    def status(address: str) -> int:
+        forwarded = {"X-Forwarded-For": address, "X-Forwarded-Proto": "https"}
+        return request(behind_trusted_proxy.port, "/v1/whoami", forwarded)[0]
+
+    assert [status("2001:db8:7::1"), status("2001:DB8:7:0::2"), status("2001:db8:7::ffff")] == [401, 401, 429]
+    assert status("2001:db8:8::1") == 401
+
+
 def test_trusted_proxy_forwarded_for_gets_separate_rate_limit_buckets(behind_trusted_proxy: Server) -> None:
     first = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
     second = {"X-Forwarded-For": "203.0.113.8", "X-Forwarded-Proto": "https"}
@@ -530,7 +544,61 @@ def test_trusted_proxy_forwarded_for_gets_separate_rate_limit_buckets(behind_tru
     assert request(behind_trusted_proxy.port, "/v1/whoami", second)[0] == 401
 
 
-# --- 6. No redirects ------------------------------------------------------------------------------
+# --- 6. No redirects, no 500 ---------------------------------------------------------------------
+
+
+def raw_exchange(port: int, context: ssl.SSLContext, data: bytes) -> bytes:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with context.wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(data)
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+@pytest.mark.parametrize("path", ["//v1/items", "/v1//items", "//healthz"])
+def test_no_path_is_redirected_to_the_host_a_client_names(
+    start_server: Callable[..., Server], client_context: ssl.SSLContext, keys: KeySet, method: str, path: str
+) -> None:
+    server = start_server()
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: evil.example\r\nAuthorization: Bearer {keys.writer.secret}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+    )
+    answer = raw_exchange(server.port, client_context, head.encode())
+    status_line, _, rest = answer.partition(b"\r\n")
+    headers = rest.partition(b"\r\n\r\n")[0].lower()
+    assert int(status_line.split()[1]) not in REDIRECTS, answer[:300]
+    assert b"\r\nlocation:" not in headers
+    assert b"content-type: application/" in headers and b"html" not in headers
+    assert b"evil.example" not in answer
+    # Werkzeug reads a path's leading slashes as one; any other doubled slash matches nothing.
+    if "//" in path.lstrip("/"):
+        assert status_line.split()[1] == b"404", answer[:300]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * 2000 + b"]" * 2000, b'{"name": "\\ud800"}', b'{"name": "\\udfff"}'],
+    ids=["nested-2000", "lone-high-surrogate", "lone-low-surrogate"],
+)
+def test_an_authenticated_hostile_body_is_a_4xx_never_a_500(
+    start_server: Callable[..., Server], client_context: ssl.SSLContext, keys: KeySet, body: bytes
+) -> None:
+    server = start_server()
+    head = (
+        f"POST /v1/items HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {keys.writer.secret}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    answer = raw_exchange(server.port, client_context, head.encode() + body)
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.split()[1] == b"400", answer[:300]
+    assert b"application/problem+json" in rest
+    logs = server.stop()
+    assert "Traceback" not in logs
+    assert "ERROR" not in logs
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/v1/whoami"])
