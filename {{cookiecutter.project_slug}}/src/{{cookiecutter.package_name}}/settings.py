@@ -29,6 +29,8 @@ UNPARSABLE_URI = "cannot be parsed: percent-encode '#', '/', '?' and '@' in the 
 ENVIRONMENTS = ("production", "development", "test")
 STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# The default storage: counters in each process's memory, shared by nothing else.
+PER_PROCESS_STORAGE = "memory://"
 STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+sentinel", "redis+cluster", "memcached")
 ZERO_WINDOW = re.compile(r"(?:\bper|/)\s*0+\s*[a-z]", re.IGNORECASE)
 NO_KEYS = "not set: add the entry printed by 'keys new'"
@@ -184,9 +186,14 @@ def proxy_networks(text: str) -> tuple[Network, ...]:
     return networks
 
 
+def is_shared(uri: str) -> bool:
+    """True when a storage URI names counters that every worker and host share."""
+    return not uri.startswith(PER_PROCESS_STORAGE)
+
+
 def _default_workers(values: Mapping[str, Any]) -> str:
     # In-memory limits are per process: more than one worker would multiply every limit.
-    if values["ratelimit_storage_uri"].startswith("memory://"):
+    if not is_shared(values["ratelimit_storage_uri"]):
         return "1"
     return str(min(values["cpu_count"], 8))
 
@@ -217,7 +224,9 @@ class Settings:
         metadata=read("API_KEYS", key_ring, missing=NO_KEYS, from_file=True, show=_show_keys)
     )
     ratelimit_storage_uri: str = field(
-        metadata=read("RATELIMIT_STORAGE_URI", storage_uri, "memory://", from_file=True, show=redacted_uri)
+        metadata=read(
+            "RATELIMIT_STORAGE_URI", storage_uri, PER_PROCESS_STORAGE, from_file=True, show=redacted_uri
+        )
     )
     ratelimit_strategy: str = field(metadata=read("RATELIMIT_STRATEGY", choice(*STRATEGIES), "fixed-window"))
     ratelimit_default: str = field(metadata=read("RATELIMIT_DEFAULT", rate_limit, "100 per minute"))
@@ -248,7 +257,7 @@ class Settings:
     @property
     def shared_limits(self) -> bool:
         """True when every worker and host counts against the same limits."""
-        return not self.ratelimit_storage_uri.startswith("memory://")
+        return is_shared(self.ratelimit_storage_uri)
 
     def describe(self) -> dict[str, object]:
         """The resolved configuration, each value as its variable's ``show`` allows."""
