@@ -151,7 +151,8 @@ def redacted_uri(text: str) -> str:
 
 def key_ring(text: str) -> KeyRing:
     try:
-        return KeyRing.from_text(KEY_PREFIX, text)
+        # An entry's own limit passes the same checks as RATELIMIT_DEFAULT.
+        return KeyRing.from_text(KEY_PREFIX, text, check_limit=rate_limits)
     except EntryError as error:
         raise Invalid(str(error)) from None
 
