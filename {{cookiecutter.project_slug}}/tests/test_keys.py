@@ -358,6 +358,15 @@ def test_a_bad_limit_is_refused_without_echoing_it(limit: str, message: str) -> 
         "10 per",
         "10/second;100/hour",
         "10/second,0/hour",
+        "10/hour|5/day",
+        "10/hour;",
+        "10/hour 5/day",
+        "10 / minute",
+        "10per minute",
+        "10/HOURS",
+        "10/0hour",
+        "\uff110/hour",
+        "5",
     ],
 )
 def test_an_entry_limit_follows_the_same_rules_as_ratelimit_default(limit: str) -> None:

@@ -46,7 +46,7 @@ import re
 import secrets
 import sys
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -68,7 +68,8 @@ KEY_PREFIX = "{{ cookiecutter.key_prefix }}"
 INSTANT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}Z")
 INSTANT_FORMAT = "%Y-%m-%dT%H:%MZ"
 # One window in Flask-Limiter's notation ("1000 per hour", "10/second", "5 per 10 minutes"): a
-# subset of what its parser reads, so every limit an entry holds means the same to both.
+# subset of what its parser reads, so every limit an entry holds means the same to both, and
+# with the same refusals as RATELIMIT_DEFAULT (settings.rate_limits; a test holds them equal).
 LIMIT_WINDOW = re.compile(
     r"(?P<amount>[0-9]+)\s*(?:/|per)\s*(?P<multiples>[0-9]+)?\s*(?:second|minute|hour|day|month|year)s?",
     re.IGNORECASE,
@@ -331,22 +332,8 @@ def _entry_expiry(text: str) -> dt.date:
         raise EntryError("expires must be a date, YYYY-MM-DD, or an instant, YYYY-MM-DDTHH:MMZ") from None
 
 
-def _entry_limit(text: str, check_limit: Callable[[str], object] | None) -> str:
-    limit = parse_limit(text)
-    if check_limit is not None:
-        try:
-            check_limit(limit)
-        except ValueError as error:
-            raise EntryError(f"limit {error}") from None
-    return limit
-
-
-def parse_entry(text: str, check_limit: Callable[[str], object] | None = None) -> ApiKey:
-    """Parse one entry. Errors name the field at fault, never the entry's content.
-
-    ``check_limit`` is the rate-limit library's own check, run on a ``limit`` field (the
-    service passes it; this module imports nothing but the standard library).
-    """
+def parse_entry(text: str) -> ApiKey:
+    """Parse one entry. Errors name the field at fault, never the entry's content."""
     fields = _fields(text)
     key = ApiKey(
         key_id=fields["id"],
@@ -354,7 +341,7 @@ def parse_entry(text: str, check_limit: Callable[[str], object] | None = None) -
         scopes=frozenset(s for s in fields["scopes"].split("+") if s),
         digest=bytes.fromhex(fields["sha256"]),
         expires=_entry_expiry(fields["expires"]) if "expires" in fields else None,
-        limit=_entry_limit(fields["limit"], check_limit) if "limit" in fields else None,
+        limit=parse_limit(fields["limit"]) if "limit" in fields else None,
         nets=tuple(parse_network(net) for net in fields["nets"].split("+")) if "nets" in fields else (),
     )
     _validate(key)
@@ -384,14 +371,14 @@ class KeyRing:
             self._by_digest[key.digest] = key
 
     @classmethod
-    def from_text(cls, prefix: str, text: str, check_limit: Callable[[str], object] | None = None) -> KeyRing:
+    def from_text(cls, prefix: str, text: str) -> KeyRing:
         """Parse entries; an error names the entry by position, never by content."""
         keys = []
         for position, part in enumerate(split_entries(text), start=1):
             if part.startswith(f"{prefix}_"):
                 raise EntryError(f"entry {position} is a raw key: configure its entry, not the key")
             try:
-                keys.append(parse_entry(part, check_limit))
+                keys.append(parse_entry(part))
             except EntryError as error:
                 raise EntryError(f"entry {position} {error}") from None
         if not keys:

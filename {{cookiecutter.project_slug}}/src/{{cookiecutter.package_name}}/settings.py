@@ -151,8 +151,7 @@ def redacted_uri(text: str) -> str:
 
 def key_ring(text: str) -> KeyRing:
     try:
-        # An entry's own limit passes the same checks as RATELIMIT_DEFAULT.
-        return KeyRing.from_text(KEY_PREFIX, text, check_limit=rate_limits)
+        return KeyRing.from_text(KEY_PREFIX, text)
     except EntryError as error:
         raise Invalid(str(error)) from None
 
