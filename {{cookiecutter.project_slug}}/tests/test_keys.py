@@ -296,6 +296,13 @@ def test_entry_round_trips_an_instant_a_limit_and_networks() -> None:
     assert minted.key.limit == "10/second;1000 per hour"
 
 
+def test_an_instant_is_written_in_utc() -> None:
+    noon_in_paris = dt.datetime(2030, 1, 1, 13, 0, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    minted = mint(KEY_PREFIX, key_id="a", scopes=["a:b"], expires=noon_in_paris)
+    assert "expires=2030-01-01T12:00Z" in minted.entry
+    assert keys.refused_from(parse_entry(minted.entry).expires or dt.date.max) == noon_in_paris
+
+
 def test_an_instant_is_refused_from_that_minute_utc() -> None:
     minted = mint(KEY_PREFIX, key_id="a", scopes=["a:b"], expires=keys.parse_expiry("2030-01-01T12:00Z"))
     ring = ring_of(minted)

@@ -183,7 +183,9 @@ def refused_from(expires: dt.date) -> dt.datetime:
 
 
 def format_expiry(expires: dt.date) -> str:
-    return expires.strftime(INSTANT_FORMAT) if isinstance(expires, dt.datetime) else expires.isoformat()
+    if isinstance(expires, dt.datetime):
+        return expires.astimezone(dt.UTC).strftime(INSTANT_FORMAT)
+    return expires.isoformat()
 
 
 def parse_expiry(text: str) -> dt.date | dt.datetime:
@@ -295,7 +297,7 @@ def roll(
         limit=old.limit,
         nets=old.nets,
     )
-    later = now + overlap
+    later = (now + overlap).astimezone(dt.UTC)
     retire = later.replace(second=0, microsecond=0)
     if retire < later:
         retire += dt.timedelta(minutes=1)
