@@ -129,16 +129,16 @@ def test_a_key_expiring_a_minute_from_now_is_accepted_then_refused_after_that_in
     if instant - now < dt.timedelta(seconds=15):
         instant += dt.timedelta(minutes=1)
     minted = keys_command(
-        "new", "--id", "brief", "--scope", "items:read", "--expires", minute(instant), "--json"
+        "new", "--id", "fleeting", "--scope", "items:read", "--expires", minute(instant), "--json"
     )
     assert minted.returncode == 0, minted.stderr
     printed = json.loads(minted.stdout)
-    brief = MintedKey(printed["key"], parse_entry(printed["entry"]))
-    server = start_server(API_KEYS=f"{keys.entries},{brief.entry}")
+    fleeting = MintedKey(printed["key"], parse_entry(printed["entry"]))
+    server = start_server(API_KEYS=f"{keys.entries},{fleeting.entry}")
     assert dt.datetime.now(UTC) < instant, "the server took too long to start"
-    assert call(server, brief, client_context)[0] == 200
+    assert call(server, fleeting, client_context)[0] == 200
     time.sleep(max(0.0, (instant - dt.datetime.now(UTC)).total_seconds()) + 0.5)
-    assert call(server, brief, client_context)[0] == 401
+    assert call(server, fleeting, client_context)[0] == 401
     assert call(server, keys.reader, client_context)[0] == 200
 
 
