@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+
+from {{ cookiecutter.package_name }} import requestlog
+from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, MintedKey, mint, parse_network
 
 from .support import KeySet, bearer
 
@@ -136,3 +141,76 @@ def test_views_see_the_caller_on_g(app: Flask, keys: KeySet) -> None:
         from flask import g
 
         assert (g.caller.key_id, g.caller.tenant) == ("writer", "acme")
+
+
+# --- networks: where a valid key may be used from --------------------------------------------
+
+
+def with_networks(nets: str) -> MintedKey:
+    return mint(
+        KEY_PREFIX,
+        key_id="fenced",
+        scopes=["items:read"],
+        tenant="acme",
+        nets=map(parse_network, nets.split("+")),
+    )
+
+
+def from_address(address: str) -> dict[str, dict[str, str]]:
+    return {"environ_overrides": {"REMOTE_ADDR": address}}
+
+
+def test_a_key_outside_its_networks_gets_the_same_403_as_a_missing_scope(make_app, keys: KeySet) -> None:
+    fenced = with_networks("192.0.2.0/24")
+    client = make_app(API_KEYS=f"{keys.entries},{fenced.entry}").test_client()
+    outside = client.get("/v1/items", headers=bearer(fenced), **from_address("198.51.100.7"))
+    no_scope = client.get("/v1/items", headers=bearer(keys.no_scopes), **from_address("198.51.100.7"))
+    assert (outside.status_code, outside.content_type) == (403, "application/problem+json")
+    assert "WWW-Authenticate" not in outside.headers
+    body, other = outside.get_json(), no_scope.get_json()
+    assert {**body, "request_id": None} == {**other, "request_id": None}
+    assert client.get("/v1/whoami", headers=bearer(fenced), **from_address("198.51.100.7")).status_code == 403
+
+
+@pytest.mark.parametrize("address", ["192.0.2.7", "::ffff:192.0.2.7", "2001:db8:5::1"])
+def test_a_key_inside_its_networks_is_accepted(make_app, keys: KeySet, address: str) -> None:
+    fenced = with_networks("192.0.2.0/24+2001:db8::/32")
+    client = make_app(API_KEYS=f"{keys.entries},{fenced.entry}").test_client()
+    response = client.get("/v1/whoami", headers=bearer(fenced), **from_address(address))
+    assert response.status_code == 200
+    assert response.get_json()["key_id"] == "fenced"
+
+
+def test_networks_are_checked_against_the_address_a_trusted_proxy_reports(make_app, keys: KeySet) -> None:
+    fenced = with_networks("192.0.2.0/24")
+    client = make_app(API_KEYS=fenced.entry, FORWARDED_ALLOW_IPS="10.0.0.1").test_client()
+    forwarded = {"X-Forwarded-For": "192.0.2.7", "X-Forwarded-Proto": "https", **bearer(fenced)}
+    assert client.get("/v1/whoami", headers=forwarded, **from_address("10.0.0.1")).status_code == 200
+    proxy_itself = bearer(fenced)
+    assert client.get("/v1/whoami", headers=proxy_itself, **from_address("10.0.0.1")).status_code == 403
+
+
+def test_a_forwarded_header_from_an_untrusted_peer_cannot_move_a_key_inside_its_networks(
+    make_app, keys: KeySet
+) -> None:
+    fenced = with_networks("192.0.2.0/24")
+    client = make_app(API_KEYS=fenced.entry, FORWARDED_ALLOW_IPS="10.0.0.1").test_client()
+    spoofed = {"X-Forwarded-For": "192.0.2.7", "X-Real-IP": "192.0.2.7", "Forwarded": "for=192.0.2.7"}
+    response = client.get("/v1/whoami", headers={**spoofed, **bearer(fenced)}, **from_address("198.51.100.7"))
+    assert response.status_code == 403
+
+
+def test_a_key_used_from_outside_its_networks_is_logged_with_its_id_and_reason(
+    make_app, keys: KeySet, caplog: pytest.LogCaptureFixture
+) -> None:
+    fenced = with_networks("192.0.2.0/24")
+    client = make_app(API_KEYS=fenced.entry).test_client()
+    with caplog.at_level(logging.INFO, logger=requestlog.__name__):
+        client.get("/v1/whoami", headers=bearer(fenced), **from_address("198.51.100.7"))
+    (record,) = [r for r in caplog.records if r.name == requestlog.__name__]
+    assert (record.key_id, record.auth_failure, record.remote_addr) == (
+        "fenced",
+        "outside_networks",
+        "198.51.100.7",
+    )
+    assert record.status == 403

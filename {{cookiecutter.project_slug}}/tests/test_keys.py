@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import re
 import secrets
@@ -20,6 +21,7 @@ from {{ cookiecutter.package_name }}.keys import (
     mint,
     parse_entry,
 )
+from {{ cookiecutter.package_name }}.settings import Invalid, rate_limits
 
 
 def ring_of(*minted: keys.MintedKey) -> KeyRing:
@@ -105,9 +107,9 @@ def test_garbage_is_malformed_never_an_error(presented: str) -> None:
 def test_expired_key_is_refused_from_its_expiry_date() -> None:
     minted = mint(KEY_PREFIX, key_id="a", scopes=["a:b"], expires=dt.date(2030, 1, 1))
     ring = ring_of(minted)
-    assert ring.verify(minted.secret, today=dt.date(2029, 12, 31)).key_id == "a"
+    assert ring.verify(minted.secret, now=dt.datetime(2029, 12, 31, 23, 59, 59, tzinfo=dt.UTC)).key_id == "a"
     with pytest.raises(ExpiredKey):
-        ring.verify(minted.secret, today=dt.date(2030, 1, 1))
+        ring.verify(minted.secret, now=dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
 
 
 def test_raw_key_in_configuration_is_refused_by_position() -> None:
@@ -218,7 +220,12 @@ def test_cli_new_json_is_machine_readable(capsys: pytest.CaptureFixture[str]) ->
     assert printed["id"] == "ci"
     assert printed["expires"] == "2031-02-03"
     assert printed["tenant"] == "default"
-    assert ring_of_text(printed["entry"]).verify(printed["key"], today=dt.date(2031, 1, 1)).key_id == "ci"
+    assert (
+        ring_of_text(printed["entry"])
+        .verify(printed["key"], now=dt.datetime(2031, 1, 1, tzinfo=dt.UTC))
+        .key_id
+        == "ci"
+    )
 
 
 @pytest.mark.parametrize("when", ["2020-01-01", dt.datetime.now(dt.UTC).date().isoformat()])
@@ -240,7 +247,7 @@ def test_cli_check_describes_entries_without_secrets(capsys: pytest.CaptureFixtu
     minted = mint(KEY_PREFIX, key_id="ci", scopes=["a:b"], tenant="acme")
     assert keys.main(["check", "--json", minted.entry]) == 0
     assert json.loads(capsys.readouterr().out) == [
-        {"id": "ci", "tenant": "acme", "scopes": ["a:b"], "expires": None}
+        {"id": "ci", "tenant": "acme", "scopes": ["a:b"], "expires": None, "limit": None, "nets": []}
     ]
 
 
@@ -257,3 +264,361 @@ def test_digest_is_sha256_of_the_key() -> None:
 
     secret = f"{KEY_PREFIX}_{secrets.token_hex(8)}"
     assert keys.digest(secret) == hashlib.sha256(secret.encode()).digest()
+
+
+# --- expiry to the minute, per-key limits and networks, roll ---------------------------------
+
+UTC = dt.UTC
+
+
+def test_entries_without_the_newer_fields_keep_working() -> None:
+    minted = mint(KEY_PREFIX, key_id="old", scopes=["a:b"])
+    written_before = f"id=old;tenant=default;scopes=a:b;expires=2030-01-01;sha256={minted.key.digest.hex()}"
+    key = parse_entry(written_before)
+    assert (key.expires, key.limit, key.nets) == (dt.date(2030, 1, 1), None, ())
+    assert key.entry() == written_before
+
+
+def test_entry_round_trips_an_instant_a_limit_and_networks() -> None:
+    minted = mint(
+        KEY_PREFIX,
+        key_id="ci",
+        scopes=["a:b"],
+        expires=dt.datetime(2030, 5, 1, 12, 30, tzinfo=UTC),
+        limit="10/second;1000 per hour",
+        nets=[keys.parse_network("10.0.0.0/8"), keys.parse_network("2001:db8::/32")],
+    )
+    assert (
+        "expires=2030-05-01T12:30Z;limit=10/second+1000 per hour;nets=10.0.0.0/8+2001:db8::/32;"
+        in minted.entry
+    )
+    assert parse_entry(minted.entry) == minted.key
+    assert minted.key.limit == "10/second;1000 per hour"
+
+
+def test_an_instant_is_written_in_utc() -> None:
+    noon_in_paris = dt.datetime(2030, 1, 1, 13, 0, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    minted = mint(KEY_PREFIX, key_id="a", scopes=["a:b"], expires=noon_in_paris)
+    assert "expires=2030-01-01T12:00Z" in minted.entry
+    assert keys.refused_from(parse_entry(minted.entry).expires or dt.date.max) == noon_in_paris
+
+
+def test_an_instant_is_refused_from_that_minute_utc() -> None:
+    minted = mint(KEY_PREFIX, key_id="a", scopes=["a:b"], expires=keys.parse_expiry("2030-01-01T12:00Z"))
+    ring = ring_of(minted)
+    assert ring.verify(minted.secret, now=dt.datetime(2030, 1, 1, 11, 59, 59, 999999, tzinfo=UTC))
+    with pytest.raises(ExpiredKey):
+        ring.verify(minted.secret, now=dt.datetime(2030, 1, 1, 12, 0, tzinfo=UTC))
+    plus_two = dt.timezone(dt.timedelta(hours=2))
+    assert ring.verify(minted.secret, now=dt.datetime(2030, 1, 1, 13, 59, tzinfo=plus_two))
+    with pytest.raises(ExpiredKey):
+        ring.verify(minted.secret, now=dt.datetime(2030, 1, 1, 14, 0, tzinfo=plus_two))
+
+
+@pytest.mark.parametrize(
+    "expires",
+    ["2030-01-01T12:00+01:00", "2030-01-01T12:00:30Z", "2030-01-01T12:00", "2030-01-01T25:00Z", "2030-02-30"],
+    ids=["offset", "seconds", "no-zone", "hour-25", "february-30"],
+)
+def test_an_expiry_is_a_date_or_a_utc_instant_to_the_minute(expires: str) -> None:
+    entry = mint(KEY_PREFIX, key_id="a", scopes=["a:b"]).entry.replace(
+        ";sha256", f";expires={expires};sha256"
+    )
+    with pytest.raises(EntryError, match="expires must be a date, YYYY-MM-DD, or an instant") as error:
+        KeyRing.from_text(KEY_PREFIX, entry)
+    assert expires not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("limit", "message"),
+    [
+        ("as many as you like", "limit must be a rate limit"),
+        ("10 per fortnight", "limit must be a rate limit"),
+        ("", "limit must be a rate limit"),
+        ("0 per minute", "at least one request per window"),
+        ("10 per 0 minutes", "at least one request per window"),
+        ("10/second+0/hour", "at least one request per window"),
+    ],
+    ids=["words", "unknown-unit", "empty", "zero-amount", "zero-window", "zero-in-second-window"],
+)
+def test_a_bad_limit_is_refused_without_echoing_it(limit: str, message: str) -> None:
+    entry = mint(KEY_PREFIX, key_id="a", scopes=["a:b"]).entry.replace(";sha256", f";limit={limit};sha256")
+    with pytest.raises(EntryError, match=message) as error:
+        KeyRing.from_text(KEY_PREFIX, f"{entry}")
+    assert str(error.value).startswith("entry 1 limit ")
+    assert not limit or limit not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "limit",
+    [
+        "100 per minute",
+        "10/second",
+        "5 per 10 minutes",
+        "1000 PER HOUR",
+        "2/day",
+        "0 per minute",
+        "10 per 0 seconds",
+        "10 per 00 seconds",
+        "ten per minute",
+        "10 per fortnight",
+        "10 per",
+        "10/second;100/hour",
+        "10/second,0/hour",
+        "10/hour|5/day",
+        "10/hour;",
+        "10/hour 5/day",
+        "10 / minute",
+        "10per minute",
+        "10/HOURS",
+        "10/0hour",
+        "\uff110/hour",
+        "5",
+    ],
+)
+def test_an_entry_limit_follows_the_same_rules_as_ratelimit_default(limit: str) -> None:
+    try:
+        rate_limits(limit)
+        service_accepts = True
+    except Invalid:
+        service_accepts = False
+    try:
+        keys.parse_limit(limit)
+        entry_accepts = True
+    except EntryError:
+        entry_accepts = False
+    assert entry_accepts == service_accepts
+
+
+@pytest.mark.parametrize(
+    "nets",
+    ["192.0.2.1/24", "example.com", "", "192.0.2.0/33", "192.0.2.0/24+", "192.0.2.0/24 198.51.100.0/24"],
+    ids=["host-bits", "name", "empty", "prefix-33", "trailing-plus", "space"],
+)
+def test_bad_networks_are_refused_without_echoing_them(nets: str) -> None:
+    entry = mint(KEY_PREFIX, key_id="a", scopes=["a:b"]).entry.replace(";sha256", f";nets={nets};sha256")
+    with pytest.raises(EntryError, match="nets must be networks") as error:
+        KeyRing.from_text(KEY_PREFIX, entry)
+    assert not nets or nets not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("address", "allowed"),
+    [
+        ("10.1.2.3", True),
+        ("::ffff:10.1.2.3", True),
+        ("2001:db8:1::5", True),
+        ("192.0.2.1", False),
+        ("2001:db9::1", False),
+        ("", False),
+        (None, False),
+        ("not an address", False),
+    ],
+)
+def test_a_key_with_networks_is_allowed_only_from_them(address: str | None, allowed: bool) -> None:
+    key = parse_entry(
+        mint(KEY_PREFIX, key_id="a", scopes=["a:b"]).entry.replace(
+            ";sha256", ";nets=10.0.0.0/8+2001:db8::/32;sha256"
+        )
+    )
+    assert key.allows(address) is allowed
+
+
+def test_a_key_without_networks_is_allowed_from_anywhere() -> None:
+    key = mint(KEY_PREFIX, key_id="a", scopes=["a:b"]).key
+    assert key.allows("192.0.2.1")
+    assert key.allows("2001:db8::1")
+
+
+def test_roll_keeps_tenant_scopes_limit_and_networks_under_the_next_generation() -> None:
+    old = mint(
+        KEY_PREFIX,
+        key_id="ci-deploy",
+        scopes=["items:read", "items:write"],
+        tenant="acme",
+        limit="50 per minute",
+        nets=[keys.parse_network("10.0.0.0/8")],
+    )
+    successor, retired = keys.roll(
+        KEY_PREFIX, old.key, overlap=dt.timedelta(hours=2), now=dt.datetime.now(UTC)
+    )
+    assert successor.key.key_id == "ci-deploy.2"
+    new = successor.key
+    assert (new.tenant, new.scopes, new.limit, new.nets) == (
+        old.key.tenant,
+        old.key.scopes,
+        "50 per minute",
+        old.key.nets,
+    )
+    assert new.expires is None
+    assert successor.secret != old.secret
+    assert retired.digest == old.key.digest
+    assert (
+        ring_of_text(f"{retired.entry()}\n{successor.entry}").verify(successor.secret).key_id == "ci-deploy.2"
+    )
+
+
+@pytest.mark.parametrize(
+    ("key_id", "successor"),
+    [("ci", "ci.2"), ("ci.2", "ci.3"), ("ci.9", "ci.10"), ("v1.0", "v1.0.2"), ("a.b-c", "a.b-c.2")],
+)
+def test_roll_counts_generations_after_the_stem(key_id: str, successor: str) -> None:
+    old = mint(KEY_PREFIX, key_id=key_id, scopes=["a:b"]).key
+    rolled, _ = keys.roll(KEY_PREFIX, old, overlap=dt.timedelta(hours=1), now=dt.datetime.now(UTC))
+    assert rolled.key.key_id == successor
+
+
+def test_roll_expires_the_old_entry_overlap_later_rounded_up_to_the_minute() -> None:
+    old = mint(KEY_PREFIX, key_id="ci", scopes=["a:b"]).key
+    now = dt.datetime(2030, 1, 1, 10, 15, 20, tzinfo=UTC)
+    _, retired = keys.roll(KEY_PREFIX, old, overlap=dt.timedelta(hours=6), now=now)
+    assert retired.expires == dt.datetime(2030, 1, 1, 16, 16, tzinfo=UTC)
+    assert "expires=2030-01-01T16:16Z" in retired.entry()
+    on_the_minute = now.replace(second=0)
+    _, retired = keys.roll(KEY_PREFIX, old, overlap=dt.timedelta(hours=1), now=on_the_minute)
+    assert retired.expires == dt.datetime(2030, 1, 1, 11, 15, tzinfo=UTC)
+
+
+def test_roll_never_extends_an_earlier_expiry() -> None:
+    old = mint(KEY_PREFIX, key_id="ci", scopes=["a:b"], expires=dt.date(2030, 1, 2)).key
+    _, retired = keys.roll(
+        KEY_PREFIX, old, overlap=dt.timedelta(hours=48), now=dt.datetime(2030, 1, 1, tzinfo=UTC)
+    )
+    assert retired.expires == dt.date(2030, 1, 2)
+
+
+def test_roll_refuses_an_id_too_long_for_a_generation() -> None:
+    old = mint(KEY_PREFIX, key_id="a" * 64, scopes=["a:b"]).key
+    with pytest.raises(EntryError, match="id must be 1-64"):
+        keys.roll(KEY_PREFIX, old, overlap=dt.timedelta(hours=1), now=dt.datetime.now(UTC))
+
+
+def secret_in(text: str) -> str:
+    found = re.findall(keys.key_pattern(KEY_PREFIX), text)
+    assert len(found) == 1, text
+    return str(found[0])
+
+
+def test_cli_roll_reads_stdin_and_prints_the_key_once_the_entry_and_the_old_entry(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = mint(KEY_PREFIX, key_id="ci", scopes=["a:b"], tenant="acme")
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"# the entry to roll\n{old.entry}\n"))
+    before = dt.datetime.now(UTC)
+    assert keys.main(["roll", "--overlap", "24"]) == 0
+    out = capsys.readouterr().out
+    secret = secret_in(out)
+    entries = [line.strip() for line in out.splitlines() if line.strip().startswith("id=")]
+    assert len(entries) == 2
+    ring = ring_of_text("\n".join(entries))
+    assert ring.verify(secret).key_id == "ci.2"
+    retired = ring.verify(old.secret)
+    assert retired.expires is not None
+    assert (
+        before + dt.timedelta(hours=24)
+        <= keys.refused_from(retired.expires)
+        <= before + dt.timedelta(hours=24, minutes=2)
+    )
+    assert f"refused from {keys.format_expiry(retired.expires)}" in out
+
+
+def test_cli_roll_json_has_key_entry_and_old_entry(capsys: pytest.CaptureFixture[str]) -> None:
+    old = mint(
+        KEY_PREFIX, key_id="ci", scopes=["a:b"], limit="5/second", nets=[keys.parse_network("192.0.2.0/24")]
+    )
+    assert keys.main(["roll", old.entry, "--overlap", "0.5", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert set(printed) == {"key", "entry", "old_entry"}
+    successor = ring_of_text(printed["entry"]).verify(printed["key"])
+    assert (successor.key_id, successor.limit, successor.nets) == ("ci.2", "5/second", old.key.nets)
+    assert parse_entry(printed["old_entry"]).digest == old.key.digest
+
+
+@pytest.mark.parametrize("overlap", ["0", "-1", "nan", "inf", "8761", "soon"])
+def test_cli_roll_refuses_an_overlap_that_is_not_a_positive_number_of_hours(
+    capsys: pytest.CaptureFixture[str], overlap: str
+) -> None:
+    old = mint(KEY_PREFIX, key_id="ci", scopes=["a:b"])
+    with pytest.raises(SystemExit):
+        keys.main(["roll", old.entry, "--overlap", overlap])
+    captured = capsys.readouterr()
+    assert "expected a number of hours" in captured.err
+    assert not re.search(keys.key_pattern(KEY_PREFIX), captured.out)
+
+
+@pytest.mark.parametrize("given", ["raw-key", "two-entries", "none", "broken"])
+def test_cli_roll_refuses_anything_but_one_entry_without_echoing_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, given: str
+) -> None:
+    a, b = mint(KEY_PREFIX, key_id="a", scopes=["a:b"]), mint(KEY_PREFIX, key_id="b", scopes=["a:b"])
+    text = {
+        "raw-key": a.secret,
+        "two-entries": f"{a.entry}\n{b.entry}",
+        "none": "# nothing\n",
+        "broken": "id=a;x",
+    }
+    monkeypatch.setattr("sys.stdin", io.StringIO(text[given]))
+    assert keys.main(["roll", "--overlap", "1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: ")
+    assert captured.out == ""
+    assert a.secret not in captured.err
+
+
+def test_cli_new_takes_a_limit_networks_and_an_instant(capsys: pytest.CaptureFixture[str]) -> None:
+    when = (dt.datetime.now(UTC) + dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%MZ")
+    argv = ["new", "--id", "ci", "--scope", "a:b", "--limit", "10/second;1000/hour", "--expires", when]
+    assert keys.main([*argv, "--net", "10.0.0.0/8", "--net", "2001:db8::/32", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["limit"], printed["nets"], printed["expires"]) == (
+        "10/second;1000/hour",
+        ["10.0.0.0/8", "2001:db8::/32"],
+        when,
+    )
+    assert f"expires={when};limit=10/second+1000/hour;nets=10.0.0.0/8+2001:db8::/32;" in printed["entry"]
+
+
+def test_cli_new_refuses_an_instant_that_is_not_in_the_future(capsys: pytest.CaptureFixture[str]) -> None:
+    when = dt.datetime.now(UTC).strftime("%Y-%m-%dT%H:%MZ")
+    assert keys.main(["new", "--id", "ci", "--scope", "a:b", "--expires", when]) == 2
+    captured = capsys.readouterr()
+    assert "not in the future" in captured.err
+    assert not re.search(keys.key_pattern(KEY_PREFIX), captured.out)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--limit", "0 per minute", "at least one request"),
+        ("--limit", "lots", "limit must be a rate limit"),
+        ("--net", "10.0.0.1/8", "expected a network"),
+        ("--expires", "next week", "expected YYYY-MM-DD or YYYY-MM-DDTHH:MMZ"),
+    ],
+)
+def test_cli_new_refuses_a_bad_limit_network_or_expiry_before_minting(
+    capsys: pytest.CaptureFixture[str], option: str, value: str, message: str
+) -> None:
+    with pytest.raises(SystemExit):
+        keys.main(["new", "--id", "ci", "--scope", "a:b", option, value])
+    captured = capsys.readouterr()
+    assert message in captured.err
+    assert not re.search(keys.key_pattern(KEY_PREFIX), captured.out)
+
+
+def test_cli_check_shows_every_field(capsys: pytest.CaptureFixture[str]) -> None:
+    full = mint(
+        KEY_PREFIX,
+        key_id="full",
+        scopes=["a:b", "c:d"],
+        tenant="acme",
+        expires=dt.datetime(2031, 2, 3, 4, 5, tzinfo=UTC),
+        limit="10/second;1000/hour",
+        nets=[keys.parse_network("10.0.0.0/8"), keys.parse_network("2001:db8::/32")],
+    )
+    plain = mint(KEY_PREFIX, key_id="plain", scopes=["a:b"])
+    assert keys.main(["check", full.entry, plain.entry]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "full: tenant=acme scopes=a:b,c:d expires=2031-02-03T04:05Z limit=10/second;1000/hour "
+        "nets=10.0.0.0/8,2001:db8::/32",
+        "plain: tenant=default scopes=a:b expires=never limit=RATELIMIT_DEFAULT nets=any",
+    ]

@@ -9,6 +9,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, MintedKey, mint
 from {{ cookiecutter.package_name }}.limits import install_limits, limit
 from {{ cookiecutter.package_name }}.settings import Settings
 
@@ -192,3 +193,64 @@ def test_a_route_limit_with_a_zero_window_stops_the_start(settings: Settings) ->
 
     with pytest.raises(ValueError, match="route x: needs at least one request"):
         install_limits(app, settings)
+
+
+# --- a key's own limit (its entry's limit=) ----------------------------------------------------
+
+
+def own_limit(limit: str, key_id: str = "metered") -> MintedKey:
+    return mint(KEY_PREFIX, key_id=key_id, scopes=["items:read", "items:write"], tenant="acme", limit=limit)
+
+
+def test_a_key_with_its_own_limit_gets_it_instead_of_the_default(make_app, keys: KeySet) -> None:
+    metered = own_limit("2 per hour")
+    client = make_app(
+        API_KEYS=f"{keys.entries},{metered.entry}", RATELIMIT_DEFAULT="5 per hour"
+    ).test_client()
+    assert statuses(client, 3, headers=bearer(metered)) == [200, 200, 429]
+    assert statuses(client, 5, headers=bearer(keys.reader)) == [200] * 5
+
+
+def test_a_generous_own_limit_lifts_the_default_for_that_key_only(make_app, keys: KeySet) -> None:
+    metered = own_limit("10 per hour")
+    client = make_app(
+        API_KEYS=f"{keys.entries},{metered.entry}", RATELIMIT_DEFAULT="1 per hour"
+    ).test_client()
+    assert statuses(client, 10, headers=bearer(metered)) == [200] * 10
+    assert statuses(client, 2, headers=bearer(keys.reader)) == [200, 429]
+
+
+def test_a_key_sees_its_own_quota_as_the_key_policy(make_app, keys: KeySet) -> None:
+    metered = own_limit("7 per minute")
+    client = make_app(API_KEYS=f"{keys.entries},{metered.entry}").test_client()
+    response = client.get("/v1/whoami", headers=bearer(metered))
+    assert response.headers["RateLimit-Policy"] == '"key";q=7;w=60'
+    assert quota(response)[:2] == ("key", 6)
+    default = client.get("/v1/whoami", headers=bearer(keys.reader))
+    assert default.headers["RateLimit-Policy"] == '"default";q=100;w=60'
+
+
+def test_a_key_with_several_windows_sees_each_as_a_policy(make_app, keys: KeySet) -> None:
+    metered = own_limit("5/second;50/hour")
+    client = make_app(API_KEYS=metered.entry).test_client()
+    response = client.get("/v1/whoami", headers=bearer(metered))
+    assert response.headers["RateLimit-Policy"] == '"key-1s";q=5;w=1, "key-3600s";q=50;w=3600'
+
+
+def test_a_route_limit_still_applies_per_key_to_a_key_with_its_own_limit(make_app, keys: KeySet) -> None:
+    metered = own_limit("1000 per hour")
+    client = make_app(API_KEYS=f"{keys.entries},{metered.entry}").test_client()
+    response = client.post("/v1/items", headers=bearer(metered), json={"name": "x"})
+    assert response.headers["RateLimit-Policy"] == '"items.create_item";q=30;w=60'
+    assert client.post("/v1/items", headers=bearer(keys.writer), json={"name": "x"}).status_code == 201
+    assert quota(response)[:2] == ("items.create_item", 29)
+
+
+def test_an_own_limit_is_counted_under_the_key_id(make_app) -> None:
+    metered = own_limit("3 per hour")
+    app = make_app(API_KEYS=metered.entry)
+    app.test_client().get("/v1/whoami", headers=bearer(metered))
+    (limiter,) = app.extensions["limiter"]
+    stored = " ".join(map(str, limiter.storage.storage))
+    assert "key:metered" in stored
+    assert metered.secret[-20:] not in stored

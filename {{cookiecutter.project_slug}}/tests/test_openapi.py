@@ -16,7 +16,7 @@ from flask import Flask
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate
 
-from {{ cookiecutter.package_name }}.keys import KEY_PREFIX
+from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, mint, parse_network
 from {{ cookiecutter.package_name }}.settings import ConfigError, settings_from
 
 from .support import PROJECT, KeySet, bearer
@@ -183,6 +183,8 @@ ITEM = "/v1/items/{item_id}"
 NOT_A_KEY = {"Authorization": f"Bearer {KEY_PREFIX}_not-a-key"}
 WRITE = {"json": {"name": "sprocket"}}
 ONE_PER_HOUR = {"RATELIMIT_DEFAULT": "1 per hour"}
+# The test client's address, 127.0.0.1, is outside this key's networks.
+FENCED = mint(KEY_PREFIX, key_id="fenced", scopes=["items:read"], nets=[parse_network("192.0.2.0/24")])
 CASES = {
     "health": Case("GET", "/healthz", 200),
     "whoami": Case("GET", "/v1/whoami", 200, "reader"),
@@ -201,6 +203,9 @@ CASES = {
     "no scope, list": Case("GET", "/v1/items", 403, "no_scopes"),
     "no scope, create": Case("POST", "/v1/items", 403, "reader", body=WRITE),
     "no scope, fetch": Case("GET", ITEM, 403, "no_scopes"),
+    "outside its networks, whoami": Case(
+        "GET", "/v1/whoami", 403, headers=bearer(FENCED), env={"API_KEYS": FENCED.entry}
+    ),
     "other tenant": Case("GET", ITEM, 404, "other_tenant"),
     "body too large": Case(
         "POST",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import http.client
 import logging
 import secrets
@@ -17,7 +19,7 @@ import pytest
 from flask import Flask
 
 from {{ cookiecutter.package_name }} import requestlog
-from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, MintedKey
+from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, MintedKey, mint, parse_network, roll
 
 from .support import KeySet, Server
 
@@ -117,6 +119,47 @@ def test_reload_with_a_broken_keys_file_keeps_the_working_keys(
     assert len(refusals) == 1
     assert "API_KEYS_FILE: entry 2 is a raw key" in refusals[0]
     assert keys.writer.secret[len(KEY_PREFIX) + 1 :][:12] not in server.logs()
+
+
+def test_sighup_applies_limits_networks_instants_and_a_roll_while_a_busy_client_sees_no_failure(
+    start_server: Callable[..., Server], keys: KeySet, client_context: ssl.SSLContext, tmp_path: Path
+) -> None:
+    # The busy client's own limit keeps it clear of RATELIMIT_DEFAULT however fast it goes.
+    busy = mint(KEY_PREFIX, key_id="busy", scopes=["items:read"], limit="100000 per minute")
+    fenced, metered, lapsing = (mint(KEY_PREFIX, key_id=name, scopes=["a:b"]) for name in ("f", "m", "l"))
+    keys_file = tmp_path / "api-keys"
+    write_keys(keys_file, busy, keys.reader, fenced, metered, lapsing)
+    server = start_server("--workers", "2", API_KEYS=None, API_KEYS_FILE=str(keys_file))
+    hammer = Hammer(server, client_context, busy)
+    hammer.start()
+    eventually(lambda: len(hammer.answers) >= 5)
+    assert [status(server, client_context, key) for key in (fenced, metered, lapsing)] == [200] * 3
+
+    now = dt.datetime.now(dt.UTC)
+    successor, retired = roll(KEY_PREFIX, keys.reader.key, overlap=dt.timedelta(hours=1), now=now)
+    write_keys(
+        keys_file,
+        busy,
+        MintedKey(keys.reader.secret, retired),
+        successor,
+        MintedKey(fenced.secret, dataclasses.replace(fenced.key, nets=(parse_network("192.0.2.0/24"),))),
+        MintedKey(metered.secret, dataclasses.replace(metered.key, limit="1 per minute")),
+        MintedKey(
+            lapsing.secret, dataclasses.replace(lapsing.key, expires=now.replace(second=0, microsecond=0))
+        ),
+    )
+    reload(server)
+    eventually(lambda: status(server, client_context, successor) == 200)
+    eventually(lambda: status(server, client_context, fenced) == 403)
+    eventually(lambda: status(server, client_context, lapsing) == 401)
+    # Two workers count in memory apart: of three requests, one meets a worker's second.
+    eventually(lambda: 429 in [status(server, client_context, metered) for _ in range(3)])
+    assert status(server, client_context, keys.reader) == 200
+    seen = len(hammer.answers)
+    eventually(lambda: len(hammer.answers) >= seen + 5)
+
+    answers = hammer.stop()
+    assert set(answers) == {200}, [a for a in answers if a != 200][:5]
 
 
 def test_sigterm_lets_an_in_flight_request_finish(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import ipaddress
 from pathlib import Path
 
@@ -249,3 +250,48 @@ def test_real_environment_wins_over_dot_env(
     monkeypatch.setenv("API_KEYS", keys.reader.entry)
     monkeypatch.delenv("API_KEYS_FILE", raising=False)
     assert [k.key_id for k in load_settings().keys] == ["reader"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("limit", "0 per minute", "limit needs at least one request per window of at least one second"),
+        ("limit", "9 per 0 seconds", "limit needs at least one request per window of at least one second"),
+        ("limit", "plenty", "limit must be a rate limit"),
+        ("nets", "192.0.2.1/24", "nets must be networks"),
+        ("nets", "intranet", "nets must be networks"),
+    ],
+    ids=["zero-amount", "zero-window", "words", "host-bits", "name"],
+)
+def test_a_bad_limit_or_networks_stops_the_start_naming_the_entry_by_position(
+    env: dict[str, str], keys: KeySet, field: str, value: str, problem: str
+) -> None:
+    bad = keys.writer.entry.replace(";sha256", f";{field}={value};sha256")
+    env["API_KEYS"] = f"{keys.reader.entry}\n{bad}"
+    error = refused(env)
+    assert str(error).startswith(f"API_KEYS: entry 2 {problem}")
+    assert value not in str(error)
+    assert "writer" not in str(error)
+
+
+def test_keys_with_limits_networks_and_instants_are_described_without_secrets(
+    env: dict[str, str], keys: KeySet
+) -> None:
+    full = mint(
+        KEY_PREFIX,
+        key_id="full",
+        scopes=["a:b"],
+        expires=dt.datetime(2031, 1, 1, 9, 30, tzinfo=dt.UTC),
+        limit="10/second",
+        nets=[ipaddress.ip_network("192.0.2.0/24")],
+    )
+    env["API_KEYS"] = full.entry
+    (described,) = settings_from(env).describe()["API_KEYS"]
+    assert described == {
+        "id": "full",
+        "tenant": "default",
+        "scopes": ["a:b"],
+        "expires": "2031-01-01T09:30Z",
+        "limit": "10/second",
+        "nets": ["192.0.2.0/24"],
+    }

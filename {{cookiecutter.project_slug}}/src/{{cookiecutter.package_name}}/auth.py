@@ -2,7 +2,8 @@
 
 Keys in the URL are refused (400) because URLs end up in proxy logs, browser history and
 Referer headers. Every failed check answers the same 401, so a client learns nothing about
-which check failed.
+which check failed. A valid key used from outside its entry's networks gets the same 403 as a
+missing scope.
 """
 
 from __future__ import annotations
@@ -79,8 +80,15 @@ def _identify(ring: KeyRing, https_only: bool) -> Callable[[], Response | None]:
         try:
             key = presented_key(environ)
             if key is not None:
-                identified = callers[ring.verify(key).key_id]
-                environ["app.key_id"] = identified.key_id
+                found = ring.verify(key)
+                environ["app.key_id"] = found.key_id
+                # REMOTE_ADDR is the peer, or what a trusted proxy reported (proxy.py): a client
+                # cannot choose it. Outside its networks, a valid key is most likely a stolen one.
+                if found.allows(environ.get("REMOTE_ADDR")):
+                    identified = callers[found.key_id]
+                else:
+                    g.auth_failure = "outside_networks"
+                    g.refused_key_id = found.key_id
         except InvalidKey as error:
             g.auth_failure = error.reason
         g.caller = identified
@@ -107,12 +115,20 @@ def failure() -> str | None:
     return reason
 
 
+def refused_key_id() -> str | None:
+    """The id of a valid key refused for where it was used from: for the request log only."""
+    key_id: str | None = g.get("refused_key_id")
+    return key_id
+
+
 def current_caller() -> Caller:
     """The caller of a protected view: a request without a valid key stops here with 401."""
     identified = caller()
     if identified is None:
         if failure() == "insecure_transport":
             fail(403, "API keys are accepted over HTTPS only: connect through the TLS-terminating proxy.")
+        if failure() == "outside_networks":
+            fail(403)  # the body of any 403: nothing names the networks
         g.auth_failure = failure() or "missing"
         fail(401, headers=CHALLENGE)
     return identified

@@ -4,7 +4,8 @@ the others and key guessing stays slow (CWE-307, CWE-770).
 Storage keys look like ``LIMITS:LIMITER/key:<key id>/...`` or ``.../addr:<address>/...``:
 safe to read, and nothing in them can be turned back into a key. Answers carry the IETF
 ``RateLimit-Policy`` and ``RateLimit`` fields (draft-ietf-httpapi-ratelimit-headers), and
-``Retry-After`` only with a 429.
+``Retry-After`` only with a 429. A key whose entry has its own ``limit=`` gets that limit
+instead of RATELIMIT_DEFAULT, and its answers name that policy "key".
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 from flask import Flask, Response, current_app, request
@@ -79,6 +80,18 @@ def client_address() -> str:
 def limit_key() -> str:
     identified = caller()
     return f"key:{identified.key_id}" if identified is not None else f"addr:{client_address()}"
+
+
+def default_limit(default: str, own: Mapping[str, str]) -> Callable[[], str]:
+    """Flask-Limiter's default limit as a provider it calls per request: the caller's own limit
+    (its entry's ``limit=``) when it has one, else RATELIMIT_DEFAULT. Flask-Limiter parses a
+    default limit string on every request either way."""
+
+    def provider() -> str:
+        identified = caller()
+        return default if identified is None else own.get(identified.key_id, default)
+
+    return provider
 
 
 def _fields(
@@ -161,12 +174,17 @@ def _view() -> object:
 class QuotaFields:
     """The IETF fields for the limits Flask-Limiter applied to this request."""
 
-    def __init__(self, limiter: Limiter, default: str) -> None:
+    def __init__(self, limiter: Limiter, default: str, own: Mapping[str, str]) -> None:
         self.limiter = limiter
         self.default = sorted(rate_limits(default))
+        self.own = {key_id: sorted(rate_limits(text)) for key_id, text in own.items()}
 
     def _policies(self, applied: list[RequestLimit]) -> list[tuple[str, RateLimitItem]]:
         items = [current.limit for current in applied]
+        identified = caller()
+        own = self.own.get(identified.key_id) if identified is not None else None
+        if own is not None and all(item in own for item in items):
+            return _named("key", items)
         if all(item in self.default for item in items):
             return _named("default", items)
         return _named(request.endpoint or "route", items)
@@ -190,9 +208,10 @@ def install_limits(app: Flask, settings: Settings) -> Limiter:
     ``before_request`` that needs the caller) and after the blueprints (limits and
     exemptions are declared on their views)."""
     shared = settings.shared_limits
+    own = {key.key_id: key.limit for key in settings.keys if key.limit is not None}
     limiter = Limiter(
         limit_key,
-        default_limits=[settings.ratelimit_default],
+        default_limits=[default_limit(settings.ratelimit_default, own)],
         headers_enabled=False,  # QuotaFields writes the IETF fields, and Retry-After only on 429
         strategy=settings.ratelimit_strategy,
         storage_uri=settings.ratelimit_storage_uri,
@@ -207,7 +226,7 @@ def install_limits(app: Flask, settings: Settings) -> Limiter:
     )
     limiter.init_app(app)
     budget = FailureBudget(limiter, settings.ratelimit_auth_failures)
-    fields = QuotaFields(limiter, settings.ratelimit_default)
+    fields = QuotaFields(limiter, settings.ratelimit_default, own)
     app.before_request(budget.refuse_spent)
     # after_request hooks run last-registered first: a 401 is counted, maybe made a 429 with
     # its own fields, before the generic fields are added.

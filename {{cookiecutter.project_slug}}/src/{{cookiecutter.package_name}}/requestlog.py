@@ -15,7 +15,7 @@ import uuid
 
 from flask import Flask, Response, g, request
 
-from .auth import caller, failure
+from .auth import caller, failure, refused_key_id
 from .logging import request_id
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,9 @@ def _finish(response: Response) -> Response:
             "path": request.path,
             "status": response.status_code,
             "duration_ms": round((time.perf_counter() - g.started) * 1000, 2),
-            "key_id": identified.key_id if identified is not None else None,
+            # A valid key refused (auth_failure says why) is named too: used from outside its
+            # networks, it is probably stolen, and its id says which key to retire.
+            "key_id": identified.key_id if identified is not None else refused_key_id(),
             "auth_failure": failure(),
             "remote_addr": request.remote_addr,
             "client_request_id": incoming if CLIENT_REQUEST_ID.fullmatch(incoming) else None,
