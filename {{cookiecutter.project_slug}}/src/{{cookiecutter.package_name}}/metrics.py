@@ -95,12 +95,19 @@ def _start() -> None:
     g.metrics_started = time.perf_counter()
 
 
+@cache
+def _series(route: str, method: str, status: int) -> tuple[Counter, Histogram]:
+    # Resolved once per combination (they are few: templates, methods, statuses), not per request.
+    return REQUESTS.labels(route, method, str(status)), DURATION.labels(route, method)
+
+
 def _record(response: Response) -> Response:
     rule = request.url_rule
+    method = request.method
     route = UNMATCHED if rule is None else rule.rule
-    method = request.method if request.method in METHODS else OTHER_METHOD
-    REQUESTS.labels(route, method, str(response.status_code)).inc()
-    DURATION.labels(route, method).observe(time.perf_counter() - g.metrics_started)
+    requests, duration = _series(route, method if method in METHODS else OTHER_METHOD, response.status_code)
+    requests.inc()
+    duration.observe(time.perf_counter() - g.metrics_started)
     reason = failure()
     if reason is not None:
         AUTH_FAILURES.labels(reason).inc()
