@@ -205,7 +205,8 @@ def report(args: argparse.Namespace, work: Path) -> None:
         cost = best["with"] - best["without"]
         print(
             f"{mode:24} {best['with'] * 1e6:6.1f} us {best['without'] * 1e6:6.1f} us "
-            f"{cost * 1e6:6.1f} us ({cost / best['without']:+.1%}) {best['hooks'] * 1e6:9.1f} us"
+            f"{cost * 1e6:6.1f} us ({cost / best['without']:+.1%}) {best['hooks'] * 1e6:9.1f} us "
+            f"({best['hooks'] / best['without']:.1%} of a request)"
         )
     directory = work / "scrape"
     directory.mkdir()
