@@ -119,7 +119,7 @@ def lazy_handshakes(context: ssl.SSLContext) -> ssl.SSLContext:
     return context
 
 
-def start_metrics() -> Path:
+def start_metrics() -> None:
     """The master, once, before the first fork: an empty directory for the workers' series.
 
     Files left by an earlier run would add its counts to this one's. Without
@@ -140,7 +140,6 @@ def start_metrics() -> Path:
     export_metrics_dir(directory)
     # Workers are forked with these settings: they serve the scrape from this directory.
     _serving = dataclasses.replace(settings, metrics_dir=directory)
-    return directory
 
 
 def worker_exited(pid: int) -> None:
