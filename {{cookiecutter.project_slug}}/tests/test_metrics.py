@@ -358,19 +358,19 @@ def test_one_scrape_sums_the_requests_of_two_gunicorn_workers_and_keeps_a_dead_w
     assert value(samples, "api_request_duration_seconds_count", **labels) == sent
     assert value(samples, "api_workers") == 2
 
-    # A worker dies: gunicorn replaces it, its counts stay in the sums, and it no longer counts
-    # as a worker (child_exit marked it dead; otherwise api_workers would say 3).
+    # A worker dies and gunicorn replaces it. Once the replacement has served a request (so it
+    # counts itself), one scrape still holds the dead worker's requests, and no longer counts it
+    # as a worker: child_exit marked it dead (unmarked, api_workers would say 3).
     victim = next(iter(workers))
     os.kill(victim, signal.SIGKILL)
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        alive = children(server.process.pid)
-        if victim not in alive and len(alive) == 2:
-            samples = served_scrape(server, client_context, scraper)
-            if value(samples, "api_workers") == 2:
-                break
-        time.sleep(0.2)
+    while not set(answered_by(server)) - set(workers) and time.monotonic() < deadline:
+        assert call(server, client_context, "/healthz", keys.reader)[0] == 200
+        time.sleep(0.05)
+    replacements = set(answered_by(server)) - set(workers)
+    assert len(replacements) == 1, f"no new worker answered within 20 s: {answered_by(server)}"
     assert victim not in children(server.process.pid)
+    samples = served_scrape(server, client_context, scraper)
     assert value(samples, "api_workers") == 2
     assert requests(samples, "/v1/whoami") == sent
 
