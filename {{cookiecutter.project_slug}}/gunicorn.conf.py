@@ -19,6 +19,9 @@ from {{ cookiecutter.package_name }}.serving import (
     lazy_handshakes,
     reload_settings,
     reserve_descriptors,
+    start_metrics,
+    stop_metrics,
+    worker_exited,
 )
 from {{ cookiecutter.package_name }}.settings import ConfigError
 
@@ -89,12 +92,23 @@ def ssl_context(conf: object, default_factory: Callable[[], ssl.SSLContext]) -> 
 
 
 def on_starting(server: Any) -> None:
-    """Checks on the values gunicorn resolved: -w or GUNICORN_CMD_ARGS may change them."""
+    """Checks on the values gunicorn resolved (-w or GUNICORN_CMD_ARGS may change them), and the
+    metrics directory, before the first worker is forked."""
     try:
         check_workers(settings, server.cfg.workers)
+        start_metrics()
     except ConfigError as error:
         sys.exit(f"error: {error}")
     reserve_descriptors(server.cfg.worker_connections)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """In the master, for every worker that exits: its live gauges leave the metrics' sums."""
+    worker_exited(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    stop_metrics()
 
 
 class AccessLogger(Logger):  # type: ignore[misc]

@@ -86,7 +86,10 @@ class Server:
 
 
 def server_env(overrides: Mapping[str, str]) -> dict[str, str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("API_KEYS", "GUNICORN_"))}
+    # The caller's own metrics directory would be shared, and emptied, by every server a test starts.
+    environ = {
+        k: v for k, v in os.environ.items() if not k.startswith(("API_KEYS", "GUNICORN_", "PROMETHEUS_"))
+    }
     environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT / "src"), environ.get("PYTHONPATH")]))
     environ.update(overrides)
     return environ

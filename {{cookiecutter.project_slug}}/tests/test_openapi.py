@@ -228,6 +228,9 @@ CASES = {
     "too many failures, create": Case(
         "POST", "/v1/items", 429, body=WRITE, env={"RATELIMIT_AUTH_FAILURES": "1 per hour"}, repeat=2
     ),
+    "metrics, no key": Case("GET", "/metrics", 401),
+    "metrics, no scope": Case("GET", "/metrics", 403, "reader"),
+    "key in URL, metrics": Case("GET", "/metrics?api_key=x", 400),
     "store fails, list": Case("GET", "/v1/items", 500, "reader", store_fails=True),
     "store fails, fetch": Case("GET", ITEM, 500, "reader", store_fails=True),
 }

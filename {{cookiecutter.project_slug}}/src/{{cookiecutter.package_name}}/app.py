@@ -11,6 +11,7 @@ from .errors import install_errors
 from .headers import install_headers
 from .keys import KEY_PREFIX
 from .limits import install_limits
+from .metrics import install_metrics, watch_fallback
 from .proxy import TrustedProxies
 from .requestlog import install_request_log
 from .serving import serving_settings
@@ -42,10 +43,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["items"] = SqliteItems(settings.items_db)
 
     install_request_log(app)
+    install_metrics(app, settings.metrics_dir)
     install_errors(app)
     install_auth(app, settings.keys, https_only=settings.app_env == "production")
     register_blueprints(app, openapi_enabled=settings.openapi_enabled)
-    install_limits(app, settings)
+    watch_fallback(app, install_limits(app, settings))
     install_headers(app, settings)
     app.wsgi_app = TrustedProxies(app.wsgi_app, settings.forwarded_allow_ips)  # type: ignore[method-assign]
     return app

@@ -11,16 +11,24 @@ such a client:
 * the body: :mod:`.body` reads it under a deadline of its own;
 * the number of connections: ``worker_connections`` per worker; past it, new connections
   wait in the listen backlog until a slot frees.
+
+Metrics: each worker writes its series to one directory (prometheus_client's multiprocess
+mode), which the master prepares before the first fork and tidies as workers exit; a scrape
+answered by any worker sums them all.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import resource
+import shutil
 import ssl
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
-from .settings import ConfigError, Settings, load_settings
+from .settings import METRICS_DIR, ConfigError, Settings, export_metrics_dir, load_settings
 
 # File descriptors a worker needs beyond its client connections (listeners, logs, Redis, SQLite).
 SPARE_DESCRIPTORS = 64
@@ -29,6 +37,9 @@ SPARE_DESCRIPTORS = 64
 # configuration; workers are forked from it and inherit them, so every worker serves exactly
 # what the master validated, and a reload that fails validation changes nothing.
 _serving: Settings | None = None
+# The metrics directory when this master made it (removed at exit). One the operator named is
+# kept, and emptied at the next start instead.
+_made_metrics_dir: Path | None = None
 
 
 def serving_settings() -> Settings:
@@ -106,3 +117,45 @@ def lazy_handshakes(context: ssl.SSLContext) -> ssl.SSLContext:
 
     context.wrap_socket = wrap_socket  # type: ignore[method-assign]
     return context
+
+
+def start_metrics() -> None:
+    """The master, once, before the first fork: an empty directory for the workers' series.
+
+    Files left by an earlier run would add its counts to this one's. Without
+    PROMETHEUS_MULTIPROC_DIR the directory is a private temporary one (mode 0700).
+    """
+    global _serving, _made_metrics_dir
+    settings = serving_settings()
+    try:
+        if settings.metrics_dir is None:
+            directory = _made_metrics_dir = Path(tempfile.mkdtemp(prefix="metrics-"))
+        else:
+            directory = settings.metrics_dir
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for stale in directory.glob("*.db"):
+                stale.unlink()
+    except OSError as error:
+        raise ConfigError(METRICS_DIR, f"cannot prepare the directory ({type(error).__name__})") from None
+    export_metrics_dir(directory)
+    # Workers are forked with these settings: they serve the scrape from this directory.
+    _serving = dataclasses.replace(settings, metrics_dir=directory)
+
+
+def worker_exited(pid: int) -> None:
+    """A worker is gone (crashed, killed or replaced): its live gauges leave the sums, while its
+    counters stay in them, so that no total ever goes backwards."""
+    directory = serving_settings().metrics_dir
+    if directory is None:
+        return
+    # Imported here, after start_metrics: prometheus_client picks its mode from the environment
+    # when it is first imported, and every later worker is forked from this process.
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, str(directory))
+
+
+def stop_metrics() -> None:
+    """The master, at exit: remove the directory it made (and nothing the operator named)."""
+    if _made_metrics_dir is not None:
+        shutil.rmtree(_made_metrics_dir, ignore_errors=True)

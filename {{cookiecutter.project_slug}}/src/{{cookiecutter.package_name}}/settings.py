@@ -34,6 +34,8 @@ PER_PROCESS_STORAGE = "memory://"
 STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+sentinel", "redis+cluster", "memcached")
 ZERO_WINDOW = re.compile(r"(?:\bper|/)\s*0+\s*[a-z]", re.IGNORECASE)
 NO_KEYS = "not set: add the entry printed by 'keys new'"
+# prometheus_client's own variable: the library reads it too, when it is first imported.
+METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 EVERY_IPV4 = ipaddress.IPv4Network("0.0.0.0/0")
 EVERY_IPV6 = ipaddress.IPv6Network("::/0")
@@ -166,6 +168,17 @@ def readable_file(text: str) -> Path:
     return Path(text)
 
 
+def directory(text: str) -> Path:
+    """A directory the service may create at start; an absolute path, so that every process
+    reads the same one whatever its working directory."""
+    if not text:
+        raise Invalid("must be a directory path")
+    path = Path(text).absolute()
+    if path.exists() and not path.is_dir():
+        raise Invalid("exists and is not a directory")
+    return path
+
+
 def proxy_networks(text: str) -> tuple[Network, ...]:
     """The TLS-terminating proxies to trust; a list that covers every address trusts every
     client to report its own address and scheme, so it is refused."""
@@ -245,6 +258,7 @@ class Settings:
     log_level: str = field(metadata=read("LOG_LEVEL", choice(*LOG_LEVELS), "INFO"))
     bind: str = field(metadata=read("BIND", str, "127.0.0.1:8443"))
     workers: int = field(metadata=read("WEB_CONCURRENCY", whole(1, 64), _default_workers))
+    metrics_dir: Path | None = field(metadata=read(METRICS_DIR, directory, show=_show_optional))
 
     @property
     def development(self) -> bool:
@@ -321,6 +335,12 @@ def _check_transport(settings: Settings) -> None:
             "not set: serve HTTPS with TLS_CERT_FILE and TLS_KEY_FILE, "
             "or name the TLS-terminating proxies in FORWARDED_ALLOW_IPS",
         )
+
+
+def export_metrics_dir(path: Path) -> None:
+    """Hand the metrics directory to prometheus_client, which reads its variable when it is
+    first imported: in this process and in every worker forked from it afterwards."""
+    os.environ[METRICS_DIR] = str(path)
 
 
 def load_settings() -> Settings:

@@ -1,0 +1,213 @@
+"""Prometheus series that tell operators how the service is doing without telling them any key:
+labels come only from route templates and fixed lists, so no key and no text a client chose
+becomes a label (CWE-532, CWE-770), and ``GET /metrics`` needs the ``metrics:read`` scope
+(CWE-200).
+
+Under gunicorn, every worker writes its series to the directory the master prepared
+(prometheus_client's multiprocess mode, see serving.py) and a scrape, answered by any one
+worker, sums them all. Elsewhere (the test client, ``flask run``) the series are the process's
+own.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from flask import Flask, Response, current_app, g, request
+from flask_limiter import Limiter
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from .auth import caller, failure, scoped_blueprint
+from .limits import limit
+
+SCOPE = "metrics:read"
+# The scrape's own limit, per key: RATELIMIT_DEFAULT is tuned for clients and must not break a
+# scrape every 15 s, and a leaked scraping key still cannot make a worker read the files in a loop.
+SCRAPE_LIMIT = "120 per minute"
+# Every request that matched no route (404, 405) shares one label, whatever its path: a path is
+# the client's text, and one series per path would grow without bound.
+UNMATCHED = "unmatched"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "OTHER"
+# Seconds: a request spends about a millisecond in the application; the worker timeout is 30 s.
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+# Creation timestamps exist only outside multiprocess mode: without them, a scrape answers the
+# same series under gunicorn, the test client and ``flask run``.
+disable_created_metrics()
+
+# Never prometheus_client's global registry: in multiprocess mode a scrape reads the workers'
+# files, and series registered there would appear a second time, as this process's alone.
+SERIES = CollectorRegistry()
+
+REQUESTS = Counter(
+    "api_requests",
+    "Requests answered, by route template, method and status.",
+    ("route", "method", "status"),
+    registry=SERIES,
+)
+DURATION = Histogram(
+    "api_request_duration_seconds",
+    "Time from the first to the last request hook, by route template and method.",
+    ("route", "method"),
+    buckets=BUCKETS,
+    registry=SERIES,
+)
+AUTH_FAILURES = Counter(
+    "api_auth_failures",
+    "Requests whose key was missing or refused, by reason (the request log's auth_failure).",
+    ("reason",),
+    registry=SERIES,
+)
+RATE_LIMITED = Counter(
+    "api_rate_limited",
+    "Requests answered 429, by route template and by what was counted: the key id or the address.",
+    ("route", "counted_by"),
+    registry=SERIES,
+)
+WORKERS = Gauge(
+    "api_workers",
+    "Worker processes serving.",
+    multiprocess_mode="livesum",
+    registry=SERIES,
+)
+FALLBACK = Gauge(
+    "api_ratelimit_fallback_workers",
+    "Workers counting rate limits in their own memory because the configured storage failed.",
+    multiprocess_mode="livesum",
+    registry=SERIES,
+)
+
+
+def _start() -> None:
+    g.metrics_started = time.perf_counter()
+
+
+@cache
+def _series(route: str, method: str, status: int) -> tuple[Counter, Histogram]:
+    # Resolved once per combination (they are few: templates, methods, statuses), not per request.
+    return REQUESTS.labels(route, method, str(status)), DURATION.labels(route, method)
+
+
+def _record(response: Response) -> Response:
+    rule = request.url_rule
+    method = request.method
+    route = UNMATCHED if rule is None else rule.rule
+    requests, duration = _series(route, method if method in METHODS else OTHER_METHOD, response.status_code)
+    requests.inc()
+    duration.observe(time.perf_counter() - g.metrics_started)
+    reason = failure()
+    if reason is not None:
+        AUTH_FAILURES.labels(reason).inc()
+    if response.status_code == 429:
+        RATE_LIMITED.labels(route, "address" if caller() is None else "key").inc()
+    return response
+
+
+@dataclass(frozen=True)
+class Exposition:
+    """The text a scrape answers: every worker's files, or this process's series."""
+
+    directory: Path | None
+
+    def text(self) -> bytes:
+        if self.directory is None:
+            return generate_latest(SERIES)
+        # A registry per scrape, as prometheus_client documents for multiprocess mode; the files
+        # of dead workers are read too, so their counts stay in the sums.
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(self.directory))
+        return generate_latest(registry)
+
+
+blueprint = scoped_blueprint("metrics", __name__, url_prefix="/metrics", scope=SCOPE)
+
+
+@blueprint.get("")
+@limit(SCRAPE_LIMIT)
+def scrape() -> Response:
+    exposition: Exposition = current_app.extensions["metrics"]
+    return Response(exposition.text(), content_type=CONTENT_TYPE_LATEST)
+
+
+def install_metrics(app: Flask, directory: Path | None) -> None:
+    """Count and time every request and serve ``GET /metrics``.
+
+    Call right after ``install_request_log``: every answer, including those of later hooks
+    (400, 401, 429), is counted then. Call before ``install_limits``, which applies the
+    scrape's own limit. ``directory`` is the multiprocess directory (serving.py), if any.
+    """
+    app.extensions["metrics"] = Exposition(directory)
+    WORKERS.set(1)
+    app.before_request(_start)
+    app.after_request(_record)
+    app.register_blueprint(blueprint)
+
+
+class FallbackWatch:
+    """Whether this worker's limiter counts in its own memory.
+
+    Flask-Limiter switches to its in-memory fallback when the configured storage fails, and
+    back once a probe succeeds, in both cases while it handles a request; ``Limiter.limiter``
+    is the strategy in use, and its storage is the configured one only while that one works.
+    """
+
+    def __init__(self, limiter: Limiter) -> None:
+        self.limiter = limiter
+        self.on_fallback = False
+        FALLBACK.set(0)
+
+    def check(self, response: Response) -> Response:
+        on_fallback = self.limiter.limiter.storage is not self.limiter.storage
+        if on_fallback != self.on_fallback:
+            self.on_fallback = on_fallback
+            FALLBACK.set(int(on_fallback))
+        return response
+
+
+def watch_fallback(app: Flask, limiter: Limiter) -> None:
+    """Report in ``api_ratelimit_fallback_workers`` whether ``limiter`` is on its fallback."""
+    app.after_request(FallbackWatch(limiter).check)
+
+
+@cache
+def _database() -> tuple[Gauge, Counter]:
+    # Made on a store's first report, so that a store without a pool (SQLite) shows none.
+    pool = Gauge(
+        "api_database_pool",
+        "Connections of the database pools in use and idle, and requests waiting for one.",
+        ("state",),
+        multiprocess_mode="livesum",
+        registry=SERIES,
+    )
+    unavailable = Counter(
+        "api_database_unavailable",
+        "Requests answered 503 because the database did not answer in time.",
+        registry=SERIES,
+    )
+    return pool, unavailable
+
+
+def database_pool(in_use: int, idle: int, waiting: int) -> None:
+    """For a store with a connection pool: its state now (after each checkout and return)."""
+    pool = _database()[0]
+    pool.labels("in_use").set(in_use)
+    pool.labels("idle").set(idle)
+    pool.labels("waiting").set(waiting)
+
+
+def database_unavailable() -> None:
+    """For a store whose database did not answer: one more request answered 503."""
+    _database()[1].inc()

@@ -1,0 +1,433 @@
+"""GET /metrics: Prometheus text that prometheus_client's own parser reads, only for keys with the
+metrics:read scope, with labels a client cannot choose and no piece of any key in it; and
+through a real gunicorn with two workers, one scrape that sums them both.
+
+Series are process-wide, like the workers' own: each test compares two scrapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import signal
+import ssl
+import stat
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, MintedKey, mint
+from {{ cookiecutter.package_name }}.metrics import (
+    METHODS,
+    OTHER_METHOD,
+    SCRAPE_LIMIT,
+    UNMATCHED,
+    database_pool,
+    database_unavailable,
+)
+from {{ cookiecutter.package_name }}.settings import METRICS_DIR, ConfigError, settings_from
+
+from .support import KeySet, Server, bearer, free_port, run_gunicorn
+
+Sample = tuple[str, frozenset[tuple[str, str]]]
+SERIES = (
+    "api_requests_total",
+    "api_request_duration_seconds_count",
+    "api_auth_failures_total",
+    "api_rate_limited_total",
+    "api_workers",
+    "api_ratelimit_fallback_workers",
+)
+LABELS = {"route", "method", "status", "reason", "counted_by", "le", "state"}
+FRAGMENT = 12
+# Test-only access lines name the worker that answered each request.
+WORKER_LOG = ("--access-logfile", "-", "--access-logformat", "worker=%(p)s")
+ACCESS_LINE = re.compile(r"worker=<?(\d+)>?")
+
+
+@pytest.fixture(scope="session")
+def scraper() -> MintedKey:
+    return mint(KEY_PREFIX, key_id="prometheus", scopes=["metrics:read"], tenant="ops")
+
+
+@pytest.fixture
+def env(env: dict[str, str], keys: KeySet, scraper: MintedKey) -> dict[str, str]:
+    return {**env, "API_KEYS": f"{keys.entries},{scraper.entry}"}
+
+
+def parse(text: str) -> dict[Sample, float]:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def scrape(client: FlaskClient, key: MintedKey) -> dict[Sample, float]:
+    response = client.get("/metrics", headers=bearer(key))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return parse(response.get_data(as_text=True))
+
+
+def value(samples: dict[Sample, float], name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def requests(samples: dict[Sample, float], route: str, method: str = "GET", status: str = "200") -> float:
+    return value(samples, "api_requests_total", route=route, method=method, status=status)
+
+
+# --- The format and who may read it ----------------------------------------------------------
+
+
+def test_scrape_answers_text_that_prometheus_clients_own_parser_reads(
+    client: FlaskClient, scraper: MintedKey
+) -> None:
+    client.get("/healthz")
+    response = client.get("/metrics", headers=bearer(scraper))
+    assert response.status_code == 200
+    assert response.mimetype == "text/plain"
+    assert response.headers["Cache-Control"] == "no-store"
+    names = {name for name, _ in parse(response.get_data(as_text=True))}
+    assert set(SERIES) - {"api_rate_limited_total", "api_auth_failures_total"} <= names
+
+
+@pytest.mark.parametrize("sent", ["none", "malformed", "unknown", "expired"])
+def test_scrape_without_a_valid_key_is_401(client: FlaskClient, keys: KeySet, sent: str) -> None:
+    headers = {
+        "none": {},
+        "malformed": {"Authorization": f"Bearer {KEY_PREFIX}_not-a-key"},
+        "unknown": bearer(keys.unconfigured),
+        "expired": bearer(keys.expired),
+    }[sent]
+    response = client.get("/metrics", headers=headers)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="api"'
+    assert response.content_type == "application/problem+json"
+    assert b"api_requests_total" not in response.data
+
+
+@pytest.mark.parametrize("role", ["reader", "writer", "other_tenant", "no_scopes"])
+def test_key_without_the_metrics_scope_is_403(client: FlaskClient, keys: KeySet, role: str) -> None:
+    response = client.get("/metrics", headers=bearer(getattr(keys, role)))
+    assert response.status_code == 403
+    assert response.content_type == "application/problem+json"
+    assert b"api_requests_total" not in response.data
+
+
+def test_scrapes_have_their_own_limit_not_the_callers_default(
+    make_app: Callable[..., Flask], scraper: MintedKey
+) -> None:
+    client = make_app(RATELIMIT_DEFAULT="1 per hour").test_client()
+    answers = [client.get("/metrics", headers=bearer(scraper)) for _ in range(5)]
+    assert [answer.status_code for answer in answers] == [200] * 5
+    amount = SCRAPE_LIMIT.split()[0]
+    assert answers[-1].headers["RateLimit-Policy"] == f'"metrics.scrape";q={amount};w=60'
+
+
+def test_a_metrics_directory_that_is_a_file_stops_the_start(env: dict[str, str], tmp_path: Path) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    with pytest.raises(ConfigError, match=f"^{METRICS_DIR}: exists and is not a directory$"):
+        settings_from({**env, METRICS_DIR: str(taken)})
+
+
+# --- The series ------------------------------------------------------------------------------
+
+
+def test_requests_are_counted_by_route_template_method_and_status(
+    app: Flask, keys: KeySet, scraper: MintedKey
+) -> None:
+    client = app.test_client()
+    item = app.extensions["items"].add("acme", "widget")
+    before = scrape(client, scraper)
+    for item_id in (item.id, uuid.uuid4().hex, uuid.uuid4().hex):
+        client.get(f"/v1/items/{item_id}", headers=bearer(keys.reader))
+    client.post("/v1/items", headers=bearer(keys.writer), json={"name": "sprocket"})
+    client.delete("/v1/whoami", headers=bearer(keys.reader))
+    after = scrape(client, scraper)
+    route = "/v1/items/<item_id>"
+    assert requests(after, route) - requests(before, route) == 1
+    assert requests(after, route, status="404") - requests(before, route, status="404") == 2
+    assert requests(after, "/v1/items", "POST", "201") - requests(before, "/v1/items", "POST", "201") == 1
+    assert requests(after, UNMATCHED, "DELETE", "405") - requests(before, UNMATCHED, "DELETE", "405") == 1
+    assert not [labels for name, labels in after if ("route", f"/v1/items/{item.id}") in labels]
+
+
+def label_values(samples: dict[Sample, float], name: str) -> set[str]:
+    return {value for _, labels in samples for label, value in labels if label == name}
+
+
+def test_paths_and_methods_a_client_chose_never_become_labels(
+    app: Flask, keys: KeySet, scraper: MintedKey
+) -> None:
+    client = app.test_client()
+    before = scrape(client, scraper)
+    for number in range(40):
+        client.get(f"/{uuid.uuid4().hex}/{number}", headers=bearer(keys.reader))
+        client.open("/v1/whoami", method=f"X{uuid.uuid4().hex[:8].upper()}")
+    after = scrape(client, scraper)
+    templates = {rule.rule for rule in app.url_map.iter_rules()}
+    assert label_values(after, "route") - label_values(before, "route") <= templates | {UNMATCHED}
+    assert label_values(after, "method") <= METHODS | {OTHER_METHOD}
+    assert {name for _, labels in after for name, _ in labels} <= LABELS
+
+
+def test_failed_authentications_are_counted_by_reason(
+    client: FlaskClient, keys: KeySet, scraper: MintedKey
+) -> None:
+    before = scrape(client, scraper)
+    client.get("/v1/whoami")
+    client.get("/v1/whoami", headers={"Authorization": f"Bearer {KEY_PREFIX}_not-a-key"})
+    client.get("/v1/items", headers=bearer(keys.unconfigured))
+    client.get("/v1/items", headers=bearer(keys.expired))
+    client.get("/v1/items?api_key=x", headers=bearer(keys.reader))
+    after = scrape(client, scraper)
+    counted = {
+        reason: value(after, "api_auth_failures_total", reason=reason)
+        - value(before, "api_auth_failures_total", reason=reason)
+        for reason in ("missing", "malformed", "unknown", "expired", "key_in_url")
+    }
+    assert counted == dict.fromkeys(counted, 1.0)
+
+
+def test_rate_limited_requests_are_counted_by_route_and_by_what_was_counted(
+    make_app: Callable[..., Flask], keys: KeySet, scraper: MintedKey
+) -> None:
+    client = make_app(RATELIMIT_DEFAULT="1 per hour", RATELIMIT_AUTH_FAILURES="1 per hour").test_client()
+    before = scrape(client, scraper)
+    over_key = [client.get("/v1/whoami", headers=bearer(keys.reader)).status_code for _ in range(3)]
+    over_address = [client.get("/v1/items").status_code for _ in range(3)]
+    after = scrape(client, scraper)
+    assert over_key == [200, 429, 429]
+    assert over_address == [401, 429, 429]
+
+    def limited(route: str, counted_by: str) -> float:
+        labels = {"route": route, "counted_by": counted_by}
+        return value(after, "api_rate_limited_total", **labels) - value(
+            before, "api_rate_limited_total", **labels
+        )
+
+    assert limited("/v1/whoami", "key") == 2
+    assert limited("/v1/items", "address") == 2
+
+
+def test_request_duration_is_a_histogram_with_one_count_per_request(
+    client: FlaskClient, keys: KeySet, scraper: MintedKey
+) -> None:
+    before = scrape(client, scraper)
+    for _ in range(7):
+        client.get("/v1/whoami", headers=bearer(keys.reader))
+    after = scrape(client, scraper)
+    labels = {"route": "/v1/whoami", "method": "GET"}
+    count = value(after, "api_request_duration_seconds_count", **labels)
+    assert count - value(before, "api_request_duration_seconds_count", **labels) == 7
+    buckets = sorted(
+        (float(dict(sample_labels)["le"]), number)
+        for (name, sample_labels), number in after.items()
+        if name == "api_request_duration_seconds_bucket" and set(labels.items()) <= sample_labels
+    )
+    assert [number for _, number in buckets] == sorted(number for _, number in buckets)
+    assert buckets[-1] == (float("inf"), count)
+    assert value(after, "api_request_duration_seconds_sum", **labels) > 0
+
+
+def test_fallback_gauge_is_1_while_the_limit_storage_does_not_answer(
+    make_app: Callable[..., Flask], keys: KeySet, scraper: MintedKey
+) -> None:
+    client = make_app(RATELIMIT_STORAGE_URI=f"redis://127.0.0.1:{free_port()}/0").test_client()
+    assert client.get("/v1/whoami", headers=bearer(keys.reader)).status_code == 200
+    assert value(scrape(client, scraper), "api_ratelimit_fallback_workers") == 1
+    memory = make_app().test_client()
+    assert value(scrape(memory, scraper), "api_ratelimit_fallback_workers") == 0
+
+
+def test_database_series_appear_once_a_store_reports(client: FlaskClient, scraper: MintedKey) -> None:
+    names = {name for name, _ in scrape(client, scraper)}
+    assert not [name for name in names if name.startswith("api_database")], "a SQLite store reports nothing"
+    database_pool(in_use=3, idle=2, waiting=1)
+    database_unavailable()
+    database_unavailable()
+    samples = scrape(client, scraper)
+    pool = {
+        state: value(samples, "api_database_pool", state=state) for state in ("in_use", "idle", "waiting")
+    }
+    assert pool == {"in_use": 3, "idle": 2, "waiting": 1}
+    assert value(samples, "api_database_unavailable_total") == 2
+
+
+# --- No key in the output ------------------------------------------------------------------
+
+
+def fragments(secret: str) -> set[str]:
+    """Every 12-character window of the key's random part (after ``<prefix>_``)."""
+    body = secret[len(KEY_PREFIX) + 1 :]
+    return {body[i : i + FRAGMENT] for i in range(len(body) - FRAGMENT + 1)}
+
+
+def test_no_piece_of_any_key_appears_in_the_output(
+    client: FlaskClient, keys: KeySet, scraper: MintedKey
+) -> None:
+    secrets = [getattr(keys, field.name).secret for field in dataclasses.fields(keys)]
+    for secret in secrets:
+        for header in ("Authorization", "X-API-Key", "X-Request-ID", "Cookie", "User-Agent"):
+            value_sent = f"Bearer {secret}" if header == "Authorization" else secret
+            client.get("/v1/whoami", headers={header: value_sent})
+        for query in ("api_key", "token", "q"):
+            client.get(f"/v1/items?{query}={secret}", headers=bearer(keys.reader))
+        client.get(f"/v1/items/{secret}", headers=bearer(keys.reader))
+        client.get(f"/{secret}/{secret}")
+        client.post("/v1/items", headers=bearer(keys.writer), json={"name": secret})
+        client.post("/v1/items", headers=bearer(keys.writer), data=secret, content_type="text/plain")
+        client.open("/v1/whoami", method=secret.upper().replace("_", ""))
+    text = client.get("/metrics", headers=bearer(scraper)).get_data(as_text=True)
+    pieces = {piece for secret in [*secrets, scraper.secret] for piece in fragments(secret)}
+    assert not [piece for piece in pieces if piece in text or piece.upper() in text]
+    assert KEY_PREFIX + "_" not in text
+
+
+# --- Two real gunicorn workers ----------------------------------------------------------------
+
+
+def call(server: Server, context: ssl.SSLContext, path: str, key: MintedKey) -> tuple[int, str]:
+    request = urllib.request.Request(server.url + path, headers=bearer(key))
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=15) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def answered_by(server: Server) -> Counter[int]:
+    """Requests per worker process id, from the test-only access lines."""
+    return Counter(int(pid) for pid in ACCESS_LINE.findall(server.logs()))
+
+
+def children(pid: int) -> set[int]:
+    return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def served_scrape(server: Server, context: ssl.SSLContext, scraper: MintedKey) -> dict[Sample, float]:
+    status, text = call(server, context, "/metrics", scraper)
+    assert status == 200, text
+    return parse(text)
+
+
+@pytest.fixture
+def two_workers(start_server: Callable[..., Server], tmp_path: Path) -> Iterator[tuple[Server, Path]]:
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    server = start_server(
+        *WORKER_LOG, WEB_CONCURRENCY="2", TMPDIR=str(temporary), RATELIMIT_DEFAULT="100000 per hour"
+    )
+    yield server, temporary
+    server.stop()
+
+
+@pytest.mark.slow
+def test_one_scrape_sums_the_requests_of_two_gunicorn_workers_and_keeps_a_dead_workers_counts(
+    two_workers: tuple[Server, Path], keys: KeySet, scraper: MintedKey, client_context: ssl.SSLContext
+) -> None:
+    server, _ = two_workers
+    sent = 0
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        # Bursts a little apart, each request on its own connection: gunicorn hands a single
+        # burst mostly to one worker.
+        while len(answered_by(server)) < 2 and sent < 320:
+            answers = pool.map(lambda _: call(server, client_context, "/v1/whoami", keys.reader), range(16))
+            assert [status for status, _ in answers] == [200] * 16
+            sent += 16
+            time.sleep(0.2)
+    workers = answered_by(server)
+    assert len(workers) == 2, workers
+
+    samples = served_scrape(server, client_context, scraper)
+    assert requests(samples, "/v1/whoami") == sent
+    labels = {"route": "/v1/whoami", "method": "GET"}
+    assert value(samples, "api_request_duration_seconds_count", **labels) == sent
+    assert value(samples, "api_workers") == 2
+
+    # A worker dies and gunicorn replaces it. Once the replacement has served a request (so it
+    # counts itself), one scrape still holds the dead worker's requests, and no longer counts it
+    # as a worker: child_exit marked it dead (unmarked, api_workers would say 3).
+    victim = next(iter(workers))
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while not set(answered_by(server)) - set(workers) and time.monotonic() < deadline:
+        assert call(server, client_context, "/healthz", keys.reader)[0] == 200
+        time.sleep(0.05)
+    replacements = set(answered_by(server)) - set(workers)
+    assert len(replacements) == 1, f"no new worker answered within 20 s: {answered_by(server)}"
+    assert victim not in children(server.process.pid)
+    samples = served_scrape(server, client_context, scraper)
+    assert value(samples, "api_workers") == 2
+    assert requests(samples, "/v1/whoami") == sent
+
+
+@pytest.mark.slow
+def test_the_master_makes_a_private_metrics_directory_and_removes_it_at_exit(
+    two_workers: tuple[Server, Path], keys: KeySet, client_context: ssl.SSLContext
+) -> None:
+    server, temporary = two_workers
+    assert call(server, client_context, "/v1/whoami", keys.reader)[0] == 200
+    made = list(temporary.glob("metrics-*"))
+    assert len(made) == 1
+    assert made[0].is_dir()
+    assert stat.S_IMODE(made[0].stat().st_mode) == 0o700
+    assert list(made[0].glob("*.db")), "the workers write their series there"
+    server.stop()
+    assert not made[0].exists()
+
+
+@pytest.mark.slow
+def test_a_named_metrics_directory_starts_empty_and_outlives_the_service(
+    start_server: Callable[..., Server],
+    keys: KeySet,
+    scraper: MintedKey,
+    client_context: ssl.SSLContext,
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "metrics"
+    first = start_server(**{METRICS_DIR: str(directory)})
+    for _ in range(3):
+        assert call(first, client_context, "/v1/whoami", keys.reader)[0] == 200
+    assert requests(served_scrape(first, client_context, scraper), "/v1/whoami") == 3
+    first.stop()
+    assert list(directory.glob("*.db"))
+
+    second = start_server(**{METRICS_DIR: str(directory)})
+    assert requests(served_scrape(second, client_context, scraper), "/v1/whoami") == 0
+
+
+@pytest.mark.slow
+def test_an_unusable_metrics_directory_stops_gunicorn_with_one_line(
+    env: dict[str, str], tls_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    settings = {
+        **env,
+        "TLS_CERT_FILE": str(tls_files[0]),
+        "TLS_KEY_FILE": str(tls_files[1]),
+        "BIND": f"127.0.0.1:{free_port()}",
+        METRICS_DIR: str(blocker / "metrics"),
+    }
+    log_path = tmp_path / "gunicorn.log"
+    process = run_gunicorn(settings, log_path)
+    assert process.wait(timeout=15) != 0
+    output = log_path.read_text(encoding="utf-8")
+    errors = [line for line in output.splitlines() if METRICS_DIR in line]
+    assert errors == [f"error: {METRICS_DIR}: cannot prepare the directory (NotADirectoryError)"], output
+    assert "Traceback" not in output
+    assert str(blocker) not in output
