@@ -626,6 +626,9 @@ def test_a_key_the_proxy_took_over_plain_http_is_refused_in_production(
     assert_problem(status, headers, body, 403)
     assert b"HTTPS" in body
     assert request(behind_trusted_proxy.port, "/healthz", forwarded)[0] == 200
+    lines = [line for line in behind_trusted_proxy.logs().splitlines() if '"path": "/healthz"' in line]
+    assert lines
+    assert all('"auth_failure": null' in line for line in lines), lines
 
 
 def test_a_peer_that_is_not_the_proxy_cannot_use_a_key_over_plain_http(keys: KeySet, tmp_path: Path) -> None:

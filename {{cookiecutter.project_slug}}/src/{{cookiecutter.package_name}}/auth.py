@@ -73,8 +73,9 @@ def _identify(ring: KeyRing, https_only: bool) -> Callable[[], Response | None]:
         g.caller = None
         if https_only and not request.is_secure:
             # Plain HTTP from a peer that is not a named proxy, or a proxy that took plain HTTP
-            # from its client: any key on it crossed the network in cleartext.
-            g.auth_failure = "insecure_transport"
+            # from its client: any key on it crossed the network in cleartext. Only a route that
+            # needs a key refuses it (current_caller): a health check over HTTP is no failure.
+            g.insecure_transport = True
             return None
         identified = None
         try:
@@ -125,7 +126,8 @@ def current_caller() -> Caller:
     """The caller of a protected view: a request without a valid key stops here with 401."""
     identified = caller()
     if identified is None:
-        if failure() == "insecure_transport":
+        if g.get("insecure_transport"):
+            g.auth_failure = "insecure_transport"
             fail(403, "API keys are accepted over HTTPS only: connect through the TLS-terminating proxy.")
         if failure() == "outside_networks":
             fail(403)  # the body of any 403: nothing names the networks
