@@ -84,7 +84,7 @@ def request_microseconds(minted: MintedKey, database: LocalDatabase) -> float:
             lambda: lambda: client.get("/v1/whoami", headers=headers),
         )
     finally:
-        database.stop()
+        database.close()
 
 
 def main() -> None:

@@ -92,7 +92,7 @@ def main() -> None:
             compare(bare, service, minted.secret, args)
         finally:
             service.extensions["items"].close()
-            database.stop()
+            database.close()
 
 
 def compare(bare: Flask, service: Flask, key: str, args: argparse.Namespace) -> None:

@@ -18,5 +18,5 @@ class LocalDatabase:
     def start(self) -> None:
         """Nothing to start: the service creates the file."""
 
-    def stop(self) -> None:
-        """Nothing to stop."""
+    def close(self) -> None:
+        """Nothing to remove: the file goes with the working directory."""

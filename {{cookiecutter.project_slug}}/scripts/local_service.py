@@ -83,4 +83,4 @@ class LocalService:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             self.process.wait(timeout=30)
-        self.database.stop()
+        self.database.close()
