@@ -10,6 +10,7 @@ forked from the master, must import it after gevent has patched the standard lib
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import re
 import sys
@@ -131,6 +132,9 @@ def prepare_database(settings: Settings, workers: int, worker_connections: int) 
 def schema_problem(database: DatabaseSettings) -> str | None:
     """Why the service must not start on this database, in words that hold no value."""
     import psycopg
+
+    # The check's only output is its answer: the master prints it as one line.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
     try:
         with psycopg.connect(database.url, connect_timeout=database.connect_timeout, autocommit=True) as db:

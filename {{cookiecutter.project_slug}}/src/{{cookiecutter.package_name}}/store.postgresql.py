@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,24 +55,24 @@ class StoreUnavailable(Exception):
 
 
 def _session(statement_timeout: int, connection: psycopg.Connection[Any]) -> None:
-    """Set once per new connection. Times in UTC, as the SQLite store writes them."""
+    """Set once per new connection: the server cancels a statement that runs longer than
+    DATABASE_STATEMENT_TIMEOUT (503); times in UTC, as the SQLite store writes them."""
     connection.execute("SELECT set_config('statement_timeout', %s, false)", (f"{statement_timeout}s",))
     connection.execute("SELECT set_config('TimeZone', 'UTC', false)")
     connection.commit()
 
 
 class PostgresItems:
-    """A pool per worker: connections open on demand and are checked before each use, so after
-    an outage the first requests get live connections, not the dead ones of before."""
+    """A pool per worker, whose connections open on demand: a database that is down when the
+    worker starts costs 503s until it is back, not the worker."""
 
     def __init__(self, url: str, *, max_size: int, connect_timeout: int, statement_timeout: int) -> None:
-        self.retry_after = connect_timeout
+        self.timeout = connect_timeout
         self.pool = ConnectionPool(
             url,
             min_size=1,
             max_size=max_size,
             open=False,
-            # A request waits this long for a connection, then gets 503.
             timeout=connect_timeout,
             kwargs={
                 "connect_timeout": connect_timeout,
@@ -84,7 +85,6 @@ class PostgresItems:
                 "keepalives_count": 3,
             },
             configure=lambda connection: _session(statement_timeout, connection),
-            check=ConnectionPool.check_connection,
             name="items",
         )
         self.pool.open(wait=False)
@@ -92,14 +92,38 @@ class PostgresItems:
     @contextmanager
     def _as_tenant(self, tenant: str) -> Iterator[psycopg.Cursor[Any]]:
         """A transaction whose rows row-level security limits to ``tenant``: the setting ends
-        with the transaction, so a connection back in the pool sees no tenant's rows."""
+        with the transaction, so a connection back in the pool sees no tenant's rows. Waits
+        for a connection DATABASE_CONNECT_TIMEOUT seconds at most, then 503."""
         try:
-            with self.pool.connection() as connection, connection.cursor() as cursor:
-                cursor.execute("SELECT set_config('app.tenant', %s, true)", (tenant,))
-                yield cursor
+            connection = self._connection_as(tenant, time.monotonic() + self.timeout)
         except psycopg.OperationalError as error:
-            # Down, unreachable, too slow (statement timeout), or no connection free in time.
-            raise StoreUnavailable(self.retry_after) from error
+            # Down, unreachable, or no connection free in time.
+            raise StoreUnavailable(self.timeout) from error
+        try:
+            with connection.cursor() as cursor:
+                yield cursor
+            connection.commit()
+        except psycopg.OperationalError as error:
+            # Lost mid-transaction, or too slow (statement timeout).
+            raise StoreUnavailable(self.timeout) from error
+        finally:
+            # The pool rolls back whatever was left open, and drops a broken connection.
+            self.pool.putconn(connection)
+
+    def _connection_as(self, tenant: str, deadline: float) -> psycopg.Connection[Any]:
+        """A live connection, its transaction set to ``tenant``. A connection that the server
+        closed while it sat in the pool (a restart) fails this first statement at once, with
+        nothing of the request done: it is dropped, and the next one tried."""
+        while True:
+            connection = self.pool.getconn(timeout=max(0.0, deadline - time.monotonic()))
+            try:
+                connection.execute("SELECT set_config('app.tenant', %s, true)", (tenant,))
+            except psycopg.OperationalError:
+                self.pool.putconn(connection)
+                if not connection.broken:
+                    raise
+            else:
+                return connection
 
     def list(self, tenant: str, limit: int = 100) -> list[Item]:
         with self._as_tenant(tenant) as cursor:
