@@ -231,7 +231,9 @@ def print_report(outcomes: list[Outcome], timeline: Timeline, rules: list[Rule])
         print(f"[{'PASS' if passed else 'FAIL'}] {name}: {detail}")
 
 
-def database_outage(service: LocalService, context: ssl.SSLContext, keys: list[str], seconds: float) -> list[Rule]:
+def database_outage(
+    service: LocalService, context: ssl.SSLContext, keys: list[str], seconds: float
+) -> list[Rule]:
     """The database stopped under load and started again: item routes answer 503 with
     Retry-After within DATABASE_CONNECT_TIMEOUT while it is down, other routes answer as
     usual, and items come back by themselves. Paced under the keys' limit (20 per 5 s each)."""
@@ -274,7 +276,8 @@ def database_outage(service: LocalService, context: ssl.SSLContext, keys: list[s
         (
             "database down: item routes answer 503 with Retry-After in time",
             bool(during) and all(a[2] == 503 and a[3] and a[4] < timeout for a in during),
-            f"{len(during)} answers, slowest {max((a[4] for a in during), default=0):.2f} s (limit {timeout:.0f} s)",
+            f"{len(during)} answers, slowest {max((a[4] for a in during), default=0):.2f} s "
+            f"(limit {timeout:.0f} s)",
         ),
         (
             "database down: routes without it answer as usual",
@@ -329,7 +332,11 @@ def main() -> int:
             for thread in threads:
                 thread.join()
             keys_after = store.limiter_keys()
-            outage = database_outage(service, context, keys["valid"], duration / 2) if service.database.stoppable else []
+            outage = (
+                database_outage(service, context, keys["valid"], duration / 2)
+                if service.database.stoppable
+                else []
+            )
         finally:
             service.stop()
             store.stop()

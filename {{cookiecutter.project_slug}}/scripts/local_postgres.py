@@ -36,8 +36,9 @@ def free_port() -> int:
 def server_directory() -> Path:
     """Where initdb, pg_ctl and postgres are: on PATH, where pg_config says, or Debian's place."""
     candidates = [shutil.which("pg_ctl")]
-    if shutil.which("pg_config"):
-        found = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=False)
+    pg_config = shutil.which("pg_config")
+    if pg_config is not None:
+        found = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)  # noqa: S603
         candidates.append(found.stdout.strip() + "/pg_ctl")
     candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), reverse=True)
     for candidate in filter(None, candidates):
@@ -57,7 +58,7 @@ class PostgresCluster:
             try:
                 pwd.getpwnam(SERVER_USER)
             except KeyError:
-                raise Unavailable(f"running as root, and there is no {SERVER_USER!r} user to run it") from None
+                raise Unavailable(f"running as root, and no {SERVER_USER!r} user to run it as") from None
             self.as_user = ["runuser", "-u", SERVER_USER, "--"]
         # Outside any per-user temporary directory, which the server's user could not enter.
         self.directory = Path(tempfile.mkdtemp(prefix="postgres-"))
@@ -68,7 +69,7 @@ class PostgresCluster:
 
     def _run(self, program: str, *args: str) -> None:
         command = [*self.as_user, str(self.bindir / program), *args]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)  # noqa: S603
         if result.returncode != 0:
             raise RuntimeError(f"{program} failed: {result.stdout}{result.stderr}")
 
@@ -125,8 +126,9 @@ class PostgresCluster:
         import psycopg
         from psycopg import sql
 
+        pieces = statement.split("{}")
         parts = [
-            sql.Literal(name) if statement.split("{}")[index].rstrip().endswith("PASSWORD") else sql.Identifier(name)
+            sql.Literal(name) if pieces[index].rstrip().endswith("PASSWORD") else sql.Identifier(name)
             for index, name in enumerate(names)
         ]
         with psycopg.connect(self.superuser_url(), autocommit=True) as connection:

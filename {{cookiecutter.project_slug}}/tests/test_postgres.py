@@ -83,11 +83,11 @@ def test_make_settings_prints_no_password(env: dict[str, str], tmp_path: Path) -
     secret_file = tmp_path / "database-url"
     secret_file.write_text(f"postgresql://items:{PASSWORD}@127.0.0.1:5432/items\n")
     environ = {k: v for k, v in env.items() if k != "DATABASE_URL"}
+    environ.update(PATH="/usr/bin:/bin", PYTHONPATH=str(PROJECT / "src"), DATABASE_URL_FILE=str(secret_file))
     result = subprocess.run(
         [sys.executable, "-m", "{{ cookiecutter.package_name }}.settings"],
         cwd=PROJECT,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(PROJECT / "src"), "DATABASE_URL_FILE": str(secret_file),
-             **environ},  # fmt: skip
+        env=environ,
         capture_output=True,
         text=True,
         check=True,

@@ -111,8 +111,8 @@ def prepare_database(settings: Settings, workers: int, worker_connections: int) 
     global _pool_max
     database = settings.database
     if database.max_connections < workers:
-        problem = f"is below the {workers} workers: each needs at least one connection"
-        raise ConfigError("DATABASE_MAX_CONNECTIONS", problem)
+        below = f"is below the {workers} workers: each needs at least one connection"
+        raise ConfigError("DATABASE_MAX_CONNECTIONS", below)
     _pool_max = pool_size(database.max_connections, workers, worker_connections)
     # In a child process, so that this one (the workers' parent) never imports psycopg.
     with multiprocessing.get_context("fork").Pool(1) as child:
