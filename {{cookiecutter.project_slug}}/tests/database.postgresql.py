@@ -1,6 +1,6 @@
 """The items database of the tests: a real PostgreSQL server for the session (initdb and
-postgres on a free port, scripts/local_postgres.py), and a fresh database for each test, copied
-from one migrated with ``alembic upgrade head``.
+postgres on a free port, scripts/local_postgres.py), one database migrated with ``alembic
+upgrade head`` and emptied before each test, and fresh copies of it for tests that need their own.
 
 Skipped, with the reason, where PostgreSQL's server programs are missing, unless
 REQUIRE_POSTGRES=1 is set (as the template's CI does): there a missing server is a failure.
@@ -31,6 +31,13 @@ class Databases:
         self.count = itertools.count(1)
         self.made: list[str] = []
         local_postgres.migrate(cluster.create_database(TEMPLATE), PROJECT)
+        self.shared = self.new()
+
+    def emptied(self) -> dict[str, str]:
+        """The shared database, without the items of earlier tests."""
+        with self.superuser(self.shared) as admin:
+            admin.execute("TRUNCATE items")
+        return self.shared
 
     def new(self, *, migrated: bool = True) -> dict[str, str]:
         """The environment of a database of its own: migrated, or empty (``migrated=False``)."""
@@ -75,8 +82,7 @@ def databases(postgres: local_postgres.PostgresCluster) -> Databases:
 
 
 @pytest.fixture
-def database_env(databases: Databases) -> Iterator[dict[str, str]]:
-    """The environment of a migrated, empty items database for one test; dropped after it."""
-    env = databases.new()
-    yield env
-    databases.drop(env)
+def database_env(databases: Databases) -> dict[str, str]:
+    """The environment of a migrated items database, empty: the session's, emptied for each
+    test. A test that changes its schema takes a database of its own (``databases.new()``)."""
+    return databases.emptied()

@@ -214,14 +214,16 @@ def test_the_schema_check_names_alembic_upgrade_head_for_an_empty_database(datab
         databases.drop(env)
 
 
-def test_the_schema_check_refuses_a_revision_this_code_does_not_know(
-    env: dict[str, str], databases: Databases
-) -> None:
-    with databases.superuser(env) as admin:
-        admin.execute("UPDATE alembic_version SET version_num = 'ffff'")
-    assert schema_problem(database_settings_from(env)) == (
-        "the database schema is newer than this code: deploy the release that migrated it"
-    )
+def test_the_schema_check_refuses_a_revision_this_code_does_not_know(databases: Databases) -> None:
+    env = databases.new()
+    try:
+        with databases.superuser(env) as admin:
+            admin.execute("UPDATE alembic_version SET version_num = 'ffff'")
+        assert schema_problem(database_settings_from(env)) == (
+            "the database schema is newer than this code: deploy the release that migrated it"
+        )
+    finally:
+        databases.drop(env)
 
 
 # --- outage ----------------------------------------------------------------------------------------
