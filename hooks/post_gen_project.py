@@ -31,7 +31,12 @@ CHOSEN = {
 }
 # Modules with one version per database: `name.<database>.py` replaces `name.py` (the SQLite
 # version) when that database is chosen, so shared code imports one name in every bake.
-VARIANTS = (f"src/{PACKAGE}/database.py", f"src/{PACKAGE}/store.py", "tests/database.py", "scripts/local_database.py")
+VARIANTS = (
+    f"src/{PACKAGE}/database.py",
+    f"src/{PACKAGE}/store.py",
+    "tests/database.py",
+    "scripts/local_database.py",
+)
 
 DEV_SCOPES = ("items:read", "items:write")
 
@@ -58,9 +63,9 @@ def use_variants(root: Path) -> None:
                 variant.unlink()
 
 
-def write_compose_secrets(root: Path) -> str:
-    """Passwords for the local PostgreSQL of compose.yaml, fresh on every bake; returns the
-    .env line that reaches it from this host."""
+def write_compose_secrets(root: Path, api_keys: str) -> str:
+    """Passwords for the local PostgreSQL of compose.yaml, fresh on every bake, and the dev
+    key's entry for its service; returns the .env line that reaches it from this host."""
     directory = root / ".dev"
     directory.mkdir(mode=0o700, exist_ok=True)
     superuser, service = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
@@ -68,6 +73,7 @@ def write_compose_secrets(root: Path) -> str:
         "postgres-password": superuser,
         "items-password": service,
         "database-url": f"postgresql://items:{service}@postgres:5432/items",
+        "api-keys": api_keys,
     }
     for name, value in files.items():
         # Readable inside the containers, whose users differ from yours: .dev/ itself is 0700.
@@ -82,9 +88,9 @@ def write_dev_env(root: Path) -> str:
     sys.path.insert(0, str(root / "src"))
     keys = __import__(f"{PACKAGE}.keys", fromlist=["mint"])
     minted = keys.mint("{{ cookiecutter.key_prefix }}", key_id="dev", scopes=DEV_SCOPES, tenant="dev")
-    database = write_compose_secrets(root) if CHOSEN["postgresql"] else "ITEMS_DB=.dev/items.sqlite3\n"
-    if CHOSEN["postgresql"]:
-        (root / ".dev" / "api-keys").write_text(minted.entry + "\n", encoding="utf-8")
+    database = (
+        write_compose_secrets(root, minted.entry) if CHOSEN["postgresql"] else "ITEMS_DB=.dev/items.sqlite3\n"
+    )
     env = root / ".env"
     env.write_text(
         "# Development only: read when APP_ENV=development is set in the real environment\n"
