@@ -116,6 +116,22 @@ def test_fewer_connections_than_workers_stop_the_start(env: dict[str, str]) -> N
         prepare_database(settings, 3, 1000)
 
 
+def test_production_warns_about_a_remote_server_without_verify_full(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    remote = {"APP_ENV": "production", "FORWARDED_ALLOW_IPS": "10.0.0.1", "DATABASE_CONNECT_TIMEOUT": "2"}
+    settings = settings_from({**env, **remote, "DATABASE_URL": f"postgresql://items:{PASSWORD}@db.invalid/items"})
+    with pytest.raises(ConfigError, match=r"^DATABASE_URL: no server accepted a connection"):
+        prepare_database(settings, 1, 1000)
+    warning = capsys.readouterr().err
+    assert warning.startswith("warning: DATABASE_URL: without sslmode=verify-full")
+    assert PASSWORD not in warning
+    verified = f"postgresql://items:{PASSWORD}@db.invalid/items?sslmode=verify-full"
+    with pytest.raises(ConfigError):
+        prepare_database(settings_from({**env, **remote, "DATABASE_URL": verified}), 1, 1000)
+    assert capsys.readouterr().err == ""
+
+
 # --- row-level security --------------------------------------------------------------------------
 
 

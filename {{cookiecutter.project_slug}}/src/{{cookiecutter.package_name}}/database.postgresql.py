@@ -114,11 +114,6 @@ def prepare_database(settings: Settings, workers: int, worker_connections: int) 
         below = f"is below the {workers} workers: each needs at least one connection"
         raise ConfigError("DATABASE_MAX_CONNECTIONS", below)
     _pool_max = pool_size(database.max_connections, workers, worker_connections)
-    # In a child process, so that this one (the workers' parent) never imports psycopg.
-    with multiprocessing.get_context("fork").Pool(1) as child:
-        problem = child.apply(schema_problem, (database,))
-    if problem is not None:
-        raise ConfigError("DATABASE_URL", problem)
     parts = urlsplit(database.url)
     ssl_mode = dict(parse_qsl(parts.query)).get("sslmode")
     if settings.app_env == "production" and parts.hostname not in LOCAL_HOSTS and ssl_mode != "verify-full":
@@ -127,6 +122,11 @@ def prepare_database(settings: Settings, workers: int, worker_connections: int) 
             "another host can be read or taken over on the way",
             file=sys.stderr,
         )
+    # In a child process, so that this one (the workers' parent) never imports psycopg.
+    with multiprocessing.get_context("fork").Pool(1) as child:
+        problem = child.apply(schema_problem, (database,))
+    if problem is not None:
+        raise ConfigError("DATABASE_URL", problem)
 
 
 def schema_problem(database: DatabaseSettings) -> str | None:
