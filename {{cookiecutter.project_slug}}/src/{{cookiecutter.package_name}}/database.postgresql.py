@@ -10,6 +10,7 @@ forked from the master, must import it after gevent has patched the standard lib
 
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing
 import re
@@ -96,12 +97,16 @@ def open_store(settings: Settings) -> ItemStore:
 
     database = settings.database
     size = _pool_max or pool_size(database.max_connections, settings.workers, DEFAULT_CONCURRENCY)
-    return PostgresItems(
+    store = PostgresItems(
         database.url,
         max_size=size,
         connect_timeout=database.connect_timeout,
         statement_timeout=database.statement_timeout,
     )
+    # Closed while the worker can still run its threads: left to the garbage collector, the
+    # pool would stop them while the interpreter shuts down, and print an error doing it.
+    atexit.register(store.close)
+    return store
 
 
 def prepare_database(settings: Settings, workers: int, worker_connections: int) -> None:
