@@ -121,7 +121,7 @@ def test_production_warns_about_a_remote_server_without_verify_full(
 ) -> None:
     remote = {"APP_ENV": "production", "FORWARDED_ALLOW_IPS": "10.0.0.1", "DATABASE_CONNECT_TIMEOUT": "2"}
     settings = settings_from({**env, **remote, "DATABASE_URL": f"postgresql://items:{PASSWORD}@db.invalid/items"})
-    with pytest.raises(ConfigError, match=r"^DATABASE_URL: no server accepted a connection"):
+    with pytest.raises(ConfigError, match=r"^DATABASE_URL: cannot connect: no answer within"):
         prepare_database(settings, 1, 1000)
     warning = capsys.readouterr().err
     assert warning.startswith("warning: DATABASE_URL: without sslmode=verify-full")
@@ -218,6 +218,21 @@ def test_two_upgrades_at_once_wait_for_each_other_and_both_succeed(databases: Da
         assert schema_problem(database_settings_from(env)) is None
     finally:
         databases.drop(env)
+
+
+@pytest.mark.parametrize("wrong", ["password", "database"])
+def test_a_refused_connection_is_named_without_quoting_the_url(
+    env: dict[str, str], databases: Databases, wrong: str
+) -> None:
+    url = env["DATABASE_URL"]
+    if wrong == "password":
+        url = url.replace(databases.cluster.service_password, PASSWORD)
+    else:
+        url = url.rsplit("/", 1)[0] + "/no_such_database"
+    problem = schema_problem(database_settings_from({"DATABASE_URL": url}))
+    assert problem is not None
+    assert problem.startswith("cannot connect: ")
+    assert not any(part in problem for part in (PASSWORD, "items_service", "no_such_database", "127.0.0.1"))
 
 
 def test_the_schema_check_names_alembic_upgrade_head_for_an_empty_database(databases: Databases) -> None:

@@ -563,9 +563,11 @@ def test_a_key_the_proxy_took_over_plain_http_is_refused_in_production(
     assert request(behind_trusted_proxy.port, "/healthz", forwarded)[0] == 200
 
 
-def test_a_peer_that_is_not_the_proxy_cannot_use_a_key_over_plain_http(keys: KeySet, tmp_path: Path) -> None:
+def test_a_peer_that_is_not_the_proxy_cannot_use_a_key_over_plain_http(
+    keys: KeySet, tmp_path: Path, database_env: dict[str, str]
+) -> None:
     """Proxy mode in production, and the client connects to the service directly."""
-    server = proxied_server(keys, tmp_path, "10.255.255.1", "production")
+    server = proxied_server(keys, tmp_path, database_env, "10.255.255.1", "production")
     try:
         spoofed = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "10.255.255.1", **bearer(keys.reader)}
         status, headers, body = request(server.port, "/v1/whoami", spoofed)

@@ -152,19 +152,18 @@ def schema_problem(database: DatabaseSettings) -> str | None:
             found = db.execute("SELECT to_regclass('alembic_version') IS NOT NULL").fetchone()
             versions = "SELECT version_num FROM alembic_version"
             current = {row[0] for row in db.execute(versions)} if found == (True,) else set()
-    except psycopg.Error as error:
-        return _connection_problem(error, database.connect_timeout)
+    except psycopg.OperationalError:
+        return _connection_problem(database.connect_timeout)
     return _revision_problem(current)
 
 
-def _connection_problem(error: Exception, timeout: int) -> str:
-    # libpq's messages quote the host, the role and the database: name the kind of failure only.
-    sqlstate = getattr(error, "sqlstate", None)
-    if sqlstate in ("28P01", "28000"):
-        return "the server refused its role or password"
-    if sqlstate == "3D000":
-        return "names a database that does not exist"
-    return f"no server accepted a connection within DATABASE_CONNECT_TIMEOUT ({timeout} s)"
+def _connection_problem(timeout: int) -> str:
+    # libpq's messages quote the host, the role and the database, and a failed connection
+    # carries no SQLSTATE to tell the causes apart: name them all, quote none.
+    return (
+        f"cannot connect: no answer within DATABASE_CONNECT_TIMEOUT ({timeout} s), "
+        "or the server refused the role, its password or the database"
+    )
 
 
 def _revision_problem(current: set[str]) -> str | None:
