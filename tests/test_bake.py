@@ -22,7 +22,10 @@ CHOICES = {"container": ("yes", "no"), "github_actions": ("yes", "no"), "databas
 OPTIONAL_FILES = {
     ("container", "yes"): ("Dockerfile", ".dockerignore"),
     ("github_actions", "yes"): (".github",),
-    ("database", "sqlite"): ("src/acme_widgets_api/migrations/versions/sqlite_0001_items.py",),
+    ("database", "sqlite"): (
+        "src/acme_widgets_api/migrations/versions/sqlite_0001_items.py",
+        "tests/test_sqlite.py",
+    ),
     ("database", "postgresql"): (
         "compose.yaml",
         "compose/initdb.sh",

@@ -136,10 +136,9 @@ def prepare_database(settings: Settings, workers: int, worker_connections: int) 
 
 def schema_problem(database: DatabaseSettings) -> str | None:
     """Why the service must not start on this database, in words that hold no value."""
-    import psycopg
-
     # The check's only output is its answer: the master prints it as one line.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    import psycopg
 
     try:
         with psycopg.connect(database.url, connect_timeout=database.connect_timeout, autocommit=True) as db:

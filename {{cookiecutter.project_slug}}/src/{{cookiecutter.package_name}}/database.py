@@ -9,6 +9,7 @@ version of this module with the same names.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,8 @@ def open_store(settings: Settings) -> ItemStore:
 def prepare_database(settings: Settings, workers: int, worker_connections: int) -> None:
     """In the gunicorn master, before any worker starts: migrate once, so that a file the
     service cannot write stops the start with one line instead of failing every worker."""
+    # Before Alembic's first import, which logs lines of its own: failure is one line.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     from alembic.util import CommandError
 
     from .store import apply_migrations

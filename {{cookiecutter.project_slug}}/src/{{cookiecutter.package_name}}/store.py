@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import logging
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -17,6 +18,10 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
+
+# Alembic's INFO lines (plugins, the DDL mode) on every worker's start tell an operator nothing;
+# a failure still reaches the log, and at start stops gunicorn with one line.
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 # A writer that waits longer than this for another worker's write gets StoreUnavailable (503).
 BUSY_SECONDS = 10
