@@ -120,7 +120,9 @@ def test_production_warns_about_a_remote_server_without_verify_full(
     env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     remote = {"APP_ENV": "production", "FORWARDED_ALLOW_IPS": "10.0.0.1", "DATABASE_CONNECT_TIMEOUT": "2"}
-    settings = settings_from({**env, **remote, "DATABASE_URL": f"postgresql://items:{PASSWORD}@db.invalid/items"})
+    settings = settings_from(
+        {**env, **remote, "DATABASE_URL": f"postgresql://items:{PASSWORD}@db.invalid/items"}
+    )
     with pytest.raises(ConfigError, match=r"^DATABASE_URL: cannot connect: no answer within"):
         prepare_database(settings, 1, 1000)
     warning = capsys.readouterr().err

@@ -186,7 +186,7 @@ def test_the_load_and_fault_database_phase_passes(
     service.start()
     try:
         context = ssl.create_default_context(cafile=str(service.cafile))
-        rules = load_and_fault.database_outage(service, context, [keys.reader.secret, keys.writer.secret], 12)
+        rules = load_and_fault.database_outage(service, context, [keys.reader.secret, keys.writer.secret], 20)
     finally:
         service.stop()
     assert all(passed for _, passed, _ in rules), rules
