@@ -1,7 +1,8 @@
 """The one place that reads the environment, so a bad configuration stops the start, not a request.
 
-Each variable is declared once, as a field of :class:`Settings`: its name, its default and its
-parser. Errors name the variable and the problem, never the value, which may be a secret.
+Each variable is declared once, as a field of :class:`Settings` (the database's, of the
+``DatabaseSettings`` table in ``database.py``): its name, its default and its parser. Errors
+name the variable and the problem, never the value, which may be a secret.
 Run ``python -m {{ cookiecutter.package_name }}.settings`` to see what the service would start
 with (key ids, never keys), or the one line that says why it would not start.
 """
