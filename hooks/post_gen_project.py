@@ -1,5 +1,6 @@
 """Finish a bake: a development key that no one else has, and only the chosen files."""
 
+import secrets
 import shutil
 import sys
 from pathlib import Path
@@ -11,11 +12,31 @@ PACKAGE = "{{ cookiecutter.package_name }}"
 OPTIONAL_PATHS = {
     "container": ("Dockerfile", ".dockerignore"),
     "github_actions": (".github",),
+    "sqlite": (f"src/{PACKAGE}/migrations/versions/sqlite_0001_items.py", "tests/test_sqlite.py"),
+    "postgresql": (
+        "compose.yaml",
+        "compose",
+        f"src/{PACKAGE}/migrations/versions/postgresql_0001_items.py",
+        "scripts/local_postgres.py",
+        "tests/test_postgres.py",
+        "tests/test_postgres_servers.py",
+    ),
 }
+DATABASE = "{{ cookiecutter.database }}"
 CHOSEN = {
     "container": "{{ cookiecutter.container }}" == "yes",
     "github_actions": "{{ cookiecutter.github_actions }}" == "yes",
+    "sqlite": DATABASE == "sqlite",
+    "postgresql": DATABASE == "postgresql",
 }
+# Modules with one version per database: `name.<database>.py` replaces `name.py` (the SQLite
+# version) when that database is chosen, so shared code imports one name in every bake.
+VARIANTS = (
+    f"src/{PACKAGE}/database.py",
+    f"src/{PACKAGE}/store.py",
+    "tests/database.py",
+    "scripts/local_database.py",
+)
 
 DEV_SCOPES = ("items:read", "items:write")
 
@@ -32,12 +53,44 @@ def remove_unchosen(root: Path) -> None:
                 path.unlink()
 
 
+def use_variants(root: Path) -> None:
+    for name in VARIANTS:
+        path = root / name
+        for variant in path.parent.glob(f"{path.stem}.*{path.suffix}"):
+            if variant.name == f"{path.stem}.{DATABASE}{path.suffix}":
+                variant.replace(path)
+            else:
+                variant.unlink()
+
+
+def write_compose_secrets(root: Path, api_keys: str) -> str:
+    """Passwords for the local PostgreSQL of compose.yaml, fresh on every bake, and the dev
+    key's entry for its service; returns the .env line that reaches it from this host."""
+    directory = root / ".dev"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    superuser, service = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    files = {
+        "postgres-password": superuser,
+        "items-password": service,
+        "database-url": f"postgresql://items:{service}@postgres:5432/items",
+        "api-keys": api_keys,
+    }
+    for name, value in files.items():
+        # Readable inside the containers, whose users differ from yours: .dev/ itself is 0700.
+        (directory / name).write_text(value + "\n", encoding="utf-8")
+        (directory / name).chmod(0o644)
+    return f"DATABASE_URL=postgresql://items:{service}@127.0.0.1:5432/items\n"
+
+
 def write_dev_env(root: Path) -> str:
     """Mint a key with the project's own code, so the format has one implementation."""
     sys.dont_write_bytecode = True
     sys.path.insert(0, str(root / "src"))
     keys = __import__(f"{PACKAGE}.keys", fromlist=["mint"])
     minted = keys.mint("{{ cookiecutter.key_prefix }}", key_id="dev", scopes=DEV_SCOPES, tenant="dev")
+    database = (
+        write_compose_secrets(root, minted.entry) if CHOSEN["postgresql"] else "ITEMS_DB=.dev/items.sqlite3\n"
+    )
     env = root / ".env"
     env.write_text(
         "# Development only: read when APP_ENV=development is set in the real environment\n"
@@ -46,8 +99,7 @@ def write_dev_env(root: Path) -> str:
         "APP_ENV=development\n"
         f"API_KEYS={minted.entry}\n"
         "TLS_CERT_FILE=.dev/localhost.pem\n"
-        "TLS_KEY_FILE=.dev/localhost-key.pem\n"
-        "ITEMS_DB=.dev/items.sqlite3\n",
+        "TLS_KEY_FILE=.dev/localhost-key.pem\n" + database,
         encoding="utf-8",
     )
     env.chmod(0o600)
@@ -57,7 +109,14 @@ def write_dev_env(root: Path) -> str:
 def main() -> int:
     root = Path.cwd()
     remove_unchosen(root)
+    use_variants(root)
     secret = write_dev_env(root)
+    database = (
+        "    docker compose up -d postgres redis   # PostgreSQL and Redis (compose.yaml)\n"
+        "    alembic upgrade head                  # the schema\n"
+        if CHOSEN["postgresql"]
+        else ""
+    )
     print(
         f"""
 Created {root.name}.
@@ -70,7 +129,7 @@ Next steps:
     python -m venv .venv && . .venv/bin/activate
     make install      # the service and its dev tools
     make test         # its own test suite
-    make run          # HTTPS on https://localhost:8443 with a self-signed certificate
+{database}    make run          # HTTPS on https://localhost:8443 with a self-signed certificate
     curl --cacert .dev/localhost.pem -H "Authorization: Bearer {secret}" \\
         https://localhost:8443/v1/whoami
 """

@@ -38,7 +38,7 @@ def run_in(project: Path, *command: str, env: dict[str, str] | None = None, time
     result = subprocess.run(
         command,
         cwd=project,
-        env={**os.environ, "REQUIRE_REDIS": "1", **(env or {})},
+        env={**os.environ, "REQUIRE_REDIS": "1", "REQUIRE_POSTGRES": "1", **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -11,14 +11,36 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 
 from .conftest import TEMPLATE, Bake, python, run_in
 
 # `${{ ... }}` is GitHub Actions' own expression syntax (the workflow is copied unrendered).
 LEFTOVER_SYNTAX = re.compile(r"(?<!\$)\{\{|\{%|\{#|cookiecutter\.")
-CHOICES = {"container": ("yes", "no"), "github_actions": ("yes", "no")}
-OPTIONAL_FILES = {"container": ("Dockerfile", ".dockerignore"), "github_actions": (".github",)}
+CHOICES = {"container": ("yes", "no"), "github_actions": ("yes", "no"), "database": ("sqlite", "postgresql")}
+# The files each choice brings, present exactly when it is made.
+OPTIONAL_FILES = {
+    ("container", "yes"): ("Dockerfile", ".dockerignore"),
+    ("github_actions", "yes"): (".github",),
+    ("database", "sqlite"): (
+        "src/acme_widgets_api/migrations/versions/sqlite_0001_items.py",
+        "tests/test_sqlite.py",
+    ),
+    ("database", "postgresql"): (
+        "compose.yaml",
+        "compose/initdb.sh",
+        "src/acme_widgets_api/migrations/versions/postgresql_0001_items.py",
+        "scripts/local_postgres.py",
+        "tests/test_postgres.py",
+        "tests/test_postgres_servers.py",
+    ),
+}
+# Modules with one version per database: the chosen one under the plain name, no other left.
+VARIANTS = ("src/acme_widgets_api/database.py", "src/acme_widgets_api/store.py", "tests/database.py",
+            "scripts/local_database.py")  # fmt: skip
+VARIANT_MARK = {"sqlite": "class SqliteItems", "postgresql": "class PostgresItems"}
 COMBINATIONS = [dict(zip(CHOICES, values, strict=True)) for values in itertools.product(*CHOICES.values())]
+COMPOSE_SCHEMA = TEMPLATE / "tests" / "compose-spec.json"
 
 
 def combination_id(context: dict[str, str]) -> str:
@@ -52,23 +74,68 @@ def test_every_combination_bakes_lints_and_passes_its_fast_suite(bake: Bake, con
     for path in text_files(project):
         text = path.read_text(encoding="utf-8", errors="replace")
         assert not LEFTOVER_SYNTAX.search(text), f"template syntax left in {path.relative_to(project)}"
-    for option, paths in OPTIONAL_FILES.items():
+    for (option, choice), paths in OPTIONAL_FILES.items():
         for name in paths:
-            assert (project / name).exists() == (context[option] == "yes"), name
+            assert (project / name).exists() == (context[option] == choice), name
+    for name in VARIANTS:
+        assert not list((project / name).parent.glob(f"{Path(name).stem}.*.py")), name
+    store = (project / "src/acme_widgets_api/store.py").read_text()
+    assert VARIANT_MARK[context["database"]] in store
     run_in(project, *python("-m", "ruff", "check", "."))
     run_in(project, *python("-m", "ruff", "format", "--check", "."))
     run_in(project, *python("-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow"))
 
 
-@pytest.mark.parametrize("project_name", ["Acme Widgets API", "Globex Billing Service"])
-def test_full_generated_suite_passes_with_real_processes(bake: Bake, project_name: str) -> None:
-    project = bake(project_name=project_name)
+@pytest.mark.parametrize(
+    ("project_name", "database"),
+    [
+        ("Acme Widgets API", "sqlite"),
+        ("Globex Billing Service", "sqlite"),
+        ("Acme Widgets API", "postgresql"),
+    ],
+    ids=["default", "globex", "postgresql"],
+)
+def test_full_generated_suite_passes_with_real_processes(
+    bake: Bake, project_name: str, database: str
+) -> None:
+    """With REQUIRE_POSTGRES=1: the PostgreSQL bake starts its own server (as root, through
+    runuser as the postgres user) and fails rather than skip where it cannot."""
+    project = bake(project_name=project_name, database=database)
     output = run_in(project, *python("-m", "pytest", "-q", "-p", "no:cacheprovider"))
     assert " passed" in output and "skipped" not in output, output[-2000:]
 
 
-def test_generated_package_type_checks(default_bake: Path) -> None:
-    run_in(default_bake, *python("-m", "mypy"))
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_generated_package_type_checks(bake: Bake, database: str) -> None:
+    run_in(bake(database=database), *python("-m", "mypy"))
+
+
+@pytest.mark.parametrize("container", ["yes", "no"])
+def test_compose_file_is_valid_against_the_compose_specification(bake: Bake, container: str) -> None:
+    """No container engine runs here: the Compose specification's own JSON schema checks the
+    file, and the services it must have, with health checks and secrets from files."""
+    project = bake(database="postgresql", container=container)
+    compose = project / "compose.yaml"
+    run_in(project, *python("-m", "check_jsonschema", "--schemafile", str(COMPOSE_SCHEMA), str(compose)))
+    services = yaml.safe_load(compose.read_text())["services"]
+    expected = {"postgres", "redis"} | ({"migrate", "api"} if container == "yes" else set())
+    assert set(services) == expected
+    assert all("healthcheck" in services[name] for name in ("postgres", "redis", "api") if name in services)
+    # Every secret is a file the post-generation hook wrote; no password is in the file itself.
+    secrets = yaml.safe_load(compose.read_text())["secrets"]
+    for secret in secrets.values():
+        assert set(secret) == {"file"}
+        assert (project / secret["file"]).is_file(), secret
+    assert "POSTGRES_PASSWORD:" not in compose.read_text()
+
+
+def test_compose_schema_check_refuses_a_misspelt_key(bake: Bake, tmp_path: Path) -> None:
+    text = (bake(database="postgresql") / "compose.yaml").read_text()
+    assert "    healthcheck:\n" in text
+    broken = tmp_path / "compose.yaml"
+    broken.write_text(text.replace("    healthcheck:\n", "    healthchecks:\n", 1))
+    check = python("-m", "check_jsonschema", "--schemafile", str(COMPOSE_SCHEMA), str(broken))
+    assert subprocess.run(check, capture_output=True, check=False).returncode != 0
 
 
 def test_every_bake_gets_its_own_development_key(bake: Bake) -> None:
@@ -123,12 +190,21 @@ def test_gunicorn_without_api_keys_exits_naming_it(default_bake: Path) -> None:
     ]
 
 
-def test_template_requirements_cover_every_generated_dependency(default_bake: Path) -> None:
-    project = tomllib.loads((default_bake / "pyproject.toml").read_text())["project"]
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_template_requirements_cover_every_generated_dependency(bake: Bake, database: str) -> None:
+    project = tomllib.loads((bake(database=database) / "pyproject.toml").read_text())["project"]
     wanted = project["dependencies"] + project["optional-dependencies"]["dev"]
     have = (TEMPLATE / "tests" / "requirements.txt").read_text()
     for requirement in wanted:
         assert requirement in have, f"tests/requirements.txt lacks {requirement}"
+
+
+def test_postgresql_bake_needs_psycopg_and_sqlite_bake_does_not(bake: Bake) -> None:
+    for database in ("sqlite", "postgresql"):
+        baked = bake(project_name=f"{database} api", database=database)
+        project = tomllib.loads((baked / "pyproject.toml").read_text())["project"]
+        drivers = [r for r in project["dependencies"] if r.startswith("psycopg")]
+        assert bool(drivers) == (database == "postgresql"), drivers
 
 
 def test_key_verification_does_not_grow_with_the_number_of_keys(default_bake: Path) -> None:

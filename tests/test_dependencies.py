@@ -201,7 +201,8 @@ def test_template_relock_keeps_one_lock_set_per_dependency_choice(tmp_path: Path
         '"gevent>=24.10.1",{% if cookiecutter.throwaway == "yes" %}\n    "six>=1.16",{% endif %}',
     )
     locks = template / "templates" / "locks"
-    (locks / "default").rename(locks / "no")
+    (locks / "sqlite").rename(locks / "no")
+    shutil.rmtree(locks / "postgresql")
     (locks / "sets.json").write_text(json.dumps({"no": {"throwaway": "no"}, "yes": {"throwaway": "yes"}}))
     run_in(tmp_path, sys.executable, str(TEMPLATE / "scripts" / "lock.py"), "--template", str(template))
     for choice in ("no", "yes"):

@@ -12,6 +12,7 @@ from typing import Any
 
 from gunicorn.glogging import Logger
 
+from {{ cookiecutter.package_name }}.database import prepare_database
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX
 from {{ cookiecutter.package_name }}.logging import logging_config
 from {{ cookiecutter.package_name }}.serving import (
@@ -92,11 +93,12 @@ def ssl_context(conf: object, default_factory: Callable[[], ssl.SSLContext]) -> 
 
 
 def on_starting(server: Any) -> None:
-    """Checks on the values gunicorn resolved (-w or GUNICORN_CMD_ARGS may change them), and the
-    metrics directory, before the first worker is forked."""
+    """Before the first worker is forked: checks on the values gunicorn resolved (-w or
+    GUNICORN_CMD_ARGS may change them), the metrics directory and the database."""
     try:
         check_workers(settings, server.cfg.workers)
         start_metrics()
+        prepare_database(settings, server.cfg.workers, server.cfg.worker_connections)
     except ConfigError as error:
         sys.exit(f"error: {error}")
     reserve_descriptors(server.cfg.worker_connections)

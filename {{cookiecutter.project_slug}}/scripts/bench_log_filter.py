@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 import timeit
 from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from local_database import LocalDatabase
+
 from {{ cookiecutter.package_name }} import create_app, requestlog
-from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, mint
+from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, MintedKey, mint
 from {{ cookiecutter.package_name }}.logging import MaskSecrets
 from {{ cookiecutter.package_name }}.settings import settings_from
 
@@ -68,6 +71,22 @@ def best_microseconds(name: str, build: Callable[[], Callable[[], None]]) -> flo
     return best
 
 
+def request_microseconds(minted: MintedKey, database: LocalDatabase) -> float:
+    database.start()
+    try:
+        environ = {"APP_ENV": "test", "API_KEYS": minted.entry, **database.env}
+        app = create_app(settings_from({**environ, "RATELIMIT_DEFAULT": "1000000 per minute"}))
+        logging.getLogger(requestlog.__name__).disabled = True  # the request alone, no log output
+        client = app.test_client()
+        headers = {"Authorization": f"Bearer {minted.secret}"}
+        return best_microseconds(
+            "one GET /v1/whoami (test client, no log)",
+            lambda: lambda: client.get("/v1/whoami", headers=headers),
+        )
+    finally:
+        database.close()
+
+
 def main() -> None:
     minted = mint(KEY_PREFIX, key_id="ci-deploy", scopes=["items:read"])
     masker = MaskSecrets(KEY_PREFIX)
@@ -81,15 +100,8 @@ def main() -> None:
         best_microseconds(name, lambda make=make: filtering(masker, make)) for name, make in cases.items()
     ]
 
-    environ = {"APP_ENV": "test", "API_KEYS": minted.entry, "ITEMS_DB": ":memory:"}
-    settings = settings_from({**environ, "RATELIMIT_DEFAULT": "1000000 per minute"})
-    app = create_app(settings)
-    logging.getLogger(requestlog.__name__).disabled = True  # the request alone, no log output
-    client = app.test_client()
-    headers = {"Authorization": f"Bearer {minted.secret}"}
-    request = best_microseconds(
-        "one GET /v1/whoami (test client, no log)", lambda: lambda: client.get("/v1/whoami", headers=headers)
-    )
+    with tempfile.TemporaryDirectory() as directory:
+        request = request_microseconds(minted, LocalDatabase(Path(directory)))
     print(f"\nrequest line masking / request: {costs[0] / request:.1%}")
 
 

@@ -24,16 +24,18 @@ from flask import Flask
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from local_database import LocalDatabase
+
 from {{ cookiecutter.package_name }} import create_app, requestlog
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, mint
 from {{ cookiecutter.package_name }}.settings import settings_from
-from {{ cookiecutter.package_name }}.store import SqliteItems
+from {{ cookiecutter.package_name }}.store import ItemStore
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 TENANT = "bench"
 
 
-def bare_app(items: SqliteItems) -> Flask:
+def bare_app(items: ItemStore) -> Flask:
     """The same read routes with nothing around them: no key, no limit, no headers, no log."""
     app = Flask("bare")
 
@@ -76,28 +78,38 @@ def main() -> None:
     args = parser.parse_args()
     minted = mint(KEY_PREFIX, key_id="bench", scopes=["items:read"], tenant=TENANT)
     with tempfile.TemporaryDirectory() as directory:
-        database = str(Path(directory) / "items.sqlite3")
-        env = {"APP_ENV": "test", "API_KEYS": minted.entry, "ITEMS_DB": database}
+        database = LocalDatabase(Path(directory))
+        database.start()
+        env = {"APP_ENV": "test", "API_KEYS": minted.entry, **database.env}
         service = create_app(settings_from({**env, "RATELIMIT_DEFAULT": "1000000000 per hour"}))
         # The request line is part of the cost; write it where it costs what a file would.
         handler = logging.StreamHandler(io.StringIO())
         logging.getLogger(requestlog.__name__).handlers = [handler]
         logging.getLogger(requestlog.__name__).propagate = False
-        bare = bare_app(SqliteItems(database))
-        for path in ("/v1/whoami", "/v1/items"):
-            ratios: list[float] = []
-            costs: dict[str, list[float]] = {"bare": [], "service": []}
-            for _ in range(args.rounds):
-                base = microseconds(bare.wsgi_app, path, minted.secret, args.requests)
-                ours = microseconds(service, path, minted.secret, args.requests)
-                costs["bare"].append(base)
-                costs["service"].append(ours)
-                ratios.append(base / ours)
-            print(
-                f"GET {path}: bare {statistics.median(costs['bare']):.0f} us, "
-                f"service {statistics.median(costs['service']):.0f} us per request; "
-                f"service / bare throughput {statistics.median(ratios):.2f}"
-            )
+        # Both read the same store, so only the stack around it differs.
+        bare = bare_app(service.extensions["items"])
+        try:
+            compare(bare, service, minted.secret, args)
+        finally:
+            service.extensions["items"].close()
+            database.close()
+
+
+def compare(bare: Flask, service: Flask, key: str, args: argparse.Namespace) -> None:
+    for path in ("/v1/whoami", "/v1/items"):
+        ratios: list[float] = []
+        costs: dict[str, list[float]] = {"bare": [], "service": []}
+        for _ in range(args.rounds):
+            base = microseconds(bare.wsgi_app, path, key, args.requests)
+            ours = microseconds(service, path, key, args.requests)
+            costs["bare"].append(base)
+            costs["service"].append(ours)
+            ratios.append(base / ours)
+        print(
+            f"GET {path}: bare {statistics.median(costs['bare']):.0f} us, "
+            f"service {statistics.median(costs['service']):.0f} us per request; "
+            f"service / bare throughput {statistics.median(ratios):.2f}"
+        )
 
 
 if __name__ == "__main__":

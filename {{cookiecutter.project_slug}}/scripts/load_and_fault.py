@@ -1,6 +1,6 @@
 """Load and faults against a real service: gunicorn workers on a real Redis, a mixed load, one
-worker killed, Redis stopped and started again, then hundreds of stalled connections. Prints
-what happened and checks the rules.
+worker killed, Redis stopped and started again (and, with PostgreSQL, the database too), then
+hundreds of stalled connections. Prints what happened and checks the rules.
 
     python scripts/load_and_fault.py [--duration 30] [--clients 8] [--workers 4]
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import os
 import random
 import re
@@ -41,6 +42,7 @@ JSON = "application/json"
 WINDOW_SECONDS = 5
 HOT_LIMIT = 20  # per key and window; the "hot" key asks for far more than that
 MIX = {"valid": 30, "items": 10, "hot": 25, "unknown": 10, "hostile": 10, "oversized": 5, "health": 10}
+PACE = 0.3  # seconds between one client's requests in the database outage phase
 HOSTILE = ("\u00ff\u00fe" * 40, "A" * 8000, "Bearer \u0001\u007f", "ключ".encode().decode("latin-1"))
 # The last phase: connections that stall in the handshake, send nothing or trickle headers.
 STALLED = {"stalled": 150, "silent": 100, "trickle": 50}
@@ -266,6 +268,70 @@ def print_report(outcomes: list[Outcome], timeline: Timeline, rules: list[Rule],
         print(f"[{'PASS' if passed else 'FAIL'}] {name}: {detail}")
 
 
+def database_outage(
+    service: LocalService, context: ssl.SSLContext, keys: list[str], seconds: float
+) -> list[Rule]:
+    """The database stopped under load and started again: item routes answer 503 with
+    Retry-After within DATABASE_CONNECT_TIMEOUT while it is down, other routes answer as
+    usual, and items come back by themselves. Paced under the keys' limit (20 per 5 s each)."""
+    timeout = 2.0 + 1.0  # DATABASE_CONNECT_TIMEOUT's default, and a margin for the request itself
+    answers: list[tuple[float, str, int | None, str, float]] = []
+    began = time.monotonic()
+    down, up, end = began + seconds * 0.2, began + seconds * 0.6, began + seconds
+
+    def client(key: str) -> None:
+        connection = http.client.HTTPSConnection("localhost", service.port, context=context, timeout=10)
+        for path in itertools.cycle(("/v1/items", "/v1/whoami")):
+            if time.monotonic() >= end:
+                return
+            started = time.monotonic()
+            try:
+                connection.request("GET", path, headers={"Authorization": f"Bearer {key}"})
+                response = connection.getresponse()
+                response.read()
+                status, retry = response.status, response.getheader("Retry-After", "")
+            except (OSError, http.client.HTTPException):
+                connection.close()
+                status, retry = None, ""
+            answers.append((started, path, status, retry, time.monotonic() - started))
+            time.sleep(max(0.0, PACE - (time.monotonic() - started)))
+
+    threads = [threading.Thread(target=client, args=(key,), daemon=True) for key in keys]
+    for thread in threads:
+        thread.start()
+    time.sleep(max(0.0, down - time.monotonic()))
+    service.database.stop()
+    stopped = time.monotonic()  # the server has shut down: every session is gone
+    time.sleep(max(0.0, up - time.monotonic()))
+    restarting = time.monotonic()
+    service.database.start()
+    for thread in threads:
+        thread.join()
+    # A request that began less than a connect timeout before the restart may rightly be served.
+    during = [a for a in answers if stopped <= a[0] < restarting - 2.0 and a[1] == "/v1/items"]
+    last = [a for a in answers if a[0] >= end - 1.5 and a[1] == "/v1/items"]
+    others = [a for a in answers if a[1] != "/v1/items"]
+    print(f"\ndatabase outage: {len(answers)} requests; items while down: {Counter(a[2] for a in during)}")
+    return [
+        (
+            "database down: item routes answer 503 with Retry-After in time",
+            bool(during) and all(a[2] == 503 and a[3] and a[4] < timeout for a in during),
+            f"{len(during)} answers, slowest {max((a[4] for a in during), default=0):.2f} s "
+            f"(limit {timeout:.0f} s)",
+        ),
+        (
+            "database down: routes without it answer as usual",
+            all(a[2] == 200 for a in others),
+            f"{sum(a[2] == 200 for a in others)} of {len(others)} answered 200",
+        ),
+        (
+            "database back: items served again by themselves",
+            bool(last) and all(a[2] == 200 for a in last),
+            f"the last {len(last)} item requests: {Counter(a[2] for a in last)}",
+        ),
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--duration", type=float, default=40, help="seconds of load (at least 16)")
@@ -311,10 +377,15 @@ def main() -> int:
             for thread in threads:
                 thread.join()
             keys_after = store.limiter_keys()
+            outage = (
+                database_outage(service, context, keys["valid"], duration / 2)
+                if service.database.stoppable
+                else []
+            )
         finally:
             service.stop()
             store.stop()
-    rules = check_rules(load.outcomes, timeline, args.clients, keys_after, stalled)
+    rules = check_rules(load.outcomes, timeline, args.clients, keys_after, stalled) + outage
     print_report(load.outcomes, timeline, rules, stalled)
     return 0 if all(passed for _, passed, _ in rules) else 1
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from dev_cert import write_dev_certificate
+from local_database import LocalDatabase
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -41,13 +42,14 @@ class LocalService:
 
     def __init__(self, workdir: Path, api_keys: str, *, tls: bool = True, **env: str) -> None:
         self.workdir, self.port, self.tls = workdir, free_port(), tls
+        self.database = LocalDatabase(workdir)
         self.env = {
             **os.environ,
             "PYTHONPATH": str(PROJECT / "src"),
             "APP_ENV": "production",
             "API_KEYS": api_keys,
             "BIND": f"127.0.0.1:{self.port}",
-            "ITEMS_DB": str(workdir / "items.sqlite3"),
+            **self.database.env,
             **env,
         }
         if tls:
@@ -63,6 +65,7 @@ class LocalService:
         return self.workdir / "cert.pem"
 
     def start(self) -> LocalService:
+        self.database.start()
         with (self.workdir / "gunicorn.log").open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "gunicorn"], cwd=PROJECT, env=self.env, stdout=log, stderr=log
@@ -80,3 +83,4 @@ class LocalService:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             self.process.wait(timeout=30)
+        self.database.close()

@@ -18,8 +18,12 @@ from flask.testing import FlaskClient
 from {{ cookiecutter.package_name }} import create_app
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, mint
 from {{ cookiecutter.package_name }}.settings import Settings, settings_from
+from {{ cookiecutter.package_name }}.store import ItemStore
 
 from .support import KeySet, RedisServer, Server, free_port, run_gunicorn, wait_until_serving
+
+# `databases` and `database_env`: the items database of this project's kind (tests/database.py).
+pytest_plugins = ("tests.database",)
 
 
 @pytest.fixture(scope="session")
@@ -35,21 +39,24 @@ def keys() -> KeySet:
 
 
 @pytest.fixture
-def env(keys: KeySet, tmp_path: Path) -> dict[str, str]:
+def env(keys: KeySet, database_env: dict[str, str]) -> dict[str, str]:
     """A valid test environment; tests change it before building settings."""
-    return {
-        "APP_ENV": "test",
-        "API_KEYS": keys.entries,
-        "ITEMS_DB": str(tmp_path / "items.sqlite3"),
-    }
+    return {"APP_ENV": "test", "API_KEYS": keys.entries, **database_env}
 
 
 @pytest.fixture
-def make_app(env: dict[str, str]) -> Callable[..., Flask]:
-    def build(**overrides: str) -> Flask:
-        return create_app(settings_from({**env, **overrides}))
+def make_app(env: dict[str, str]) -> Iterator[Callable[..., Flask]]:
+    stores: list[ItemStore] = []
 
-    return build
+    def build(**overrides: str) -> Flask:
+        app = create_app(settings_from({**env, **overrides}))
+        stores.append(app.extensions["items"])
+        return app
+
+    yield build
+    for store in stores:
+        # A store may hold connections (PostgreSQL's pool): give them back after each test.
+        store.close()
 
 
 @pytest.fixture

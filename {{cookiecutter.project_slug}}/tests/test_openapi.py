@@ -18,6 +18,7 @@ from openapi_spec_validator import validate
 
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, mint, parse_network
 from {{ cookiecutter.package_name }}.settings import ConfigError, settings_from
+from {{ cookiecutter.package_name }}.store import StoreUnavailable
 
 from .support import PROJECT, KeySet, bearer
 
@@ -125,9 +126,9 @@ def test_challenge_and_quota_headers_are_documented() -> None:
 
 
 @pytest.mark.parametrize(("method", "route"), OPERATIONS, ids=[f"{m} {r}" for m, r in OPERATIONS])
-def test_retry_after_is_documented_only_with_429(method: str, route: str) -> None:
+def test_retry_after_is_documented_only_with_429_and_503(method: str, route: str) -> None:
     for status, response in operation(method, route)["responses"].items():
-        assert ("Retry-After" in resolve(response).get("headers", {})) == (status == "429"), status
+        assert ("Retry-After" in resolve(response).get("headers", {})) == (status in ("429", "503")), status
 
 
 @pytest.mark.parametrize(
@@ -172,7 +173,7 @@ class Case:
     body: dict[str, Any] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     repeat: int = 1
-    store_fails: bool = False
+    store_fails: type[Exception] | None = None
 
     @property
     def route(self) -> str:
@@ -231,17 +232,25 @@ CASES = {
     "metrics, no key": Case("GET", "/metrics", 401),
     "metrics, no scope": Case("GET", "/metrics", 403, "reader"),
     "key in URL, metrics": Case("GET", "/metrics?api_key=x", 400),
-    "store fails, list": Case("GET", "/v1/items", 500, "reader", store_fails=True),
-    "store fails, fetch": Case("GET", ITEM, 500, "reader", store_fails=True),
+    "store fails, list": Case("GET", "/v1/items", 500, "reader", store_fails=RuntimeError),
+    "store fails, fetch": Case("GET", ITEM, 500, "reader", store_fails=RuntimeError),
+    "database unavailable, list": Case("GET", "/v1/items", 503, "reader", store_fails=StoreUnavailable),
+    "database unavailable, create": Case(
+        "POST", "/v1/items", 503, "writer", body=WRITE, store_fails=StoreUnavailable
+    ),
+    "database unavailable, fetch": Case("GET", ITEM, 503, "reader", store_fails=StoreUnavailable),
 }
 
 
 class BrokenStore:
-    """Every call fails, as a lost database would."""
+    """Every call fails: with a bug (RuntimeError), or as an unreachable database would."""
+
+    def __init__(self, failure: type[Exception]) -> None:
+        self.failure = failure
 
     def __getattr__(self, name: str) -> Callable[..., None]:
         def fail(*args: object, **kwargs: object) -> None:
-            raise RuntimeError("database is gone")
+            raise self.failure(1) if self.failure is StoreUnavailable else self.failure("database is gone")
 
         return fail
 
@@ -249,8 +258,8 @@ class BrokenStore:
 def answer(make_app: Callable[..., Flask], keys: KeySet, case: Case) -> Any:
     app = make_app(**case.env)
     item = app.extensions["items"].add("acme", "widget")
-    if case.store_fails:
-        app.extensions["items"] = BrokenStore()
+    if case.store_fails is not None:
+        app.extensions["items"] = BrokenStore(case.store_fails)
     headers = dict(case.headers)
     if case.key is not None:
         headers.update(bearer(getattr(keys, case.key)))

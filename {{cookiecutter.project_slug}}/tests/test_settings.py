@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from {{ cookiecutter.package_name }}.database import DatabaseSettings
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, mint
 from {{ cookiecutter.package_name }}.serving import check_workers
 from {{ cookiecutter.package_name }}.settings import ConfigError, Settings, load_settings, settings_from
@@ -221,18 +222,22 @@ def test_describe_shows_key_ids_but_no_secret_or_storage_password(env: dict[str,
 
 
 def test_describe_names_every_variable_of_the_table_once(env: dict[str, str]) -> None:
-    names = [field.metadata["variable"].name for field in dataclasses.fields(Settings)]
+    tables = (Settings, DatabaseSettings)
+    names = [
+        f.metadata["variable"].name for t in tables for f in dataclasses.fields(t) if f.name != "database"
+    ]
     assert len(names) == len(set(names))
     assert list(settings_from(env).describe()) == names
 
 
 def test_dot_env_is_read_only_in_development(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, keys: KeySet
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, keys: KeySet, database_env: dict[str, str]
 ) -> None:
     minted = mint(KEY_PREFIX, key_id="from-dotenv", scopes=["a:b"])
-    (tmp_path / ".env").write_text(f"API_KEYS={minted.entry}\nITEMS_DB={tmp_path / 'db'}\n")
+    database = "".join(f"{name}={value}\n" for name, value in database_env.items())
+    (tmp_path / ".env").write_text(f"API_KEYS={minted.entry}\n{database}")
     monkeypatch.chdir(tmp_path)
-    for name in ("API_KEYS", "API_KEYS_FILE", "ITEMS_DB", "TLS_CERT_FILE", "TLS_KEY_FILE"):
+    for name in ("API_KEYS", "API_KEYS_FILE", "TLS_CERT_FILE", "TLS_KEY_FILE", *database_env):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("APP_ENV", "production")
     with pytest.raises(ConfigError, match="API_KEYS: not set"):
@@ -242,10 +247,12 @@ def test_dot_env_is_read_only_in_development(
 
 
 def test_real_environment_wins_over_dot_env(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, keys: KeySet
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, keys: KeySet, database_env: dict[str, str]
 ) -> None:
     (tmp_path / ".env").write_text(f"API_KEYS={keys.writer.entry}\n")
     monkeypatch.chdir(tmp_path)
+    for name, value in database_env.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("APP_ENV", "development")
     monkeypatch.setenv("API_KEYS", keys.reader.entry)
     monkeypatch.delenv("API_KEYS_FILE", raising=False)

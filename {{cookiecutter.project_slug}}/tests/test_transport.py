@@ -13,7 +13,6 @@ import dataclasses
 import http.client
 import json
 import re
-import shutil
 import socket
 import ssl
 import threading
@@ -25,6 +24,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+from .database import Databases
 from .support import KeySet, Server, bearer, free_port, run_gunicorn, wait_until_serving
 
 pytestmark = pytest.mark.slow
@@ -43,12 +43,12 @@ Response = tuple[int, http.client.HTTPMessage, bytes]
 @dataclasses.dataclass(frozen=True)
 class TlsServer:
     """The shared TLS gunicorn: an RSA certificate (so RSA key exchange and ECDHE-RSA suites
-    can be offered at all), a tiny default limit, and its items database in its own directory."""
+    can be offered at all), a tiny default limit, and an items database of its own."""
 
     server: Server
     cert: Path
     key: Path
-    items_dir: Path
+    database: dict[str, str]
 
     @property
     def port(self) -> int:
@@ -173,31 +173,35 @@ def assert_problem(status: int, headers: http.client.HTTPMessage, body: bytes, e
 
 
 @pytest.fixture(scope="module")
-def tls_server(keys: KeySet, ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
+def tls_server(
+    keys: KeySet, ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory, databases: Databases
+) -> Iterator[TlsServer]:
     directory = tmp_path_factory.mktemp("transport-tls")
     leaf = ca.issue_cert("localhost", "127.0.0.1", key_type=trustme.KeyType.RSA)
     cert, key = directory / "cert.pem", directory / "key.pem"
     leaf.cert_chain_pems[0].write_to_path(str(cert))
     leaf.private_key_pem.write_to_path(str(key))
-    items_dir = directory / "items"
+    database = databases.new()
     settings = {
         "APP_ENV": "test",
         "API_KEYS": keys.entries,
-        "ITEMS_DB": str(items_dir / "items.sqlite3"),
+        **database,
         "TLS_CERT_FILE": str(cert),
         "TLS_KEY_FILE": str(key),
         "RATELIMIT_DEFAULT": "2 per minute",
     }
     server = launch(settings, directory / "gunicorn.log", tls=True)
-    yield TlsServer(server, cert, key, items_dir)
+    yield TlsServer(server, cert, key, database)
     server.stop()
 
 
-def proxied_server(keys: KeySet, directory: Path, proxies: str, app_env: str) -> Server:
+def proxied_server(
+    keys: KeySet, directory: Path, database: dict[str, str], proxies: str, app_env: str
+) -> Server:
     settings = {
         "APP_ENV": app_env,
         "API_KEYS": keys.entries,
-        "ITEMS_DB": str(directory / "items.sqlite3"),
+        **database,
         "FORWARDED_ALLOW_IPS": proxies,
         "RATELIMIT_DEFAULT": "2 per minute",
     }
@@ -205,17 +209,23 @@ def proxied_server(keys: KeySet, directory: Path, proxies: str, app_env: str) ->
 
 
 @pytest.fixture(scope="module")
-def behind_trusted_proxy(keys: KeySet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def behind_trusted_proxy(
+    keys: KeySet, tmp_path_factory: pytest.TempPathFactory, databases: Databases
+) -> Iterator[Server]:
     """Plain HTTP in production, trusting 127.0.0.1 (the test client) as the TLS proxy."""
-    server = proxied_server(keys, tmp_path_factory.mktemp("trusted-proxy"), "127.0.0.1", "production")
+    directory = tmp_path_factory.mktemp("trusted-proxy")
+    server = proxied_server(keys, directory, databases.new(), "127.0.0.1", "production")
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def behind_other_proxy(keys: KeySet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def behind_other_proxy(
+    keys: KeySet, tmp_path_factory: pytest.TempPathFactory, databases: Databases
+) -> Iterator[Server]:
     """Plain HTTP trusting only 10.255.255.1: the test client is NOT a trusted proxy."""
-    server = proxied_server(keys, tmp_path_factory.mktemp("other-proxy"), "10.255.255.1", "test")
+    directory = tmp_path_factory.mktemp("other-proxy")
+    server = proxied_server(keys, directory, databases.new(), "10.255.255.1", "test")
     yield server
     server.stop()
 
@@ -475,19 +485,20 @@ def test_security_headers_and_problem_json_on_429(
 
 
 def test_security_headers_and_problem_json_on_500_without_internals(
-    tls_server: TlsServer, client_context: ssl.SSLContext, keys: KeySet
+    tls_server: TlsServer, client_context: ssl.SSLContext, keys: KeySet, databases: Databases
 ) -> None:
-    # A worker has booted (and created the database) once it answers; then the database goes.
+    # A worker has booted (and migrated the database) once it answers; then the table goes.
     assert request(tls_server.port, "/healthz", context=client_context)[0] == 200
-    shutil.rmtree(tls_server.items_dir, ignore_errors=True)
+    databases.drop_items(tls_server.database)
     status, headers, body = request(tls_server.port, "/v1/items", bearer(keys.other_tenant), client_context)
     assert_problem(status, headers, body, 500)
     assert_security_headers(headers)
     text = body.decode()
     assert "Traceback" not in text
     assert 'File "' not in text
-    assert str(tls_server.items_dir.parent) not in text
+    assert not any(value in text for value in tls_server.database.values())
     assert "sqlite" not in text.lower()
+    assert "postgres" not in text.lower()
     assert keys.other_tenant.secret not in text
 
 
@@ -631,9 +642,11 @@ def test_a_key_the_proxy_took_over_plain_http_is_refused_in_production(
     assert all('"auth_failure": null' in line for line in lines), lines
 
 
-def test_a_peer_that_is_not_the_proxy_cannot_use_a_key_over_plain_http(keys: KeySet, tmp_path: Path) -> None:
+def test_a_peer_that_is_not_the_proxy_cannot_use_a_key_over_plain_http(
+    keys: KeySet, tmp_path: Path, database_env: dict[str, str]
+) -> None:
     """Proxy mode in production, and the client connects to the service directly."""
-    server = proxied_server(keys, tmp_path, "10.255.255.1", "production")
+    server = proxied_server(keys, tmp_path, database_env, "10.255.255.1", "production")
     try:
         spoofed = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "10.255.255.1", **bearer(keys.reader)}
         status, headers, body = request(server.port, "/v1/whoami", spoofed)

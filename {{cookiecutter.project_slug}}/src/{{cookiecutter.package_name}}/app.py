@@ -7,6 +7,7 @@ from flask import Flask
 from . import logging as logs
 from .api import register_blueprints
 from .auth import install_auth
+from .database import open_store
 from .errors import install_errors
 from .headers import install_headers
 from .keys import KEY_PREFIX
@@ -16,7 +17,6 @@ from .proxy import TrustedProxies
 from .requestlog import install_request_log
 from .serving import serving_settings
 from .settings import Settings
-from .store import SqliteItems
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         # Unhandled errors must reach the problem+json handler, also under a test client.
         PROPAGATE_EXCEPTIONS=False,
     )
-    app.extensions["items"] = SqliteItems(settings.items_db)
+    app.extensions["items"] = open_store(settings)
 
     install_request_log(app)
     install_metrics(app, settings.metrics_dir)

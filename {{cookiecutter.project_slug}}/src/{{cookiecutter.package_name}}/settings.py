@@ -1,7 +1,8 @@
 """The one place that reads the environment, so a bad configuration stops the start, not a request.
 
-Each variable is declared once, as a field of :class:`Settings`: its name, its default and its
-parser. Errors name the variable and the problem, never the value, which may be a secret.
+Each variable is declared once, as a field of :class:`Settings` (the database's, of the
+``DatabaseSettings`` table in ``database.py``): its name, its default and its parser. Errors
+name the variable and the problem, never the value, which may be a secret.
 Run ``python -m {{ cookiecutter.package_name }}.settings`` to see what the service would start
 with (key ids, never keys), or the one line that says why it would not start.
 """
@@ -18,12 +19,16 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from limits import RateLimitItem, parse_many
 
 from .keys import KEY_PREFIX, EntryError, KeyRing
+
+if TYPE_CHECKING:
+    # Where items live has its own table, in the module of the database this project uses.
+    from .database import DatabaseSettings
 
 UNPARSABLE_URI = "cannot be parsed: percent-encode '#', '/', '?' and '@' in the password"
 ENVIRONMENTS = ("production", "development", "test")
@@ -252,13 +257,13 @@ class Settings:
         metadata=read("FORWARDED_ALLOW_IPS", proxy_networks, "", show=_show_networks)
     )
     max_content_length: int = field(metadata=read("MAX_CONTENT_LENGTH", whole(1, 1 << 30), "65536"))
-    items_db: str = field(metadata=read("ITEMS_DB", str, "items.sqlite3"))
     hsts_preload: bool = field(metadata=read("HSTS_PRELOAD", flag, "false"))
     openapi_enabled: bool = field(metadata=read("OPENAPI_ENABLED", flag, _openapi_default))
     log_level: str = field(metadata=read("LOG_LEVEL", choice(*LOG_LEVELS), "INFO"))
     bind: str = field(metadata=read("BIND", str, "127.0.0.1:8443"))
     workers: int = field(metadata=read("WEB_CONCURRENCY", whole(1, 64), _default_workers))
     metrics_dir: Path | None = field(metadata=read(METRICS_DIR, directory, show=_show_optional))
+    database: DatabaseSettings = field(metadata={"table": "database"})
 
     @property
     def development(self) -> bool:
@@ -275,11 +280,16 @@ class Settings:
 
     def describe(self) -> dict[str, object]:
         """The resolved configuration, each value as its variable's ``show`` allows."""
-        return {spec.name: spec.show(getattr(self, name)) for name, spec in _variables().items()}
+        return {**_describe(self), **_describe(self.database)}
 
 
-def _variables() -> dict[str, Variable]:
-    return {f.name: f.metadata["variable"] for f in dataclasses.fields(Settings)}
+def _describe(table: object) -> dict[str, object]:
+    """A table's values, each as its variable's ``show`` allows."""
+    return {spec.name: spec.show(getattr(table, name)) for name, spec in _variables(type(table)).items()}
+
+
+def _variables(table: type = Settings) -> dict[str, Variable]:
+    return {f.name: f.metadata["variable"] for f in dataclasses.fields(table) if "variable" in f.metadata}
 
 
 def _raw(env: Mapping[str, str], spec: Variable) -> tuple[str, str | None]:
@@ -298,8 +308,23 @@ def _raw(env: Mapping[str, str], spec: Variable) -> tuple[str, str | None]:
 
 def settings_from(env: Mapping[str, str], cpu_count: int = 1) -> Settings:
     """Build and validate settings from a mapping (the environment, or a test's dict)."""
-    values: dict[str, Any] = {"cpu_count": cpu_count}
-    for name, spec in _variables().items():
+    values = _read(Settings, env, {"cpu_count": cpu_count})
+    del values["cpu_count"]
+    settings = Settings(**values, database=database_settings_from(env))
+    _check_transport(settings)
+    return settings
+
+
+def database_settings_from(env: Mapping[str, str]) -> DatabaseSettings:
+    """The database's own table, alone: what ``alembic`` needs, without the service's keys."""
+    from .database import DatabaseSettings
+
+    return DatabaseSettings(**_read(DatabaseSettings, env, {}))
+
+
+def _read(table: type, env: Mapping[str, str], values: dict[str, Any]) -> dict[str, Any]:
+    """Parse each variable of ``table`` into ``values``; defaults may read earlier values."""
+    for name, spec in _variables(table).items():
         source, text = _raw(env, spec)
         default = spec.default(values) if callable(spec.default) else spec.default
         text = default if text is None else text
@@ -312,10 +337,7 @@ def settings_from(env: Mapping[str, str], cpu_count: int = 1) -> Settings:
             values[name] = spec.parse(text.strip())
         except Invalid as error:
             raise ConfigError(source, str(error)) from None
-    del values["cpu_count"]
-    settings = Settings(**values)
-    _check_transport(settings)
-    return settings
+    return values
 
 
 def _check_transport(settings: Settings) -> None:
@@ -349,11 +371,21 @@ def load_settings() -> Settings:
     The real environment decides: a ``.env`` file left on a production host is never read,
     and values from the real environment win over ``.env``.
     """
+    _load_dotenv()
+    return settings_from(os.environ, cpu_count=os.cpu_count() or 1)
+
+
+def load_database_settings() -> DatabaseSettings:
+    """The database's settings from the process environment, by the same rules."""
+    _load_dotenv()
+    return database_settings_from(os.environ)
+
+
+def _load_dotenv() -> None:
     if os.environ.get("APP_ENV") == "development":
         from dotenv import load_dotenv
 
         load_dotenv(".env", override=False)
-    return settings_from(os.environ, cpu_count=os.cpu_count() or 1)
 
 
 def main() -> int:

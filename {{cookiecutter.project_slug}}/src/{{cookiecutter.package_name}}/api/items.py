@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from flask import current_app
+from flask import Response, current_app
 
 from ..auth import current_caller, scoped_blueprint
 from ..body import json_body
-from ..errors import fail
+from ..errors import fail, problem
 from ..limits import limit
-from ..store import ItemStore
+from ..store import ItemStore, StoreUnavailable
 
 MAX_NAME = 200
 
@@ -20,6 +20,12 @@ blueprint = scoped_blueprint(
 def _store() -> ItemStore:
     store: ItemStore = current_app.extensions["items"]
     return store
+
+
+@blueprint.errorhandler(StoreUnavailable)
+def _unavailable(error: StoreUnavailable) -> Response:
+    # The database is down or too slow: the client may retry, and the rest of the API works on.
+    return problem(503, headers={"Retry-After": str(error.retry_after)})
 
 
 @blueprint.get("")
