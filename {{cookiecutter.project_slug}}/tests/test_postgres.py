@@ -4,6 +4,7 @@ once, the schema check at start, and 503 when the server cannot be reached."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ import pytest
 from flask import Flask
 
 from {{ cookiecutter.package_name }}.database import MIGRATION_LOCK, pool_size, prepare_database, schema_problem
+from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, mint
 from {{ cookiecutter.package_name }}.settings import ConfigError, database_settings_from, settings_from
 
 from .database import Databases
@@ -276,3 +278,24 @@ def test_item_routes_answer_503_with_retry_after_in_time_when_no_server_answers(
         assert int(response.headers["Retry-After"]) > 0
     assert client.get("/v1/whoami", headers=bearer(keys.reader)).status_code == 200
     assert client.get("/healthz").status_code == 200
+
+
+def test_the_pool_and_the_outage_are_in_the_metrics(make_app: Callable[..., Flask], keys: KeySet) -> None:
+    """After a request its connection is back in the pool; a 503 counts as an outage."""
+    scraper = mint(KEY_PREFIX, key_id="prometheus", scopes=["metrics:read"])
+    env = {"API_KEYS": f"{keys.entries},{scraper.entry}"}
+    client = make_app(**env).test_client()
+    assert client.get("/v1/items", headers=bearer(keys.reader)).status_code == 200
+    text = client.get("/metrics", headers=bearer(scraper)).get_data(as_text=True)
+    assert float(sample(text, r'api_database_pool\{state="idle"\}')) >= 1
+    before = float(sample(text, "api_database_unavailable_total"))
+    down = make_app(DATABASE_URL=f"postgresql://items:pw@127.0.0.1:{free_port()}/items", **env).test_client()
+    assert down.get("/v1/items", headers=bearer(keys.reader)).status_code == 503
+    after = down.get("/metrics", headers=bearer(scraper)).get_data(as_text=True)
+    assert float(sample(after, "api_database_unavailable_total")) == before + 1
+
+
+def sample(text: str, name: str) -> str:
+    found = re.search(rf"^{name} (\S+)$", text, flags=re.MULTILINE)
+    assert found, text
+    return found.group(1)

@@ -31,6 +31,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from .auth import caller, failure, scoped_blueprint
 from .limits import limit
+from .store import ItemStore
 
 SCOPE = "metrics:read"
 # The scrape's own limit, per key: RATELIMIT_DEFAULT is tuned for clients and must not break a
@@ -113,6 +114,8 @@ def _record(response: Response) -> Response:
         AUTH_FAILURES.labels(reason).inc()
     if response.status_code == 429:
         RATE_LIMITED.labels(route, "address" if caller() is None else "key").inc()
+    elif response.status_code == 503:  # only the items store answers 503: its database is out
+        database_unavailable()
     return response
 
 
@@ -142,6 +145,20 @@ def scrape() -> Response:
     return Response(exposition.text(), content_type=CONTENT_TYPE_LATEST)
 
 
+class StoreWatch:
+    """The items store's connection pool, reported after each request, once its connection is
+    back in the pool (stores without a pool report nothing)."""
+
+    def __init__(self, store: ItemStore) -> None:
+        self.store = store
+
+    def check(self, response: Response) -> Response:
+        usage = self.store.pool_usage()
+        if usage is not None:
+            database_pool(*usage)
+        return response
+
+
 def install_metrics(app: Flask, directory: Path | None) -> None:
     """Count and time every request and serve ``GET /metrics``.
 
@@ -153,6 +170,7 @@ def install_metrics(app: Flask, directory: Path | None) -> None:
     WORKERS.set(1)
     app.before_request(_start)
     app.after_request(_record)
+    app.after_request(StoreWatch(app.extensions["items"]).check)
     app.register_blueprint(blueprint)
 
 

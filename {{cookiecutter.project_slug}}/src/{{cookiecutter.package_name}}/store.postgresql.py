@@ -45,6 +45,10 @@ class ItemStore(Protocol):
 
     def close(self) -> None: ...
 
+    def pool_usage(self) -> tuple[int, int, int] | None:
+        """Connections in use and idle, and requests waiting for one; None without a pool."""
+        ...
+
 
 class StoreUnavailable(Exception):
     """The database cannot answer now (down, unreachable, too slow): the client may retry."""
@@ -153,6 +157,12 @@ class PostgresItems:
 
     def close(self) -> None:
         self.pool.close()
+
+    def pool_usage(self) -> tuple[int, int, int]:
+        # "In use" counts a connection the pool is still opening: psycopg_pool's size does.
+        stats = self.pool.get_stats()
+        idle = stats.get("pool_available", 0)
+        return stats.get("pool_size", 0) - idle, idle, stats.get("requests_waiting", 0)
 
 
 def _item(item_id: str, name: str, created_at: dt.datetime) -> Item:

@@ -49,6 +49,10 @@ class ItemStore(Protocol):
 
     def close(self) -> None: ...
 
+    def pool_usage(self) -> tuple[int, int, int] | None:
+        """Connections in use and idle, and requests waiting for one; None without a pool."""
+        ...
+
 
 class StoreUnavailable(Exception):
     """The database cannot answer now (down, unreachable, too slow): the client may retry."""
@@ -135,3 +139,6 @@ class SqliteItems:
 
     def close(self) -> None:
         """Nothing to release: each call opened and closed its own connection."""
+
+    def pool_usage(self) -> None:
+        return None  # one connection per call: nothing pooled to report
