@@ -114,10 +114,15 @@ def name_of(function: Callable[..., Any]) -> str:
     return str(getattr(inner, "__qualname__", repr(inner)))
 
 
-def build_apps(work: Path, project: Path | None) -> tuple[dict[str, WsgiApp], str]:
-    project = baked.project_or_bake(project, work)
+def build_apps(project: Path, work: Path) -> tuple[dict[str, WsgiApp], str]:
+    """The three apps, built as gunicorn builds them: the master configures logging (the
+    service's gunicorn.conf.py does, so its handlers and their locks exist before the fork),
+    then each gevent worker patches the standard library and loads its app."""
     db = work / "items.sqlite3"
     key, entries, raw = run.prepare(project, db)
+    keys = baked.module(project, "keys")
+    baked.module(project, "logging").configure(key_prefix=keys.KEY_PREFIX, json_lines=True, level="INFO")
+    monkey.patch_all()
     os.environ.update(
         BENCH_PACKAGE=baked.package_of(project),
         BENCH_TENANT=run.TENANT,
@@ -143,13 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     baked.add_project_option(parser)
     args = parser.parse_args(argv)
     paths = args.path or list(run.PATHS)
-    # gunicorn's gevent worker patches after its own imports and before it loads the app.
-    monkey.patch_all()
     real_stderr = sys.stderr
     with tempfile.TemporaryDirectory(prefix="bench-") as work, open(os.devnull, "w") as sink:
         sys.stderr = sink  # the apps' log lines: formatted and written, but not shown.
         try:
-            apps, key = build_apps(Path(work), args.project)
+            apps, key = build_apps(baked.project_or_bake(args.project, Path(work)), Path(work))
             timings: dict[tuple[str, str], list[float]] = {}
             for _ in range(args.rounds):
                 for path in paths:
