@@ -49,6 +49,8 @@ BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{24,}={0,2}")
 # or a run as long as a key piece: a short string without any, such as a method or a status,
 # skips the regex.
 MASK_TRIGGERS = re.compile(r"[_%:=,?&; ]")
+# Values that cannot hold text: the filter leaves them as they are without a look.
+PLAIN_SCALARS = frozenset({bool, int, float})
 # Control characters, and the Unicode line breaks that some viewers honour.
 CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 
@@ -144,7 +146,9 @@ class MaskSecrets(logging.Filter):
             record.stack_info = self.mask(record.stack_info)
         attributes = vars(record)
         for name in attributes.keys() - STANDARD_ATTRIBUTES:  # the extras, found in one set operation
-            attributes[name] = self._mask_value(attributes[name])
+            value = attributes[name]
+            if value is not None and type(value) not in PLAIN_SCALARS:
+                attributes[name] = self._mask_value(value)
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
@@ -156,6 +160,10 @@ class MaskSecrets(logging.Filter):
                 if name not in STANDARD_ATTRIBUTES:
                     setattr(record, name, MASK)
         return True
+
+
+# Built once: json.dumps(..., default=str) would build an encoder for every line.
+ENCODER = json.JSONEncoder(default=str)
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
@@ -179,7 +187,7 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = record.exc_text
         if record.stack_info:
             entry["stack"] = record.stack_info
-        return json.dumps(entry, default=str)
+        return ENCODER.encode(entry)
 
 
 class TextFormatter(logging.Formatter):
