@@ -9,6 +9,7 @@ safe to read, and nothing in them can be turned back into a key. Answers carry t
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import time
@@ -90,12 +91,16 @@ def _fields(
 ) -> None:
     """The IETF fields, and Retry-After when the answer is 429."""
     seconds = max(1, int(reset_at - time.time()))
-    response.headers["RateLimit-Policy"] = ", ".join(
-        f'"{name}";q={item.amount};w={item.get_expiry()}' for name, item in policies
-    )
+    response.headers["RateLimit-Policy"] = _policy_field(tuple(policies))
     response.headers["RateLimit"] = f'"{current}";r={max(0, remaining)};t={seconds}'
     if response.status_code == 429:
         response.headers["Retry-After"] = str(seconds)
+
+
+@functools.lru_cache(maxsize=256)
+def _policy_field(policies: tuple[tuple[str, RateLimitItem], ...]) -> str:
+    # The same few policies on every answer: rendered once each.
+    return ", ".join(f'"{name}";q={item.amount};w={item.get_expiry()}' for name, item in policies)
 
 
 class FailureBudget:
@@ -164,16 +169,21 @@ class QuotaFields:
     def __init__(self, limiter: Limiter, default: str) -> None:
         self.limiter = limiter
         self.default = sorted(rate_limits(default))
+        # Per endpoint and limits applied: as many entries as routes with their own limits.
+        self.named: dict[tuple[str | None, tuple[RateLimitItem, ...]], list[tuple[str, RateLimitItem]]] = {}
 
     def _policies(self, applied: list[RequestLimit]) -> list[tuple[str, RateLimitItem]]:
-        items = [current.limit for current in applied]
-        if all(item in self.default for item in items):
-            return _named("default", items)
-        return _named(request.endpoint or "route", items)
+        endpoint, items = request.endpoint, tuple(current.limit for current in applied)
+        policies = self.named.get((endpoint, items))
+        if policies is None:
+            base = "default" if all(item in self.default for item in items) else endpoint or "route"
+            policies = self.named[(endpoint, items)] = _named(base, items)
+        return policies
 
     def add(self, response: Response) -> Response:
         current = self.limiter.current_limit
-        if current is None or "RateLimit" in response.headers:
+        # Only the failure budget's 429 carries its own fields already.
+        if current is None or (response.status_code == 429 and "RateLimit" in response.headers):
             return response
         policies = self._policies(self.limiter.current_limits)
         try:
