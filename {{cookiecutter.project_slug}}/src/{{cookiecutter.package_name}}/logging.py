@@ -49,10 +49,17 @@ BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{24,}={0,2}")
 # or a run as long as a key piece: a short string without any, such as a method or a status,
 # skips the regex.
 MASK_TRIGGERS = re.compile(r"[_%:=,?&; ]")
-# Values that cannot hold text: the filter leaves them as they are without a look.
-PLAIN_SCALARS = frozenset({bool, int, float})
 # Control characters, and the Unicode line breaks that some viewers honour.
 CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+class Minted(str):
+    """Text the service made itself from nothing a client sent (its request ids). The filter
+    passes it as it is; any other text, a plain ``str`` included, is masked."""
+
+
+# Values that cannot hold a client's text: the filter leaves them as they are without a look.
+PASSED_AS_IS = frozenset({type(None), bool, int, float, Minted})
 
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
@@ -147,7 +154,7 @@ class MaskSecrets(logging.Filter):
         attributes = vars(record)
         for name in attributes.keys() - STANDARD_ATTRIBUTES:  # the extras, found in one set operation
             value = attributes[name]
-            if value is not None and type(value) not in PLAIN_SCALARS:
+            if type(value) not in PASSED_AS_IS:
                 attributes[name] = self._mask_value(value)
 
     def filter(self, record: logging.LogRecord) -> bool:
