@@ -49,6 +49,11 @@ BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{24,}={0,2}")
 # or a run as long as a key piece: a short string without any, such as a method or a status,
 # skips the regex.
 MASK_TRIGGERS = re.compile(r"[_%:=,?&; ]")
+# Most strings repeat (messages, routes, addresses): each is scanned once, then found in a set.
+# Only text that needed no masking is remembered, so no secret is kept; the set is emptied
+# when full, so a client sending ever new paths costs memory up to this bound only.
+CLEAN_REMEMBERED = 4096
+CLEAN_LONGEST = 200
 # Control characters, and the Unicode line breaks that some viewers honour.
 CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 
@@ -100,6 +105,7 @@ class MaskSecrets(logging.Filter):
         super().__init__()
         self.pattern = masking_pattern(key_prefix)
         self.encoded_prefix = f"{key_prefix}_".encode()
+        self.clean: set[str] = set()
 
     @staticmethod
     def _replace(match: re.Match[str]) -> str:
@@ -114,9 +120,14 @@ class MaskSecrets(logging.Filter):
         return MASK if self.encoded_prefix in decoded else run
 
     def mask(self, text: str) -> str:
-        if len(text) < MIN_KEY_PIECE and MASK_TRIGGERS.search(text) is None:
+        if (len(text) < MIN_KEY_PIECE and MASK_TRIGGERS.search(text) is None) or text in self.clean:
             return text
-        return self.pattern.sub(self._replace, BASE64_RUN.sub(self._encoded_key, text))
+        masked = self.pattern.sub(self._replace, BASE64_RUN.sub(self._encoded_key, text))
+        if masked == text and len(text) <= CLEAN_LONGEST:
+            if len(self.clean) >= CLEAN_REMEMBERED:
+                self.clean.clear()
+            self.clean.add(text)
+        return masked
 
     def _mask_value(self, value: Any) -> Any:
         if isinstance(value, str):
