@@ -20,6 +20,7 @@ from flask import Flask, Response, current_app, request
 from flask_limiter import Limiter, RequestLimit
 from limits import RateLimitItem
 from limits.errors import StorageError
+from limits.strategies import FixedWindowRateLimiter
 
 from .auth import caller
 from .errors import problem
@@ -38,6 +39,9 @@ REDIS_OPTIONS: dict[str, str | int] = {
     "health_check_interval": 5,
     "wrap_exceptions": True,
 }
+
+# Window ends remembered per storage key (one per client and limit); emptied when full.
+WINDOWS_REMEMBERED = 10_000
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +175,7 @@ class QuotaFields:
         self.default = sorted(rate_limits(default))
         # Per endpoint and limits applied: as many entries as routes with their own limits.
         self.named: dict[tuple[str | None, tuple[RateLimitItem, ...]], list[tuple[str, RateLimitItem]]] = {}
+        self.window_ends: dict[str, tuple[object, int]] = {}
 
     def _policies(self, applied: list[RequestLimit]) -> list[tuple[str, RateLimitItem]]:
         endpoint, items = request.endpoint, tuple(current.limit for current in applied)
@@ -180,6 +185,26 @@ class QuotaFields:
             policies = self.named[(endpoint, items)] = _named(base, items)
         return policies
 
+    def _window(self, current: RequestLimit) -> tuple[int, int]:
+        """Remaining quota and reset time of the limit in force.
+
+        A fixed window ends when its counter expires, and that time does not move until it has
+        passed: it is read from the storage once per window, and the count on every request (one
+        Redis round trip instead of two). Other strategies read both in one call already.
+        """
+        strategy = self.limiter.limiter  # the fallback's, while Redis is away
+        if not isinstance(strategy, FixedWindowRateLimiter):
+            return current.remaining, current.reset_at
+        storage = strategy.storage
+        remaining = max(0, current.limit.amount - storage.get(current.key))
+        known = self.window_ends.get(current.key)
+        if known is None or known[0] is not storage or known[1] <= time.time():
+            if len(self.window_ends) >= WINDOWS_REMEMBERED:
+                self.window_ends.clear()
+            # As Flask-Limiter's RequestLimit.reset_at rounds it.
+            known = self.window_ends[current.key] = (storage, int(storage.get_expiry(current.key) + 1))
+        return remaining, known[1]
+
     def add(self, response: Response) -> Response:
         current = self.limiter.current_limit
         # Only the failure budget's 429 carries its own fields already.
@@ -187,9 +212,8 @@ class QuotaFields:
             return response
         policies = self._policies(self.limiter.current_limits)
         try:
-            _fields(
-                response, policies, _name_of(policies, current.limit), current.remaining, current.reset_at
-            )
+            remaining, reset_at = self._window(current)
+            _fields(response, policies, _name_of(policies, current.limit), remaining, reset_at)
         except StorageError:
             logger.warning("Rate limit storage unreachable: quota fields left out")
         return response
