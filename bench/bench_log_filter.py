@@ -3,8 +3,9 @@
     python bench/bench_log_filter.py [--project BAKED_PROJECT]
 
 Prints CPU microseconds per record (best of several runs) for the records a bake really
-writes: its request line (taken from a real request through the bake's app), the same with a
-key in its path, a record with a traceback, and gunicorn's access line with its dict of atoms.
+writes: its request line (taken from a real request through the bake's app) for a path the
+filter has not seen and for one it has, the same with a key in its path, a record with a
+traceback, and gunicorn's access line with its dict of atoms.
 Then the cost of one authenticated request through the whole application in-process (Flask's
 test client), for scale.
 """
@@ -12,6 +13,7 @@ test client), for scale.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import sys
 import tempfile
@@ -58,6 +60,12 @@ def request_record(app: Any, logger: logging.Logger, secret: str, path: str) -> 
         logger.propagate = True
     (record,) = keep.records
     return record
+
+
+def new_path(attributes: dict[str, Any], path: str) -> logging.LogRecord:
+    """The same request line for another path."""
+    method, _path, status = attributes["args"]
+    return logging.makeLogRecord({**attributes, "args": (method, path, status), "path": path})
 
 
 def traceback_record() -> logging.LogRecord:
@@ -120,8 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         masker = logs.MaskSecrets(keys.KEY_PREFIX)
         # The filter adds the request's id to every record, and masks it like the rest.
         logs.request_id.set(uuid.uuid4().hex)
+        paths = (f"/v1/items/{number:08d}-item" for number in itertools.count())
         cases = {
-            "request line": lambda: logging.makeLogRecord(line),
+            # The filter remembers text it found clean: a path it has not seen is the worst case.
+            "request line, a path never seen before": lambda: new_path(line, next(paths)),
+            "request line, a path seen before": lambda: logging.makeLogRecord(line),
             "request line, a key in the path": lambda: logging.makeLogRecord(leaky),
             "exception with traceback": traceback_record,
             "gunicorn access line (dict args, a key)": lambda: access_record(minted.secret),
