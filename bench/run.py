@@ -1,13 +1,15 @@
 """Requests per second of a baked service against (a) bare Flask and (b) the seed-style stack.
 
-    python bench/run.py [--seconds 5] [--rounds 3] [--connections 8] [--markdown]
+    python bench/run.py [--seconds 5] [--rounds 3] [--connections 8] [--markdown] [--project DIR]
 
-Bakes the template with its defaults into a temporary directory, starts a redis-server on a
-free port and five gunicorn servers on 127.0.0.1 (bare; seed and service, each with memory://
-and redis:// storage), all with the same gunicorn settings over plain HTTP, then measures
-``GET /v1/whoami`` and ``GET /v1/items`` with wrk (keep-alive, a valid key in X-API-Key),
-alternating the configurations in rounds. Prints the median req/s and the median of the
-per-round ratios to (a). Needs wrk and redis-server on PATH. Stops by itself.
+Bakes the template with its defaults into a temporary directory (or takes --project), starts a
+redis-server on a free port and five gunicorn servers on 127.0.0.1 (bare; seed and service,
+each with memory:// and redis:// storage), all with the same worker settings (gunicorn's
+gevent worker, the service's default) over plain HTTP, then measures ``GET /v1/whoami`` and
+``GET /v1/items`` with wrk (keep-alive, a valid key in X-API-Key), alternating the
+configurations in rounds. Prints the median req/s, the medians of the per-round ratios to (a)
+and (b), the worker CPU time per request, and the floor on /v1/whoami. Needs wrk and
+redis-server on PATH. Stops by itself.
 """
 
 from __future__ import annotations
