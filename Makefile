@@ -5,7 +5,7 @@ BIN := $(abspath $(VENV))/bin
 DEMO := build/demo/acme-widgets-api
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lock lock-upgrade system-deps clean
+.PHONY: help demo test bench-bake bench bench-server lock lock-upgrade system-deps clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,22 @@ system-deps: ## install redis-server and testssl.sh with apt-get when missing
 
 test: $(VENV)/.installed system-deps ## run the template's whole test suite
 	$(BIN)/python -m pytest
+
+# The evidence that the template is right, measured on a fresh bake of it (bench/README.md).
+BENCH_BAKE := build/bench/acme-widgets-api
+
+bench-bake: $(VENV)/.installed
+	rm -rf build/bench
+	$(BIN)/cookiecutter . --no-input --output-dir build/bench >/dev/null
+
+bench: bench-bake ## in-process: key lookup (1 vs 5,000 keys), log masking, the stack vs bare Flask
+	$(BIN)/python bench/bench_keys.py --project $(BENCH_BAKE)
+	$(BIN)/python bench/bench_log_filter.py --project $(BENCH_BAKE)
+	$(BIN)/python bench/inprocess.py --project $(BENCH_BAKE)
+
+bench-server: bench-bake ## under gunicorn and wrk (needs wrk, redis-server; minutes), the memory probe
+	$(BIN)/python bench/run.py --project $(BENCH_BAKE)
+	$(BIN)/python bench/guess_memory.py --project $(BENCH_BAKE)
 
 lock: $(VENV)/.installed ## re-lock each lock set in templates/locks from the pyproject.toml it bakes
 	$(BIN)/python scripts/lock.py

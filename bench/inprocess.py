@@ -1,18 +1,22 @@
 """Microseconds per request in one process, without a server: where the service's time goes.
 
-    python bench/inprocess.py [--requests 20000] [--path /v1/whoami] [--hooks service]
-                              [--profile service] [--project BAKED_PROJECT]
+    python bench/inprocess.py [--requests 20000] [--rounds 3] [--path /v1/whoami ...]
+                              [--hooks service] [--profile service] [--project BAKED_PROJECT]
 
-Bakes the template, builds the three apps of run.py with memory:// storage, and calls each
-as a WSGI application in a loop (no sockets, no gunicorn, no test client). ``--profile NAME``
-adds a cProfile listing of that app's loop, sorted by cumulative time; ``--hooks NAME`` times
-each of that app's request hooks and views.
+Bakes the template (or takes ``--project``), builds the three apps of run.py with memory://
+storage, and calls each as a WSGI application in a loop (no sockets, no gunicorn, no test
+client), in alternating rounds, under gevent's monkey-patching as gunicorn's gevent worker
+runs them. Times are CPU time of this process, so other work on a shared machine does not
+count. Prints the best round of each app and its throughput as a share of bare Flask's.
+``--hooks NAME`` times each of that app's request hooks and views; ``--profile NAME`` adds a
+cProfile listing of that app's loop, sorted by cumulative time.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import importlib
 import io
 import os
@@ -24,9 +28,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import run  # the bench directory is not a package
+import baked  # the bench directory is not a package: run as a script, it is on sys.path
+import run
+from gevent import monkey
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -46,20 +50,21 @@ def environ(path: str, key: str) -> dict[str, Any]:
         "wsgi.url_scheme": "http",
         "wsgi.input": io.BytesIO(),
         "wsgi.errors": sys.stderr,
-        "wsgi.multithread": True,
+        "wsgi.multithread": False,
         "wsgi.multiprocess": False,
         "wsgi.run_once": False,
     }
 
 
 def loop(app: WsgiApp, path: str, key: str, count: int) -> float:
-    """Seconds per request, status checked on each."""
+    """CPU seconds of this process per request (other processes on a shared machine do not
+    count), status checked on each."""
     statuses: list[str] = []
 
     def start_response(status: str, _headers: list[tuple[str, str]], _exc: object = None) -> None:
         statuses.append(status)
 
-    begin = time.perf_counter()
+    begin = time.process_time()
     for _ in range(count):
         body = app(environ(path, key), start_response)
         for _chunk in body:
@@ -67,7 +72,7 @@ def loop(app: WsgiApp, path: str, key: str, count: int) -> float:
         close = getattr(body, "close", None)
         if close is not None:
             close()
-    elapsed = time.perf_counter() - begin
+    elapsed = time.process_time() - begin
     if set(statuses) != {"200 OK"}:
         raise run.BenchError(f"unexpected statuses {sorted(set(statuses))}")
     return elapsed / count
@@ -78,14 +83,16 @@ def hook_times(app: Any, path: str, key: str, count: int) -> tuple[float, dict[s
     spent: dict[str, float] = {}
 
     def timed(label: str, function: Callable[..., Any]) -> Callable[..., Any]:
-        def run(*args: Any, **kwargs: Any) -> Any:
-            begin = time.perf_counter()
+        # wraps keeps the view's name: Flask-Limiter finds a view's limits by its name.
+        @functools.wraps(function)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            begin = time.process_time()
             try:
                 return function(*args, **kwargs)
             finally:
-                spent[label] = spent.get(label, 0.0) + time.perf_counter() - begin
+                spent[label] = spent.get(label, 0.0) + time.process_time() - begin
 
-        return run
+        return call
 
     for kind, hooks in (
         ("before", app.before_request_funcs),
@@ -107,13 +114,17 @@ def name_of(function: Callable[..., Any]) -> str:
     return str(getattr(inner, "__qualname__", repr(inner)))
 
 
-def build_apps(work: Path, project: Path | None) -> tuple[dict[str, WsgiApp], str]:
-    project = project.resolve() if project else run.bake(work / "bake")
-    package = run.package_of(project)
+def build_apps(project: Path, work: Path) -> tuple[dict[str, WsgiApp], str]:
+    """The three apps, built as gunicorn builds them: the master configures logging (the
+    service's gunicorn.conf.py does, so its handlers and their locks exist before the fork),
+    then each gevent worker patches the standard library and loads its app."""
     db = work / "items.sqlite3"
-    key, entries, raw = run.prepare(project, package, db)
+    key, entries, raw = run.prepare(project, db)
+    keys = baked.module(project, "keys")
+    baked.module(project, "logging").configure(key_prefix=keys.KEY_PREFIX, json_lines=True, level="INFO")
+    monkey.patch_all()
     os.environ.update(
-        BENCH_PACKAGE=package,
+        BENCH_PACKAGE=baked.package_of(project),
         BENCH_TENANT=run.TENANT,
         ITEMS_DB=str(db),
         SEED_API_KEYS=",".join(raw),
@@ -121,46 +132,46 @@ def build_apps(work: Path, project: Path | None) -> tuple[dict[str, WsgiApp], st
     )
     bare = importlib.import_module("bare_app").app
     seed = importlib.import_module("seed_app").app
-    app_module = importlib.import_module(f"{package}.app")
-    settings = importlib.import_module(f"{package}.settings")
+    settings = baked.module(project, "settings")
     env = {"APP_ENV": "test", "API_KEYS": entries, "ITEMS_DB": str(db), "RATELIMIT_DEFAULT": run.NO_LIMIT}
-    service = app_module.create_app(settings.settings_from(env))
+    service = baked.module(project, "app").create_app(settings.settings_from(env))
     return {"bare": bare, "seed": seed, "service": service}, key
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--requests", type=int, default=20000)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
+    parser.add_argument("--requests", type=int, default=20000, help="requests per app, path and round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--path", default="/v1/whoami")
-    parser.add_argument("--profile", choices=["bare", "seed", "service"])
-    parser.add_argument("--hooks", choices=["seed", "service"], help="time each request hook of this app")
-    parser.add_argument("--project", type=Path, help="measure this baked project instead of a fresh bake")
+    parser.add_argument("--path", action="append", help=f"repeatable (default: {' '.join(run.PATHS)})")
+    parser.add_argument("--profile", choices=["bare", "seed", "service"], help="profile it (first path)")
+    parser.add_argument("--hooks", choices=["seed", "service"], help="time its hooks (first path)")
+    baked.add_project_option(parser)
     args = parser.parse_args(argv)
+    paths = args.path or list(run.PATHS)
     real_stderr = sys.stderr
     with tempfile.TemporaryDirectory(prefix="bench-") as work, open(os.devnull, "w") as sink:
         sys.stderr = sink  # the apps' log lines: formatted and written, but not shown.
         try:
-            apps, key = build_apps(Path(work), args.project)
-            timings: dict[str, list[float]] = {name: [] for name in apps}
+            apps, key = build_apps(baked.project_or_bake(args.project, Path(work)), Path(work))
+            timings: dict[tuple[str, str], list[float]] = {}
             for _ in range(args.rounds):
-                for name, app in apps.items():
-                    timings[name].append(loop(app, args.path, key, args.requests))
+                for path in paths:
+                    for name, app in apps.items():
+                        timings.setdefault((name, path), []).append(loop(app, path, key, args.requests))
             if args.profile:
                 profiler = cProfile.Profile()
-                profiler.runcall(loop, apps[args.profile], args.path, key, args.requests)
+                profiler.runcall(loop, apps[args.profile], paths[0], key, args.requests)
             if args.hooks:
-                total, hooks = hook_times(apps[args.hooks], args.path, key, args.requests)
+                total, hooks = hook_times(apps[args.hooks], paths[0], key, args.requests)
         finally:
             sys.stderr = real_stderr
-    bare = min(timings["bare"])
-    for name, values in timings.items():
-        best = min(values)
-        print(f"{name:8} {args.path:11} {best * 1e6:7.1f} us/request  ({bare / best:.2f} of bare)")
+    for (name, path), values in timings.items():
+        best, bare = min(values), min(timings[("bare", path)])
+        print(f"{name:8} {path:11} {best * 1e6:7.1f} us/request  ({bare / best:.2f} of bare)")
     if args.profile:
         pstats.Stats(profiler, stream=sys.stdout).sort_stats("cumulative").print_stats(45)
     if args.hooks:
-        print(f"\n{args.hooks} {args.path}: {total * 1e6:.1f} us/request with timers; per hook:")
+        print(f"\n{args.hooks} {paths[0]}: {total * 1e6:.1f} us/request with timers; per hook:")
         for label, seconds in sorted(hooks.items(), key=lambda item: -item[1]):
             print(f"  {seconds * 1e6:7.1f} us  {label}")
         print(f"  {(total - sum(hooks.values())) * 1e6:7.1f} us  Flask, Werkzeug and middleware around them")

@@ -207,10 +207,15 @@ def test_postgresql_bake_needs_psycopg_and_sqlite_bake_does_not(bake: Bake) -> N
         assert bool(drivers) == (database == "postgresql"), drivers
 
 
+def bench(name: str, project: Path, *args: str) -> tuple[str, ...]:
+    """A script of the template's bench/, measuring ``project``."""
+    return python(str(TEMPLATE / "bench" / name), "--project", str(project), *args)
+
+
 def test_key_verification_does_not_grow_with_the_number_of_keys(default_bake: Path) -> None:
-    """Runs the generated benchmark. Its figures are printed, not timed; only a gross failure
-    (a linear scan would make 5,000 keys thousands of times slower) fails this test."""
-    output = run_in(default_bake, *python("scripts/bench_keys.py"))
+    """Runs bench/bench_keys.py on a bake. Its figures are printed, not timed; only a gross
+    failure (a linear scan would make 5,000 keys thousands of times slower) fails this test."""
+    output = run_in(default_bake, *bench("bench_keys.py", default_bake))
     print(output)
     ratios = dict(re.findall(r"^(5,000 keys / 1 key, \w+):\s+([\d.]+)$", output, flags=re.MULTILINE))
     assert len(ratios) == 2
@@ -218,8 +223,9 @@ def test_key_verification_does_not_grow_with_the_number_of_keys(default_bake: Pa
 
 
 def test_log_masking_costs_a_small_part_of_a_request(default_bake: Path) -> None:
-    """Runs the generated benchmark; figures are printed, and only a gross regression fails."""
-    output = run_in(default_bake, *python("scripts/bench_log_filter.py"))
+    """Runs bench/bench_log_filter.py on a bake; figures are printed, and only a gross regression
+    fails."""
+    output = run_in(default_bake, *bench("bench_log_filter.py", default_bake))
     print(output)
     share = re.search(r"request line masking / request: ([\d.]+)%", output)
     assert share is not None, output
@@ -227,10 +233,11 @@ def test_log_masking_costs_a_small_part_of_a_request(default_bake: Path) -> None
 
 
 def test_stack_benchmark_runs_against_bare_flask(default_bake: Path) -> None:
-    """The generated project's smaller benchmark: printed figures; fails only if it breaks."""
-    output = run_in(default_bake, *python("scripts/bench_stack.py", "--requests", "1000", "--rounds", "2"))
+    """Runs bench/inprocess.py on a bake (the service, the seed-style stack and bare Flask in one
+    process): printed figures; fails only if it breaks or the service becomes grossly slower."""
+    output = run_in(default_bake, *bench("inprocess.py", default_bake, "--requests", "1000", "--rounds", "2"))
     print(output)
-    ratios = re.findall(r"service / bare throughput ([\d.]+)", output)
+    ratios = re.findall(r"^service .* \(([\d.]+) of bare\)$", output, flags=re.MULTILINE)
     assert len(ratios) == 2
     assert all(float(ratio) > 0.1 for ratio in ratios), output
 

@@ -1,7 +1,8 @@
 """The baked service under load, faults, key guessing and fuzzing, with real processes.
 
-Each test runs a script or tool that a team can run against its own service, keeps its output
-in ``reports/`` for CI, and fails when the script's own rules fail.
+Each test runs a script or tool against a bake (the bake's own scripts, which a team runs
+against its own service, or the template's bench/), keeps its output in ``reports/`` for CI,
+and fails when the script's own rules fail.
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ def test_load_and_fault_script_holds_every_rule(default_bake: Path) -> None:
 
 @pytest.mark.xdist_group("load")
 def test_100k_wrong_keys_do_not_grow_worker_memory(default_bake: Path) -> None:
-    output = run_in(default_bake, *python("scripts/guess_memory.py", "--requests", "100000"), timeout=600)
+    script = str(TEMPLATE / "bench" / "guess_memory.py")
+    output = run_in(
+        default_bake, *python(script, "--project", str(default_bake), "--requests", "100000"), timeout=600
+    )
     keep("guess_memory.txt", output)
     assert "[PASS] growth after the warm-up" in output

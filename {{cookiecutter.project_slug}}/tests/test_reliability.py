@@ -223,7 +223,7 @@ def test_distinct_wrong_keys_leave_memory_and_limit_storage_bounded(
     for _ in range(2_000):
         guess()
     before_rss, before_entries = resident_kib(), len(limiter.storage.storage)
-    # 20,000 guesses here; scripts/guess_memory.py sends 100,000 to a real gunicorn worker.
+    # 20,000 guesses here; the template's bench/guess_memory.py sends 100,000 to a real worker.
     for _ in range(20_000):
         guess()
     grown_kib = resident_kib() - before_rss

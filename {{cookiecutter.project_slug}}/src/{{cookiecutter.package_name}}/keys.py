@@ -26,7 +26,7 @@ Why verification leaks nothing through timing, whatever the number of keys:
   resistant). This is why there is no ``compare_digest`` loop over keys: such a loop is
   constant-time per comparison but linear in the number of keys, and it leaks which key
   matched by when it stopped.
-* A dictionary probe costs the same for 1 or 5,000 entries (``scripts/bench_keys.py``).
+* A dictionary probe costs the same for 1 or 5,000 entries (the template's ``bench/bench_keys.py``).
 
 A plain SHA-256 is the right digest here: keys carry 256 bits of entropy, so there is
 nothing for a slow password hash to protect (ASVS 5.0 accepts a fast hash for secrets of at
@@ -226,7 +226,9 @@ def _base62(number: int, width: int) -> str:
     return "".join(reversed(digits))
 
 
-def _checksum(text: str) -> str:
+def checksum(text: str) -> str:
+    """The characters that end a key: a base62 CRC32 of everything before them. It catches
+    typos and lets scanners tell a key from lookalikes; it proves nothing (anyone can compute it)."""
     return _base62(zlib.crc32(text.encode("ascii")), CHECKSUM_LENGTH)
 
 
@@ -247,7 +249,7 @@ def mint(
     """Create a new key and the entry that lets the service accept it."""
     body = _base62(int.from_bytes(secrets.token_bytes(RANDOM_BYTES), "big"), BODY_LENGTH)
     secret = f"{prefix}_{body}"
-    secret += _checksum(secret)
+    secret += checksum(secret)
     own_limit = parse_limit(limit) if limit is not None else None
     key = ApiKey(key_id, tenant, frozenset(scopes), digest(secret), expires, own_limit, tuple(nets))
     _validate(key)
@@ -398,7 +400,7 @@ class KeyRing:
         return (
             len(presented) == self._length
             and self._shape.fullmatch(presented) is not None
-            and _checksum(presented[:-CHECKSUM_LENGTH]) == presented[-CHECKSUM_LENGTH:]
+            and checksum(presented[:-CHECKSUM_LENGTH]) == presented[-CHECKSUM_LENGTH:]
         )
 
     def verify(self, presented: str, now: dt.datetime | None = None) -> ApiKey:

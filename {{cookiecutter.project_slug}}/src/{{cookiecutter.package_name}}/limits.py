@@ -10,6 +10,7 @@ instead of RATELIMIT_DEFAULT, and its answers name that policy "key".
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import time
@@ -20,6 +21,7 @@ from flask import Flask, Response, current_app, request
 from flask_limiter import Limiter, RequestLimit
 from limits import RateLimitItem
 from limits.errors import StorageError
+from limits.strategies import FixedWindowRateLimiter
 
 from .auth import caller
 from .errors import problem
@@ -38,6 +40,9 @@ REDIS_OPTIONS: dict[str, str | int] = {
     "health_check_interval": 5,
     "wrap_exceptions": True,
 }
+
+# Window ends remembered per storage key (one per client and limit); emptied when full.
+WINDOWS_REMEMBERED = 10_000
 
 logger = logging.getLogger(__name__)
 
@@ -103,12 +108,16 @@ def _fields(
 ) -> None:
     """The IETF fields, and Retry-After when the answer is 429."""
     seconds = max(1, int(reset_at - time.time()))
-    response.headers["RateLimit-Policy"] = ", ".join(
-        f'"{name}";q={item.amount};w={item.get_expiry()}' for name, item in policies
-    )
+    response.headers["RateLimit-Policy"] = _policy_field(tuple(policies))
     response.headers["RateLimit"] = f'"{current}";r={max(0, remaining)};t={seconds}'
     if response.status_code == 429:
         response.headers["Retry-After"] = str(seconds)
+
+
+@functools.lru_cache(maxsize=256)
+def _policy_field(policies: tuple[tuple[str, RateLimitItem], ...]) -> str:
+    # The same few policies on every answer: rendered once each.
+    return ", ".join(f'"{name}";q={item.amount};w={item.get_expiry()}' for name, item in policies)
 
 
 class FailureBudget:
@@ -178,26 +187,54 @@ class QuotaFields:
         self.limiter = limiter
         self.default = sorted(rate_limits(default))
         self.own = {key_id: sorted(rate_limits(text)) for key_id, text in own.items()}
+        # Per policy name and limits applied: a few entries (default, own limits, routes).
+        self.named: dict[tuple[str, tuple[RateLimitItem, ...]], list[tuple[str, RateLimitItem]]] = {}
+        self.window_ends: dict[str, tuple[object, int]] = {}
 
     def _policies(self, applied: list[RequestLimit]) -> list[tuple[str, RateLimitItem]]:
-        items = [current.limit for current in applied]
+        items = tuple(current.limit for current in applied)
         identified = caller()
         own = self.own.get(identified.key_id) if identified is not None else None
         if own is not None and all(item in own for item in items):
-            return _named("key", items)
-        if all(item in self.default for item in items):
-            return _named("default", items)
-        return _named(request.endpoint or "route", items)
+            base = "key"
+        elif all(item in self.default for item in items):
+            base = "default"
+        else:
+            base = request.endpoint or "route"
+        policies = self.named.get((base, items))
+        if policies is None:
+            policies = self.named[(base, items)] = _named(base, items)
+        return policies
+
+    def _window(self, current: RequestLimit) -> tuple[int, int]:
+        """Remaining quota and reset time of the limit in force.
+
+        A fixed window ends when its counter expires, and that time does not move until it has
+        passed: it is read from the storage once per window, and the count on every request (one
+        Redis round trip instead of two). Other strategies read both in one call already.
+        """
+        strategy = self.limiter.limiter  # the fallback's, while Redis is away
+        if not isinstance(strategy, FixedWindowRateLimiter):
+            return current.remaining, current.reset_at
+        storage = strategy.storage
+        remaining = max(0, current.limit.amount - storage.get(current.key))
+        known = self.window_ends.get(current.key)
+        if known is None or known[0] is not storage or known[1] <= time.time():
+            if len(self.window_ends) >= WINDOWS_REMEMBERED:
+                self.window_ends.clear()
+            # As Flask-Limiter's RequestLimit.reset_at rounds it.
+            known = self.window_ends[current.key] = (storage, int(storage.get_expiry(current.key) + 1))
+        return remaining, known[1]
 
     def add(self, response: Response) -> Response:
         current = self.limiter.current_limit
-        if current is None or "RateLimit" in response.headers:
+        # Only the failure budget's 429 carries its own fields already.
+        if current is None or (response.status_code == 429 and "RateLimit" in response.headers):
             return response
         policies = self._policies(self.limiter.current_limits)
         try:
-            _fields(
-                response, policies, _name_of(policies, current.limit), current.remaining, current.reset_at
-            )
+            remaining, reset_at = self._window(current)
+            _fields(response, policies, _name_of(policies, current.limit), remaining, reset_at)
         except StorageError:
             logger.warning("Rate limit storage unreachable: quota fields left out")
         return response

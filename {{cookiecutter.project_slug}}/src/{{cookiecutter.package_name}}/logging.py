@@ -49,8 +49,22 @@ BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{24,}={0,2}")
 # or a run as long as a key piece: a short string without any, such as a method or a status,
 # skips the regex.
 MASK_TRIGGERS = re.compile(r"[_%:=,?&; ]")
+# Most strings repeat (messages, routes, addresses): each is scanned once, then found in a set.
+# Only text that needed no masking is remembered, so no secret is kept; the set is emptied
+# when full, so a client sending ever new paths costs memory up to this bound only.
+CLEAN_REMEMBERED = 4096
+CLEAN_LONGEST = 200
 # Control characters, and the Unicode line breaks that some viewers honour.
 CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+class Minted(str):
+    """Text the service made itself from nothing a client sent (its request ids). The filter
+    passes it as it is; any other text, a plain ``str`` included, is masked."""
+
+
+# Values that cannot hold a client's text: the filter leaves them as they are without a look.
+PASSED_AS_IS = frozenset({type(None), bool, int, float, Minted})
 
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
@@ -91,6 +105,7 @@ class MaskSecrets(logging.Filter):
         super().__init__()
         self.pattern = masking_pattern(key_prefix)
         self.encoded_prefix = f"{key_prefix}_".encode()
+        self.clean: set[str] = set()
 
     @staticmethod
     def _replace(match: re.Match[str]) -> str:
@@ -105,9 +120,14 @@ class MaskSecrets(logging.Filter):
         return MASK if self.encoded_prefix in decoded else run
 
     def mask(self, text: str) -> str:
-        if len(text) < MIN_KEY_PIECE and MASK_TRIGGERS.search(text) is None:
+        if (len(text) < MIN_KEY_PIECE and MASK_TRIGGERS.search(text) is None) or text in self.clean:
             return text
-        return self.pattern.sub(self._replace, BASE64_RUN.sub(self._encoded_key, text))
+        masked = self.pattern.sub(self._replace, BASE64_RUN.sub(self._encoded_key, text))
+        if masked == text and len(text) <= CLEAN_LONGEST:
+            if len(self.clean) >= CLEAN_REMEMBERED:
+                self.clean.clear()
+            self.clean.add(text)
+        return masked
 
     def _mask_value(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -144,7 +164,9 @@ class MaskSecrets(logging.Filter):
             record.stack_info = self.mask(record.stack_info)
         attributes = vars(record)
         for name in attributes.keys() - STANDARD_ATTRIBUTES:  # the extras, found in one set operation
-            attributes[name] = self._mask_value(attributes[name])
+            value = attributes[name]
+            if type(value) not in PASSED_AS_IS:
+                attributes[name] = self._mask_value(value)
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
@@ -156,6 +178,10 @@ class MaskSecrets(logging.Filter):
                 if name not in STANDARD_ATTRIBUTES:
                     setattr(record, name, MASK)
         return True
+
+
+# Built once: json.dumps(..., default=str) would build an encoder for every line.
+ENCODER = json.JSONEncoder(default=str)
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
@@ -179,7 +205,7 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = record.exc_text
         if record.stack_info:
             entry["stack"] = record.stack_info
-        return json.dumps(entry, default=str)
+        return ENCODER.encode(entry)
 
 
 class TextFormatter(logging.Formatter):

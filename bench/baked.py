@@ -1,0 +1,58 @@
+"""A baked project for the benchmarks: a fresh bake of this template with its defaults, or one
+given with ``--project``. The scripts here import its package from its ``src/``, so they measure
+the code a bake really holds and carry no template syntax themselves."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+TEMPLATE = Path(__file__).resolve().parents[1]
+
+
+class BakeError(RuntimeError):
+    """The template did not bake."""
+
+
+def bake(directory: Path) -> Path:
+    """Bake the template with its defaults into ``directory``; return the project."""
+    result = subprocess.run(
+        [sys.executable, "-m", "cookiecutter", str(TEMPLATE), "--no-input", "--output-dir", str(directory)],
+        capture_output=True,  # the post-gen hook prints a development key: keep it off the screen.
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise BakeError(f"bake failed:\n{result.stderr}")
+    (project,) = (p for p in directory.iterdir() if p.is_dir())
+    return project
+
+
+def add_project_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--project", type=Path, help="measure this baked project instead of a fresh bake of the template"
+    )
+
+
+def project_or_bake(project: Path | None, work: Path) -> Path:
+    """The project given, or a fresh bake in ``work``."""
+    return project.resolve() if project is not None else bake(work / "bake")
+
+
+def package_of(project: Path) -> str:
+    """The bake's package name (it depends on the project name it was baked with)."""
+    return next(p.parent.name for p in (project / "src").glob("*/keys.py"))
+
+
+def module(project: Path, name: str) -> ModuleType:
+    """``<package>.<name>`` of the bake, imported from its src/ (``name=""``: the package)."""
+    source = str(project / "src")
+    if source not in sys.path:
+        sys.path.insert(0, source)
+    package = package_of(project)
+    return importlib.import_module(f"{package}.{name}" if name else package)
