@@ -27,7 +27,7 @@ WORKFLOW = ".github/workflows/ci.yml"
 DOCUMENT = "src/acme_widgets_api/openapi.json"
 MAKE_VERBS = ("install", "lock", "test", "lint", "run", "cert", "key", "audit", "sbom")
 # Files a build may copy into the image; everything else stays out of every layer.
-IMAGE_INPUTS = {"requirements.txt", "src", "gunicorn.conf.py"}
+IMAGE_INPUTS = {"requirements.txt", "src", "gunicorn.conf.py", "alembic.ini"}
 
 
 def tool(name: str) -> str:
@@ -152,12 +152,17 @@ def test_openapi_validator_refuses_a_response_without_description(default_bake: 
 
 
 def test_package_data_lists_every_file_that_is_not_python(default_bake: Path) -> None:
-    """Without this, a wheel or `pip install .` of the service would leave the document out."""
+    """Without this, a wheel or `pip install .` of the service would leave the document and
+    the migrations (which live outside any Python package) out."""
     package = default_bake / "src" / "acme_widgets_api"
-    data = {p.name for p in package.iterdir() if p.is_file() and p.suffix not in (".py", ".pyc")}
     declared = tomllib.loads((default_bake / "pyproject.toml").read_text())["tool"]["setuptools"]
-    assert data == {"py.typed", "openapi.json"}
-    assert set(declared["package-data"]["acme_widgets_api"]) == data
+    patterns = declared["package-data"]["acme_widgets_api"]
+    shipped = {p for pattern in patterns for p in package.glob(pattern)}
+    data = {p for p in package.iterdir() if p.is_file() and p.suffix not in (".py", ".pyc")}
+    migrations = {p for p in (package / "migrations").rglob("*") if p.is_file() and p.suffix != ".pyc"}
+    assert {p.name for p in data} == {"py.typed", "openapi.json"}
+    assert migrations, "the migrations directory is empty"
+    assert data | migrations <= shipped
 
 
 # Static security lint, make, audit ------------------------------------------------------

@@ -28,7 +28,10 @@ LIMIT = 3
 def get(port: int, path: str, key: str | None = None) -> tuple[int, dict[str, str]]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        connection.request("GET", path, headers={"X-API-Key": key} if key else {})
+        # Sent as the TLS-terminating proxy sends it: production refuses a key that came in
+        # over plain HTTP.
+        headers = {"X-Forwarded-Proto": "https", **({"X-API-Key": key} if key else {})}
+        connection.request("GET", path, headers=headers)
         response = connection.getresponse()
         return response.status, dict(response.getheaders())
     finally:

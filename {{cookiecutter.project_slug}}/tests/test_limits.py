@@ -4,6 +4,7 @@ the IETF quota fields, and Retry-After only with 429."""
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from flask import Flask
@@ -65,6 +66,39 @@ def test_responses_carry_the_ietf_quota_fields(make_app, keys: KeySet) -> None:
     assert {a.headers["RateLimit-Policy"] for a in answers} == {'"default";q=5;w=60'}
     assert [quota(a)[1] for a in answers] == [4, 3, 2]
     assert all(0 < quota(a)[2] <= 60 for a in answers)
+
+
+class Clock:
+    """``time.time`` for the limiter and its in-memory storage, moved by hand."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = int(time.time()) + 0.5  # mid-second, so that rounding shows
+        monkeypatch.setattr(time, "time", lambda: self.now)
+
+
+def test_a_new_window_announces_its_own_end_not_the_last_ones(
+    make_app, keys: KeySet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock(monkeypatch)
+    client = make_app(RATELIMIT_DEFAULT="5 per 10 seconds").test_client()
+    assert quota(client.get("/v1/whoami", headers=bearer(keys.reader)))[1:] == (4, 10)
+    clock.now += 10.2  # the window ended; the next request opens another
+    assert quota(client.get("/v1/whoami", headers=bearer(keys.reader)))[1:] == (4, 10)
+
+
+def test_a_counter_the_storage_lost_announces_its_new_end(
+    make_app, keys: KeySet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As when Redis restarts without its data: the window starts again from the next hit."""
+    clock = Clock(monkeypatch)
+    app = make_app(RATELIMIT_DEFAULT="5 per 10 seconds")
+    client = app.test_client()
+    for _ in range(3):
+        client.get("/v1/whoami", headers=bearer(keys.reader))
+    clock.now += 4
+    (limiter,) = app.extensions["limiter"]
+    limiter.reset()
+    assert quota(client.get("/v1/whoami", headers=bearer(keys.reader)))[1:] == (4, 10)
 
 
 def test_retry_after_goes_only_with_429(make_app, keys: KeySet) -> None:

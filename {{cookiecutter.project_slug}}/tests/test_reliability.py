@@ -82,7 +82,10 @@ def test_sighup_rotates_keys_while_a_busy_client_sees_no_failure(
 ) -> None:
     keys_file = tmp_path / "api-keys"
     write_keys(keys_file, keys.reader, keys.other_tenant)
-    server = start_server("--workers", "2", API_KEYS=None, API_KEYS_FILE=str(keys_file))
+    # The hammer sends as fast as the server answers: no rate limit may be what refuses it.
+    server = start_server(
+        "--workers", "2", API_KEYS=None, API_KEYS_FILE=str(keys_file), RATELIMIT_DEFAULT="1000000 per hour"
+    )
     hammer = Hammer(server, client_context, keys.other_tenant)
     hammer.start()
     eventually(lambda: len(hammer.answers) >= 5)  # busy before the first reload

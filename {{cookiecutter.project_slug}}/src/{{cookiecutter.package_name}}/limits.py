@@ -43,6 +43,10 @@ REDIS_OPTIONS: dict[str, str | int] = {
 
 # Window ends remembered per storage key (one per client and limit); emptied when full.
 WINDOWS_REMEMBERED = 10_000
+# A remembered window end is read again in the window's last second: Redis reports the time to
+# live in whole seconds, so a window may already have ended (and the next begun, with its own
+# end) up to half a second before the end remembered for it.
+WINDOW_END_MARGIN = 1.0
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +193,7 @@ class QuotaFields:
         self.own = {key_id: sorted(rate_limits(text)) for key_id, text in own.items()}
         # Per policy name and limits applied: a few entries (default, own limits, routes).
         self.named: dict[tuple[str, tuple[RateLimitItem, ...]], list[tuple[str, RateLimitItem]]] = {}
-        self.window_ends: dict[str, tuple[object, int]] = {}
+        self.window_ends: dict[str, tuple[object, float, int]] = {}
 
     def _policies(self, applied: list[RequestLimit]) -> list[tuple[str, RateLimitItem]]:
         items = tuple(current.limit for current in applied)
@@ -211,20 +215,31 @@ class QuotaFields:
 
         A fixed window ends when its counter expires, and that time does not move until it has
         passed: it is read from the storage once per window, and the count on every request (one
-        Redis round trip instead of two). Other strategies read both in one call already.
+        Redis round trip instead of two). Other strategies read both in one call already. A count
+        lower than the last one seen means the counter was replaced (a new window, or a Redis
+        that lost its data): its end is read again, so the fields never announce an old window's
+        end for a new one.
         """
         strategy = self.limiter.limiter  # the fallback's, while Redis is away
         if not isinstance(strategy, FixedWindowRateLimiter):
             return current.remaining, current.reset_at
         storage = strategy.storage
-        remaining = max(0, current.limit.amount - storage.get(current.key))
+        count = storage.get(current.key)
         known = self.window_ends.get(current.key)
-        if known is None or known[0] is not storage or known[1] <= time.time():
+        if (
+            known is None
+            or known[0] is not storage
+            or count < known[2]
+            or known[1] - WINDOW_END_MARGIN <= time.time()
+        ):
             if len(self.window_ends) >= WINDOWS_REMEMBERED:
                 self.window_ends.clear()
-            # As Flask-Limiter's RequestLimit.reset_at rounds it.
-            known = self.window_ends[current.key] = (storage, int(storage.get_expiry(current.key) + 1))
-        return remaining, known[1]
+            end = storage.get_expiry(current.key)
+        else:
+            end = known[1]
+        self.window_ends[current.key] = (storage, end, count)
+        # Rounded up, as Flask-Limiter's RequestLimit.reset_at rounds it.
+        return max(0, current.limit.amount - count), int(end + 1)
 
     def add(self, response: Response) -> Response:
         current = self.limiter.current_limit
