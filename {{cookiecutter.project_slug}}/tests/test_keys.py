@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
+import operator
 import re
 import secrets
 
@@ -37,8 +39,30 @@ def test_new_key_has_prefix_256_random_bits_and_checksum() -> None:
     body = minted.secret[len(KEY_PREFIX) + 1 :]
     assert len(body) == keys.BODY_LENGTH + keys.CHECKSUM_LENGTH
     assert re.fullmatch(keys.key_pattern(KEY_PREFIX), minted.secret)
-    assert 62**keys.BODY_LENGTH >= 2**256
-    assert keys.RANDOM_BYTES * 8 >= 256
+
+
+def random_part(secret: str) -> int:
+    """The number a key's body spells in base62, most significant digit first."""
+    value = 0
+    for char in secret[len(KEY_PREFIX) + 1 : -keys.CHECKSUM_LENGTH]:
+        value = value * 62 + keys.ALPHABET.index(char)
+    return value
+
+
+def test_a_minted_keys_random_part_spreads_over_all_256_bits() -> None:
+    """Every one of the 256 bits is 1 in some minted key and 0 in another: a generator that draws
+    fewer bytes (8, zero-padded) leaves the high bits 0 in every key, and one that pins a bit
+    leaves it constant.
+
+    Cannot fail by chance: for uniform 256-bit values, one bit is constant across n keys with
+    probability 2 * 2**-n, so some bit is with probability at most 256 * 2 * 2**-n; with
+    n = 128 that is 2**-119."""
+    values = [random_part(mint(KEY_PREFIX, key_id="k", scopes=["a:b"]).secret) for _ in range(128)]
+    assert max(values) < 2**256
+    ever_set = functools.reduce(operator.or_, values)
+    always_set = functools.reduce(operator.and_, values)
+    assert ever_set == 2**256 - 1, f"{256 - ever_set.bit_count()} of 256 bits are 0 in every key"
+    assert always_set == 0, f"{always_set.bit_count()} of 256 bits are 1 in every key"
 
 
 def test_new_keys_never_repeat() -> None:
