@@ -9,6 +9,8 @@ import socket
 import pytest
 from flask import Flask
 
+from {{ cookiecutter.package_name }}.keys import KEY_PREFIX
+
 from .support import KeySet, bearer
 
 
@@ -107,14 +109,47 @@ def test_a_client_uuid_is_logged_beside_the_request_id(client, caplog: pytest.Lo
     assert (line.request_id, line.client_request_id) == (rid, incoming)
 
 
+def logged_text(line: logging.LogRecord) -> str:
+    """Everything the request line carries: its message and every field a formatter writes."""
+    return " ".join(str(value) for value in vars(line).values())
+
+
+UUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/v1/whoami", "/nowhere"], ids=["200", "401", "404"])
+@pytest.mark.parametrize("shape", ["{key}", "{uuid}{key}", "{uuid} {key}", "{key}{uuid}"])
 def test_a_key_sent_as_request_id_is_neither_echoed_nor_logged(
-    client, keys: KeySet, caplog: pytest.LogCaptureFixture
+    client, keys: KeySet, caplog: pytest.LogCaptureFixture, path: str, shape: str
 ) -> None:
+    """Alone or glued to a UUID (a client id must be a UUID and nothing more), on an answer, a
+    refusal and an error alike."""
+    secret = keys.unconfigured.secret
     with caplog.at_level(logging.INFO):
-        response = client.get("/healthz", headers={"X-Request-ID": keys.reader.secret})
-    assert keys.reader.secret not in str(response.headers) + response.get_data(as_text=True)
-    assert request_line(caplog).client_request_id is None
-    assert keys.reader.secret not in caplog.text
+        response = client.get(path, headers={"X-Request-ID": shape.format(key=secret, uuid=UUID)})
+    assert secret[len(KEY_PREFIX) + 1 :][:12] not in str(response.headers) + response.get_data(as_text=True)
+    line = request_line(caplog)
+    assert line.client_request_id is None
+    assert secret[len(KEY_PREFIX) + 1 :][:12] not in logged_text(line) + caplog.text
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["?page=2&colour=red", "?x={key}", "?api_key={key}", "?next=/v1/items%3Fpage%3D3"],
+    ids=["plain", "key-in-a-value", "key-parameter", "encoded"],
+)
+def test_the_query_string_never_reaches_the_request_log_line(
+    client, keys: KeySet, caplog: pytest.LogCaptureFixture, query: str
+) -> None:
+    """Keys travel in query strings (refused, but sent all the same): the line says the path."""
+    with caplog.at_level(logging.INFO):
+        response = client.get("/v1/items" + query.format(key=keys.reader.secret), headers=bearer(keys.reader))
+    line = request_line(caplog)
+    assert line.path == "/v1/items"
+    assert line.getMessage() == f"GET /v1/items {response.status_code}"
+    text = logged_text(line)
+    for part in ("?", "colour", "api_key", "page", keys.reader.secret[len(KEY_PREFIX) + 1 :][:12]):
+        assert part not in text
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
