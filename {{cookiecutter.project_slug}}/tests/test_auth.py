@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+
+from {{ cookiecutter.package_name }}.auth import scoped_blueprint
 
 from .support import KeySet, bearer
 
@@ -136,3 +140,39 @@ def test_views_see_the_caller_on_g(app: Flask, keys: KeySet) -> None:
         from flask import g
 
         assert (g.caller.key_id, g.caller.tenant) == ("writer", "acme")
+
+
+def test_a_key_over_plain_http_is_refused_in_production_with_the_reason(make_app, keys: KeySet) -> None:
+    """Production behind a named proxy, and a request that did not arrive over HTTPS: the key
+    crossed a network in cleartext. 403 says so, where a 401 would send the client hunting."""
+    client = make_app(APP_ENV="production", FORWARDED_ALLOW_IPS="10.255.255.1").test_client()
+    response = client.get("/v1/whoami", headers=bearer(keys.reader))
+    assert response.status_code == 403
+    assert "HTTPS" in response.get_json()["detail"]
+    assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [({}, "missing"), ({"Authorization": "Basic eDp5"}, "malformed")],
+    ids=["no-key", "other-scheme"],
+)
+def test_the_request_line_says_why_authentication_failed(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture, headers: dict[str, str], reason: str
+) -> None:
+    with caplog.at_level(logging.INFO):
+        assert client.get("/v1/whoami", headers=headers).status_code == 401
+    (line,) = [r for r in caplog.records if r.name.endswith("requestlog")]
+    assert line.auth_failure == reason
+
+
+def test_a_new_blueprint_gets_the_scope_it_declares(make_app, keys: KeySet) -> None:
+    """What a team does to add a resource: one call, and the blueprint's routes need the scope."""
+    reports = scoped_blueprint("reports", __name__, url_prefix="/v1/reports", scope="reports:read")
+    reports.add_url_rule("", "list_reports", lambda: {"reports": []})
+    app = make_app()
+    app.register_blueprint(reports)
+    client = app.test_client()
+    assert_generic_401(client.get("/v1/reports"))
+    assert client.get("/v1/reports", headers=bearer(keys.reader)).status_code == 403
+    assert client.get("/v1/reports", headers=bearer(keys.no_scopes)).get_json() == {"reports": []}

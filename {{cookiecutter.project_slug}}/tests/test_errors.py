@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import re
 import socket
+from http import HTTPStatus
 
 import pytest
 from flask import Flask
+from werkzeug.exceptions import Gone
 
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX
 
@@ -158,6 +160,26 @@ def test_no_path_is_ever_redirected(client, keys: KeySet, method: str, path: str
     response = client.open(path, method=method, headers={**bearer(keys.writer), "Host": "evil.example"})
     assert "Location" not in response.headers
     assert_problem(response, 404)
+
+
+def test_a_route_with_a_trailing_slash_is_not_redirected_to(make_app, keys: KeySet) -> None:
+    """Werkzeug would answer "/v1/things" with a redirect to "/v1/things/", built from Host."""
+    app = make_app()
+    app.add_url_rule("/v1/things/", "things", lambda: {"things": []})
+    response = app.test_client().get("/v1/things", headers={**bearer(keys.reader), "Host": "evil.example"})
+    assert "Location" not in response.headers
+    assert_problem(response, 404)
+
+
+def test_an_http_error_without_a_fixed_text_gets_its_standard_description(make_app) -> None:
+    app = make_app()
+
+    def gone() -> str:
+        raise Gone
+
+    app.add_url_rule("/v1/gone", "gone", gone)
+    body = assert_problem(app.test_client().get("/v1/gone"), 410)
+    assert body["detail"] == HTTPStatus.GONE.description
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import json
 import operator
 import re
 import secrets
+import time
 
 import pytest
 
@@ -132,6 +133,34 @@ def test_expired_key_is_refused_from_its_expiry_date() -> None:
     assert ring.verify(minted.secret, today=dt.date(2029, 12, 31)).key_id == "a"
     with pytest.raises(ExpiredKey):
         ring.verify(minted.secret, today=dt.date(2030, 1, 1))
+
+
+def test_expiry_is_judged_in_utc_whatever_the_servers_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server whose zone is on another date than UTC decides as UTC does: in the UTC morning a
+    zone 12 hours behind is still on yesterday, and must refuse a key that expires today; later,
+    a zone 14 hours ahead is on tomorrow, and must accept a key that expires tomorrow."""
+    now = dt.datetime.now(dt.UTC)
+    if now.minute == 59 and now.hour in (11, 23):
+        # The choice below holds for the next second, not across noon or midnight (UTC).
+        time.sleep(61 - now.second)
+        now = dt.datetime.now(dt.UTC)
+    behind = now.hour < 12
+    zone, expires = (
+        ("Etc/GMT+12", now.date()) if behind else ("Etc/GMT-14", now.date() + dt.timedelta(days=1))
+    )
+    minted = mint(KEY_PREFIX, key_id="a", scopes=["a:b"], expires=expires)
+    ring = ring_of(minted)
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        if behind:
+            with pytest.raises(ExpiredKey):
+                ring.verify(minted.secret)
+        else:
+            assert ring.verify(minted.secret).key_id == "a"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_raw_key_in_configuration_is_refused_by_position() -> None:

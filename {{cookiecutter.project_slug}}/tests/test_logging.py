@@ -7,6 +7,8 @@ import base64
 import io
 import json
 import logging
+import re
+import sys
 import traceback
 from collections.abc import Callable
 
@@ -287,8 +289,9 @@ def test_a_key_inside_base64_credentials_is_masked(emit: Emit, key: MintedKey, e
     assert MASK in output
 
 
-def test_a_percent_encoded_key_is_masked(emit: Emit, key: MintedKey) -> None:
-    encoded = key.secret.replace("_", "%5F", 1)
+@pytest.mark.parametrize("separator", ["%5F", "%5f"])
+def test_a_percent_encoded_key_is_masked(emit: Emit, key: MintedKey, separator: str) -> None:
+    encoded = key.secret.replace("_", separator, 1)
     output = emit("Invalid HTTP request line: %r", f"GET /v1/items/{encoded} HTTP/1.1 junk")
     assert_masked(output, key.secret)
 
@@ -405,6 +408,38 @@ def test_control_characters_from_a_client_are_escaped_in_text_lines(emit: Emit, 
     output = emit("GET %s 404", text, formatter=TextFormatter(), extra={"path": text})
     assert output.count("\n") == 1
     assert "forged" in output
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [("a\r\nb", "a\\r\\nb"), ("a\x1bb", "a\\u001bb"), ("a\u2028b", "a\\u2028b"), ("a\x7fb", "a\\u007fb")],
+    ids=["crlf", "escape", "line-separator", "delete"],
+)
+def test_a_control_character_is_shown_as_its_escape(text: str, shown: str) -> None:
+    line = TextFormatter().format(record(text))
+    assert line.endswith(f"ERROR tests.masking: {shown}")
+
+
+def test_a_text_line_is_time_level_logger_message_then_its_extras() -> None:
+    line = TextFormatter().format(record("ready"))
+    assert re.fullmatch(r"\d\d:\d\d:\d\d ERROR tests\.masking: ready", line), line
+    line = TextFormatter().format(record("ready", path="/v1/items", status=200))
+    assert re.fullmatch(r"\d\d:\d\d:\d\d ERROR tests\.masking: ready path=/v1/items status=200", line), line
+
+
+def test_a_text_line_formats_a_traceback_and_a_stack_it_is_handed_directly() -> None:
+    """Records that did not pass the filter (a handler added later) still get every line indented."""
+    try:
+        fail_with("nothing secret")
+    except ValueError:
+        failed = record(
+            "failed", exc_info=sys.exc_info(), stack_info="Stack (most recent call last):\n  here"
+        )
+    first, *rest = TextFormatter().format(failed).split("\n")
+    assert first.endswith("ERROR tests.masking: failed")
+    assert "    | Traceback (most recent call last):" in rest
+    assert "    | ValueError: cannot use nothing secret" in rest
+    assert rest[-2:] == ["    | Stack (most recent call last):", "    |   here"]
 
 
 def test_a_traceback_in_a_text_line_is_indented_under_its_record(emit: Emit, key: MintedKey) -> None:

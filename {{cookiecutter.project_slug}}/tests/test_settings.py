@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 from pathlib import Path
 
 import pytest
 
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, mint
 from {{ cookiecutter.package_name }}.serving import check_workers
-from {{ cookiecutter.package_name }}.settings import ConfigError, Settings, load_settings, settings_from
+from {{ cookiecutter.package_name }}.settings import (
+    ConfigError,
+    Invalid,
+    Settings,
+    choice,
+    load_settings,
+    read,
+    settings_from,
+    whole,
+)
 
 from .support import KeySet
 
@@ -249,3 +259,65 @@ def test_real_environment_wins_over_dot_env(
     monkeypatch.setenv("API_KEYS", keys.reader.entry)
     monkeypatch.delenv("API_KEYS_FILE", raising=False)
     assert [k.key_id for k in load_settings().keys] == ["reader"]
+
+
+def test_a_choice_accepts_exactly_its_values() -> None:
+    parse = choice("fixed-window", "moving-window")
+    assert [parse("fixed-window"), parse("moving-window")] == ["fixed-window", "moving-window"]
+    for text in ("", "Fixed-Window", "fixed-window "):
+        with pytest.raises(Invalid, match="must be one of fixed-window, moving-window"):
+            parse(text)
+
+
+def test_a_whole_number_is_accepted_up_to_both_bounds_and_no_further() -> None:
+    parse = whole(1, 64)
+    assert [parse("1"), parse("64")] == [1, 64]
+    for text in ("0", "65", "-1", "1.5", "one"):
+        with pytest.raises(Invalid):
+            parse(text)
+
+
+def test_a_field_declares_its_variable_once() -> None:
+    declared = read("NAME", str, "fallback", missing="not set", from_file=True)["variable"]
+    assert (declared.name, declared.parse, declared.default) == ("NAME", str, "fallback")
+    assert (declared.missing, declared.from_file) == ("not set", True)
+
+
+def test_describe_shows_what_the_service_starts_with(
+    env: dict[str, str], tls_files: tuple[Path, Path]
+) -> None:
+    assert settings_from(env).describe()["TLS_CERT_FILE"] is None
+    cert, key = (str(path) for path in tls_files)
+    env.update(FORWARDED_ALLOW_IPS="10.0.0.1, 2001:db8::/32", TLS_CERT_FILE=cert, TLS_KEY_FILE=key)
+    described = settings_from(env).describe()
+    assert described["FORWARDED_ALLOW_IPS"] == ["10.0.0.1/32", "2001:db8::/32"]
+    assert (described["TLS_CERT_FILE"], described["TLS_KEY_FILE"]) == (cert, key)
+    assert described["RATELIMIT_STORAGE_URI"] == "memory://"
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        ("redis://:hunter2@localhost:6379/0", "redis://***@localhost:6379/0"),
+        ("redis://user:hunter2@localhost:6379/0", "redis://***@localhost:6379/0"),
+        ("redis://:hun@ter2@localhost:6379/0", "redis://***@localhost:6379/0"),
+        ("redis://:hunter2@localhost:6379/0?note=a://b", "redis://***@localhost:6379/0?note=a://b"),
+        ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+    ],
+    ids=["password", "user-and-password", "at-in-password", "scheme-in-query", "no-credentials"],
+)
+def test_describe_hides_the_storage_credentials_and_nothing_else(
+    env: dict[str, str], uri: str, shown: str
+) -> None:
+    env["RATELIMIT_STORAGE_URI"] = uri
+    assert settings_from(env).describe()["RATELIMIT_STORAGE_URI"] == shown
+
+
+def test_the_environment_sizes_redis_backed_workers_by_this_machine(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
+) -> None:
+    for name, value in {**env, "RATELIMIT_STORAGE_URI": "redis://localhost:6379/0"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert load_settings().workers == 3
