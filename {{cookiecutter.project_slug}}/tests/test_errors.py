@@ -9,6 +9,7 @@ from http import HTTPStatus
 
 import pytest
 from flask import Flask
+from gunicorn.http.errors import InvalidChunkSize, NoMoreData
 from werkzeug.exceptions import Gone
 
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX
@@ -180,6 +181,19 @@ def test_an_http_error_without_a_fixed_text_gets_its_standard_description(make_a
     app.add_url_rule("/v1/gone", "gone", gone)
     body = assert_problem(app.test_client().get("/v1/gone"), 410)
     assert body["detail"] == HTTPStatus.GONE.description
+
+
+@pytest.mark.parametrize("error", [NoMoreData(b""), InvalidChunkSize(b"ZZZ")], ids=["short", "bad-chunk"])
+def test_a_body_that_breaks_http_framing_is_a_400_problem(make_app, error: Exception) -> None:
+    """What gunicorn raises while a view reads such a body (the slow test below sends one)."""
+    app = make_app()
+
+    def read_body() -> str:
+        raise error
+
+    app.add_url_rule("/v1/read", "read_body", read_body, methods=["POST"])
+    body = assert_problem(app.test_client().post("/v1/read"), 400)
+    assert body["detail"] == "The request body is malformed."
 
 
 @pytest.mark.slow
