@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import io
 import json
 import operator
 import re
 import secrets
+import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -135,32 +138,44 @@ def test_expired_key_is_refused_from_its_expiry_date() -> None:
         ring.verify(minted.secret, today=dt.date(2030, 1, 1))
 
 
-def test_expiry_is_judged_in_utc_whatever_the_servers_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A server whose zone is on another date than UTC decides as UTC does: in the UTC morning a
-    zone 12 hours behind is still on yesterday, and must refuse a key that expires today; later,
-    a zone 14 hours ahead is on tomorrow, and must accept a key that expires tomorrow."""
+@pytest.fixture
+def zone_on_another_date(monkeypatch: pytest.MonkeyPatch) -> Iterator[dt.date]:
+    """Set this process's time zone to one whose date is not UTC's; yield that local date. In the
+    UTC morning a zone 12 hours behind is still on yesterday; later, one 14 hours ahead is on
+    tomorrow."""
     now = dt.datetime.now(dt.UTC)
     if now.minute == 59 and now.hour in (11, 23):
-        # The choice below holds for the next second, not across noon or midnight (UTC).
+        # The choice holds for a test's second, not across noon or midnight (UTC).
         time.sleep(61 - now.second)
         now = dt.datetime.now(dt.UTC)
     behind = now.hour < 12
-    zone, expires = (
-        ("Etc/GMT+12", now.date()) if behind else ("Etc/GMT-14", now.date() + dt.timedelta(days=1))
-    )
-    minted = mint(KEY_PREFIX, key_id="a", scopes=["a:b"], expires=expires)
-    ring = ring_of(minted)
-    monkeypatch.setenv("TZ", zone)
+    monkeypatch.setenv("TZ", "Etc/GMT+12" if behind else "Etc/GMT-14")
     time.tzset()
-    try:
-        if behind:
-            with pytest.raises(ExpiredKey):
-                ring.verify(minted.secret)
-        else:
-            assert ring.verify(minted.secret).key_id == "a"
-    finally:
-        monkeypatch.undo()
-        time.tzset()
+    yield now.date() + dt.timedelta(days=-1 if behind else 1)
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_expiry_is_judged_in_utc_whatever_the_servers_time_zone(zone_on_another_date: dt.date) -> None:
+    """The key expires today (UTC) where the server's zone is still on yesterday, or tomorrow where
+    it is already there: refused in the first case, accepted in the second, as in UTC."""
+    today = dt.datetime.now(dt.UTC).date()
+    minted = mint(KEY_PREFIX, key_id="a", scopes=["a:b"], expires=max(zone_on_another_date, today))
+    ring = ring_of(minted)
+    if zone_on_another_date < today:
+        with pytest.raises(ExpiredKey):
+            ring.verify(minted.secret)
+    else:
+        assert ring.verify(minted.secret).key_id == "a"
+
+
+def test_cli_new_judges_the_expiry_in_utc(
+    zone_on_another_date: dt.date, capsys: pytest.CaptureFixture[str]
+) -> None:
+    today = dt.datetime.now(dt.UTC).date()
+    expires = max(zone_on_another_date, today).isoformat()
+    code = keys.main(["new", "--id", "ci", "--scope", "a:b", "--expires", expires, "--json"])
+    assert code == (2 if zone_on_another_date < today else 0), capsys.readouterr()
 
 
 def test_raw_key_in_configuration_is_refused_by_position() -> None:
@@ -280,7 +295,7 @@ def test_cli_new_refuses_an_expiry_that_is_not_in_the_future(
 ) -> None:
     assert keys.main(["new", "--id", "ci", "--scope", "a:b", "--expires", when]) == 2
     captured = capsys.readouterr()
-    assert "not in the future" in captured.err
+    assert captured.err.startswith("error: --expires is not in the future")
     assert not re.search(keys.key_pattern(KEY_PREFIX), captured.out)
 
 
@@ -310,3 +325,38 @@ def test_digest_is_sha256_of_the_key() -> None:
 
     secret = f"{KEY_PREFIX}_{secrets.token_hex(8)}"
     assert keys.digest(secret) == hashlib.sha256(secret.encode()).digest()
+
+
+def test_cli_check_lists_each_entry_on_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    lasting = mint(KEY_PREFIX, key_id="ci", scopes=["b:c", "a:b"], tenant="acme").entry
+    expiring = mint(KEY_PREFIX, key_id="old", scopes=["a:b"], expires=dt.date(2031, 2, 3)).entry
+    assert keys.main(["check", lasting, expiring]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "ci: tenant=acme scopes=a:b,b:c expires=never",
+        "old: tenant=default scopes=a:b expires=2031-02-03",
+    ]
+
+
+def test_cli_check_reads_entries_from_standard_input(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    entries = [mint(KEY_PREFIX, key_id=name, scopes=["a:b"]).entry for name in ("a", "b")]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(entries)))
+    assert keys.main(["check", "--json"]) == 0
+    assert [key["id"] for key in json.loads(capsys.readouterr().out)] == ["a", "b"]
+
+
+def test_cli_new_keeps_the_tenant(capsys: pytest.CaptureFixture[str]) -> None:
+    assert keys.main(["new", "--id", "ci", "--scope", "a:b", "--tenant", "globex"]) == 0
+    out = capsys.readouterr().out
+    entry = next(line.strip() for line in out.splitlines() if line.strip().startswith("id="))
+    assert parse_entry(entry).tenant == "globex"
+
+
+def test_cli_without_a_command_shows_how_to_call_it(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        keys.main([])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: python -m {keys.__package__}.keys")
+    assert "required: command" in err

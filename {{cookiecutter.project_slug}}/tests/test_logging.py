@@ -7,10 +7,11 @@ import base64
 import io
 import json
 import logging
+import logging.config
 import re
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from werkzeug.datastructures import Headers
@@ -293,7 +294,7 @@ def test_a_key_inside_base64_credentials_is_masked(emit: Emit, key: MintedKey, e
 def test_a_percent_encoded_key_is_masked(emit: Emit, key: MintedKey, separator: str) -> None:
     encoded = key.secret.replace("_", separator, 1)
     output = emit("Invalid HTTP request line: %r", f"GET /v1/items/{encoded} HTTP/1.1 junk")
-    assert_masked(output, key.secret)
+    assert output == f"INFO Invalid HTTP request line: 'GET /v1/items/{MASK} HTTP/1.1 junk'\n"
 
 
 def test_several_keys_in_one_message_are_all_masked(emit: Emit, keys: KeySet) -> None:
@@ -549,3 +550,46 @@ def test_every_configured_handler_carries_the_filter(json_lines: bool) -> None:
         assert config["loggers"][name]["handlers"]
         assert config["loggers"][name]["propagate"] is False
     assert config["root"]["handlers"]
+
+
+@pytest.fixture
+def process_logging() -> Iterator[None]:
+    """Put back the session's logging after a test applies a configuration to the process."""
+    loggers = [logging.getLogger(), logging.getLogger("gunicorn.error"), logging.getLogger("gunicorn.access")]
+    saved = [(logger.handlers[:], logger.level, logger.propagate, logger.disabled) for logger in loggers]
+    yield
+    for logger, (handlers, level, propagate, disabled) in zip(loggers, saved, strict=True):
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate, logger.disabled = propagate, disabled
+
+
+@pytest.mark.usefixtures("process_logging")
+@pytest.mark.parametrize("json_lines", [True, False], ids=["json", "text"])
+def test_the_logging_configuration_masks_every_logger_it_sets_up(
+    capsys: pytest.CaptureFixture[str], key: MintedKey, json_lines: bool
+) -> None:
+    """Applied as gunicorn and the app apply it: the app's loggers (made before, as imports make
+    them) and gunicorn's error log write once each to stderr, the access log to stdout, each
+    record one masked line, and nothing below the level."""
+    app_logger = logging.getLogger("tests.configured.app")
+    logging.config.dictConfig(logging_config(key_prefix=KEY_PREFIX, json_lines=json_lines, level="WARNING"))
+    app_logger.warning("app sees %s", key.secret)
+    app_logger.info("below the level")
+    logging.getLogger("gunicorn.error").warning("error log sees %s", key.secret)
+    logging.getLogger("gunicorn.access").info("access log sees %s", key.secret)
+    out, err = capsys.readouterr()
+
+    def who(lines: str) -> list[str]:
+        return [
+            next(name for name in ("app", "error log", "access log") if f"{name} sees" in line)
+            for line in lines.splitlines()
+        ]
+
+    assert (who(err), who(out)) == (["app", "error log"], ["access log"])
+    for line in (*err.splitlines(), *out.splitlines()):
+        assert_masked(line, key.secret)
+        if json_lines:
+            assert json.loads(line)["message"].endswith(f"sees {MASK}")
+        else:
+            assert re.fullmatch(rf"\d\d:\d\d:\d\d (WARNING|INFO) [\w.]+: .* sees {re.escape(MASK)}", line)

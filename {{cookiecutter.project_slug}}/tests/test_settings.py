@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import os
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from {{ cookiecutter.package_name }}.settings import (
     settings_from,
     whole,
 )
+from {{ cookiecutter.package_name }}.settings import main as settings_main
 
 from .support import KeySet
 
@@ -321,3 +323,21 @@ def test_the_environment_sizes_redis_backed_workers_by_this_machine(
     monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 3)
     assert load_settings().workers == 3
+
+
+def test_make_settings_prints_the_configuration_or_the_one_line_that_stops_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], env: dict[str, str], keys: KeySet
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("API_KEYS_FILE", raising=False)
+    assert settings_main() == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [key["id"] for key in shown["API_KEYS"]] == ["expired", "other", "plain", "reader", "writer"]
+    monkeypatch.setenv("RATELIMIT_DEFAULT", "plenty")
+    assert settings_main() == 1
+    out, err = capsys.readouterr()
+    assert (out, err) == (
+        "",
+        "error: RATELIMIT_DEFAULT: is not a rate limit such as '100 per minute' or '10/second'\n",
+    )
