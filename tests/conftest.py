@@ -63,7 +63,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if not report.is_file() or report.stat().st_mtime < _SESSION_STARTED:
         return
     terminalreporter.section("mutation testing of the security core (reports/mutation.txt)")
-    shown = ("mutation score", "SURVIVED", "accepted", "BROKEN", "    why:", "no longer needed")
+    shown = ("SURVIVED", "accepted", "BROKEN", "    why:", "no longer needed")
     for line in report.read_text(encoding="utf-8").splitlines():
-        if line.startswith(shown):
+        if line.startswith(shown) or " killed (" in line or " unexplained, in " in line:
             terminalreporter.write_line(line)

@@ -24,22 +24,26 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
 PACKAGE = "{{ cookiecutter.package_name }}"
 EQUIVALENTS = PROJECT / "mutation-equivalents.toml"
-# The modules that pyproject.toml's [tool.mutmut] only_mutate names, as "src/*/<module>.py".
-CORE = tuple(
-    Path(pattern).stem
-    for pattern in tomllib.loads((PROJECT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["mutmut"][
-        "only_mutate"
-    ]
-)
+
+
+def _core() -> tuple[str, ...]:
+    """The modules that [tool.mutmut] in pyproject.toml mutates ("src/*/keys.py" is "keys")."""
+    config = tomllib.loads((PROJECT / "pyproject.toml").read_text(encoding="utf-8"))
+    return tuple(Path(pattern).stem for pattern in config["tool"]["mutmut"]["only_mutate"])
+
+
+CORE = _core()
 WORK = PROJECT / "mutants"
 # mutmut's verdicts (`mutmut results`) that leave a mutant alive: no test failed, or none ran it.
 ALIVE = frozenset({"survived", "no tests"})
+KILLED = frozenset({"killed", "timeout"})
 # Verdicts that say the run itself went wrong: a crash, a stop, a mutant never tried.
 BROKEN = frozenset({"suspicious", "segfault", "check was interrupted by user", "not checked"})
 # mutmut names a mutant <module>.x_<function>__mutmut_<n>, or <module>.xǁ<Class>ǁ<method>__mutmut_<n>.
@@ -87,31 +91,24 @@ def _toml_literal(text: str) -> str:
     return f"'{text}'" if "'" not in text and "\n" not in text else json.dumps(text)
 
 
-def mutmut(*args: str, log: Path | None = None) -> str:
-    """Run mutmut's command line in the project; its output, or the run's log file."""
+def mutmut(*args: str, capture: bool = True) -> str:
+    """Run mutmut's command line in the project; its output, or "" when it went to the terminal."""
     command = [sys.executable, "-m", "mutmut", *args]
     # The fast suite needs no installed pytest plugin; those an environment brings (xdist,
     # hypothesis...) would cost their set-up again in each of the thousand runs.
     env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    if log is None:
-        result = subprocess.run(command, cwd=PROJECT, env=env, capture_output=True, text=True, check=False)  # noqa: S603 - this interpreter's mutmut
-        output = result.stdout + result.stderr
-    else:
-        with log.open("w", encoding="utf-8") as sink:
-            result = subprocess.run(  # noqa: S603 - this interpreter's mutmut
-                command, cwd=PROJECT, env=env, stdout=sink, stderr=subprocess.STDOUT, check=False
-            )
-        output = log.read_text(encoding="utf-8", errors="replace")
+    result = subprocess.run(command, cwd=PROJECT, env=env, capture_output=capture, text=True, check=False)  # noqa: S603 - this interpreter's mutmut
+    output = (result.stdout or "") + (result.stderr or "")
     if result.returncode != 0:
-        tail = "\n".join(output.splitlines()[-30:])
-        raise SystemExit(f"mutmut {' '.join(args)} failed ({result.returncode}), ending:\n{tail}")
+        tail = "\n".join(output.splitlines()[-30:]) or "(its output is above)"
+        raise SystemExit(f"mutmut {' '.join(args)} failed ({result.returncode}):\n{tail}")
     return output
 
 
 def verdicts() -> dict[str, str]:
-    """Every mutant that was not killed, with mutmut's verdict."""
+    """Every mutant with mutmut's verdict on it ("killed", "survived", "not checked"...)."""
     found = {}
-    for line in mutmut("results").splitlines():
+    for line in mutmut("results", "--all", "true").splitlines():
         name, sep, verdict = line.strip().rpartition(": ")
         if sep and MUTANT_NAME.fullmatch(name):
             found[name] = verdict
@@ -152,11 +149,20 @@ def accepted_equivalents() -> list[dict[str, str]]:
     return entries
 
 
-def score(stats: dict[str, int]) -> tuple[int, int]:
-    """Mutants detected (killed or timed out) and mutants tried, from mutmut's CI/CD summary."""
-    detected = stats["killed"] + stats["timeout"]
-    tried = detected + stats["survived"] + stats["no_tests"] + stats["suspicious"] + stats["segfault"]
-    return detected, tried
+def scores(found: dict[str, str]) -> dict[str, tuple[int, int]]:
+    """Per module, and for all of them (""): mutants killed (a timeout is a kill), and tried."""
+    counts: dict[str, tuple[int, int]] = {}
+    for name, verdict in found.items():
+        if verdict == "skipped":  # `# pragma: no mutate`: never tried
+            continue
+        for module in (_module(name), ""):
+            killed, tried = counts.get(module, (0, 0))
+            counts[module] = (killed + (verdict in KILLED), tried + 1)
+    return counts
+
+
+def _explained(mutant: Mutant, entries: list[dict[str, str]]) -> bool:
+    return any(mutant.matches(entry) for entry in entries)
 
 
 def report(survivors: list[Mutant], entries: list[dict[str, str]]) -> int:
@@ -199,22 +205,20 @@ def patterns_for(modules: list[str], sample: int | None) -> list[str]:
     return [f"{PACKAGE}.{module}.*{last_digit}" for module in sorted(modules or CORE)]
 
 
-def run(patterns: list[str], max_children: int) -> tuple[dict[str, int], dict[str, str]]:
-    """mutmut's summary counts, and the verdict of each mutant tried that it did not kill."""
+def run(patterns: list[str], max_children: int) -> dict[str, str]:
+    """The verdict on each mutant that this run tried."""
     # A fresh copy every time: mutmut keeps verdicts across runs, and a verdict from before a
     # test changed would be a verdict about other tests.
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir()
-    mutmut("run", "--max-children", str(max_children), *patterns, log=WORK / "run.log")
-    mutmut("export-cicd-stats")
-    stats = json.loads((WORK / "mutmut-cicd-stats.json").read_text(encoding="utf-8"))
+    # Its progress goes to the terminal: a whole run takes minutes.
+    mutmut("run", "--max-children", str(max_children), *patterns, capture=False)
     # `mutmut results` also lists the mutants this run left out, never tried.
-    tried = {
+    return {
         name: verdict
         for name, verdict in verdicts().items()
         if any(fnmatch.fnmatch(name, pattern) for pattern in patterns or [f"{PACKAGE}.*"])
     }
-    return stats, tried
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     entries = accepted_equivalents()
 
     started = time.monotonic()
-    stats, found = run(patterns_for(args.modules, args.sample), args.max_children)
+    found = run(patterns_for(args.modules, args.sample), args.max_children)
     broken = {name: verdict for name, verdict in found.items() if verdict in BROKEN}
     survivors = [describe(name) for name, verdict in sorted(found.items()) if verdict in ALIVE]
     elapsed = time.monotonic() - started
@@ -242,17 +246,20 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{entry['module']}.{entry['function']}"
         print(f"\nno longer needed in {EQUIVALENTS.name}: {where}: {entry['after']}")
     for name, verdict in sorted(broken.items()):
-        print(f"\nBROKEN {name}: {verdict} (see {WORK.name}/run.log)")
+        print(f"\nBROKEN {name}: {verdict} (mutmut's output above says why)")
 
-    detected, tried = score(stats)
-    share = f"{100 * detected / max(tried, 1):.1f}%"
-    sampled = "" if args.sample is None else f" (a sample: {args.sample}0% of the mutants)"
-    accepted = len(survivors) - unexplained
-    print(
-        f"\nmutation score{sampled}: {detected}/{tried} mutants killed ({share}), "
-        f"{accepted} accepted as equivalent, {unexplained} unexplained, in {elapsed:.0f} s"
+    accepted = Counter(
+        module for mutant in survivors if _explained(mutant, entries) for module in (mutant.module, "")
     )
-    return 1 if unexplained or broken or not tried else 0
+    print()
+    for module, (killed, tried) in sorted(scores(found).items()):
+        label = f"  {module}" if module else "mutation score"
+        if not module and args.sample is not None:
+            label += f" (a sample: {args.sample}0% of the mutants)"
+        share = 100 * killed / max(tried, 1)
+        print(f"{label}: {killed}/{tried} killed ({share:.1f}%), {accepted[module]} accepted as equivalent")
+    print(f"{unexplained} unexplained, in {elapsed:.0f} s")
+    return 1 if unexplained or broken or not found else 0
 
 
 if __name__ == "__main__":

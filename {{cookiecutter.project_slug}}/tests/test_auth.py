@@ -39,6 +39,12 @@ def test_valid_key_in_x_api_key_header_is_accepted(client: FlaskClient, keys: Ke
     assert response.get_json()["key_id"] == "reader"
 
 
+def test_bearer_may_be_followed_by_several_spaces(client: FlaskClient, keys: KeySet) -> None:
+    # RFC 6750: "Bearer" 1*SP b64token.
+    response = client.get("/v1/whoami", headers={"Authorization": f"Bearer   {keys.reader.secret}"})
+    assert response.status_code == 200
+
+
 def test_bearer_scheme_is_case_insensitive(client: FlaskClient, keys: KeySet) -> None:
     response = client.get("/v1/whoami", headers={"Authorization": f"bearer {keys.reader.secret}"})
     assert response.status_code == 200
@@ -148,7 +154,9 @@ def test_a_key_over_plain_http_is_refused_in_production_with_the_reason(make_app
     client = make_app(APP_ENV="production", FORWARDED_ALLOW_IPS="10.255.255.1").test_client()
     response = client.get("/v1/whoami", headers=bearer(keys.reader))
     assert response.status_code == 403
-    assert "HTTPS" in response.get_json()["detail"]
+    assert response.get_json()["detail"] == (
+        "API keys are accepted over HTTPS only: connect through the TLS-terminating proxy."
+    )
     assert client.get("/healthz").status_code == 200
 
 

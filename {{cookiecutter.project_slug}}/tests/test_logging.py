@@ -557,6 +557,10 @@ def process_logging() -> Iterator[None]:
     """Put back the session's logging after a test applies a configuration to the process."""
     loggers = [logging.getLogger(), logging.getLogger("gunicorn.error"), logging.getLogger("gunicorn.access")]
     saved = [(logger.handlers[:], logger.level, logger.propagate, logger.disabled) for logger in loggers]
+    for logger in loggers[1:]:
+        # As in a fresh gunicorn process: no level, no handler of the session's own configuration.
+        logger.handlers.clear()
+        logger.setLevel(logging.NOTSET)
     yield
     for logger, (handlers, level, propagate, disabled) in zip(loggers, saved, strict=True):
         logger.handlers[:] = handlers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from flask.testing import FlaskClient
 
 from .support import KeySet, bearer
@@ -27,11 +28,19 @@ def test_spoofed_forwarded_for_from_a_client_changes_nothing(make_app) -> None:
     assert (first.status_code, second.status_code) == (401, 429)
 
 
-def test_last_hop_is_used_so_a_client_cannot_prepend_addresses(make_app) -> None:
+@pytest.mark.parametrize("prepended", [["1.1.1.1"], ["1.1.1.1", "3.3.3.3"]], ids=["one", "two"])
+def test_last_hop_is_used_so_a_client_cannot_prepend_addresses(make_app, prepended: list[str]) -> None:
     client = make_app(FORWARDED_ALLOW_IPS=PROXY, RATELIMIT_DEFAULT="1 per hour").test_client()
-    client.get("/v1/whoami", **via(PROXY, **{"X-Forwarded-For": "1.1.1.1, 198.51.100.7"}))
+    client.get("/v1/whoami", **via(PROXY, **{"X-Forwarded-For": ", ".join([*prepended, "198.51.100.7"])}))
     again = client.get("/v1/whoami", **via(PROXY, **{"X-Forwarded-For": "2.2.2.2, 198.51.100.7"}))
     assert again.status_code == 429
+
+
+@pytest.mark.parametrize("peer", ["", "proxy.internal", "unix:/run/gunicorn.sock"])
+def test_a_peer_that_is_not_an_address_is_never_trusted(make_app, peer: str) -> None:
+    client = make_app(FORWARDED_ALLOW_IPS=PROXY).test_client()
+    response = client.get("/healthz", **via(peer, **{"X-Forwarded-Proto": "https"}))
+    assert "Strict-Transport-Security" not in response.headers
 
 
 def test_trusted_proxy_scheme_earns_hsts(make_app) -> None:

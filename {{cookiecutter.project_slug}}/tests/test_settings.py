@@ -332,7 +332,9 @@ def test_make_settings_prints_the_configuration_or_the_one_line_that_stops_it(
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("API_KEYS_FILE", raising=False)
     assert settings_main() == 0
-    shown = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    assert out.startswith('{\n  "APP_ENV": "test",\n'), "indented for a person to read"
+    shown = json.loads(out)
     assert [key["id"] for key in shown["API_KEYS"]] == ["expired", "other", "plain", "reader", "writer"]
     monkeypatch.setenv("RATELIMIT_DEFAULT", "plenty")
     assert settings_main() == 1
