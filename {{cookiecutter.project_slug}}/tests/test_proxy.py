@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from flask.testing import FlaskClient
 
@@ -61,3 +63,22 @@ def test_without_named_proxies_no_one_is_trusted(client: FlaskClient, keys: KeyS
     )
     assert response.status_code == 200
     assert "Strict-Transport-Security" not in response.headers
+
+
+def test_a_trusted_proxy_that_names_no_client_leaves_its_own_address(
+    make_app, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = make_app(FORWARDED_ALLOW_IPS=PROXY).test_client()
+    with caplog.at_level(logging.INFO):
+        client.get("/healthz", **via(PROXY))
+    (line,) = [record for record in caplog.records if record.name.endswith("requestlog")]
+    assert line.remote_addr == PROXY
+
+
+@pytest.mark.parametrize(
+    ("proto", "hsts"), [("http, http, https", True), ("https, https, http", False)], ids=["https", "http"]
+)
+def test_the_last_scheme_a_trusted_proxy_reports_counts(make_app, proto: str, hsts: bool) -> None:
+    client = make_app(FORWARDED_ALLOW_IPS=PROXY).test_client()
+    response = client.get("/healthz", **via(PROXY, **{"X-Forwarded-Proto": proto}))
+    assert ("Strict-Transport-Security" in response.headers) is hsts
