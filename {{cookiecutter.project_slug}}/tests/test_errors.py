@@ -12,6 +12,7 @@ from flask import Flask
 from gunicorn.http.errors import InvalidChunkSize, NoMoreData
 from werkzeug.exceptions import Gone
 
+from {{ cookiecutter.package_name }} import requestlog
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX
 
 from .support import KeySet, bearer
@@ -213,3 +214,24 @@ def test_body_that_breaks_http_framing_is_400_not_500(start_server, keys: KeySet
     status_line, _, rest = answer.partition(b"\r\n")
     assert status_line.split()[1] == b"400"
     assert b"application/problem+json" in rest
+
+
+def test_the_request_line_carries_what_happened_and_who_asked(
+    client, keys: KeySet, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A clock that reads 10 s as the request starts and 123.456 ms later from then on.
+    readings = iter([10.0])
+    monkeypatch.setattr(requestlog.time, "perf_counter", lambda: next(readings, 10.123456))
+    with caplog.at_level(logging.INFO):
+        response = client.get("/v1/whoami", headers={**bearer(keys.reader), "X-Request-ID": UUID})
+    line = request_line(caplog)
+    assert line.getMessage() == "GET /v1/whoami 200"
+    assert {name: getattr(line, name) for name in ("method", "path", "status", "key_id", "auth_failure")} == {
+        "method": "GET",
+        "path": "/v1/whoami",
+        "status": 200,
+        "key_id": "reader",
+        "auth_failure": None,
+    }
+    assert (line.duration_ms, line.remote_addr, line.client_request_id) == (123.46, "127.0.0.1", UUID)
+    assert line.request_id == response.headers["X-Request-ID"]

@@ -82,3 +82,10 @@ def test_the_last_scheme_a_trusted_proxy_reports_counts(make_app, proto: str, hs
     client = make_app(FORWARDED_ALLOW_IPS=PROXY).test_client()
     response = client.get("/healthz", **via(PROXY, **{"X-Forwarded-Proto": proto}))
     assert ("Strict-Transport-Security" in response.headers) is hsts
+
+
+def test_a_trusted_proxy_that_took_plain_http_makes_the_request_plain(make_app, keys: KeySet) -> None:
+    """Even on the service's own TLS socket: the hop before the proxy carried the key in cleartext."""
+    client = make_app(APP_ENV="production", FORWARDED_ALLOW_IPS=PROXY).test_client()
+    sent = via(PROXY, **{"X-Forwarded-Proto": "http", **bearer(keys.reader)})
+    assert client.get("/v1/whoami", base_url="https://localhost", **sent).status_code == 403
