@@ -184,3 +184,32 @@ def test_a_new_blueprint_gets_the_scope_it_declares(make_app, keys: KeySet) -> N
     assert_generic_401(client.get("/v1/reports"))
     assert client.get("/v1/reports", headers=bearer(keys.reader)).status_code == 403
     assert client.get("/v1/reports", headers=bearer(keys.no_scopes)).get_json() == {"reports": []}
+
+
+def test_a_key_in_the_url_is_refused_and_logged_as_such(
+    client: FlaskClient, keys: KeySet, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO):
+        response = client.get(f"/v1/items?api_key={keys.reader.secret}")
+    assert response.status_code == 400
+    assert (
+        response.get_json()["detail"] == "API keys are not accepted in the URL; send an Authorization header."
+    )
+    (line,) = [r for r in caplog.records if r.name.endswith("requestlog")]
+    assert line.auth_failure == "key_in_url"
+
+
+def test_the_key_id_is_left_for_the_access_log_in_the_wsgi_environ(app: Flask, keys: KeySet) -> None:
+    """gunicorn's access_log_format reads %({app.key_id}e)s from the environ the app was given."""
+    seen: dict[str, object] = {}
+    inner = app.wsgi_app
+
+    def recording(environ, start_response):
+        try:
+            return inner(environ, start_response)
+        finally:
+            seen.update(environ)
+
+    app.wsgi_app = recording
+    assert app.test_client().get("/v1/whoami", headers=bearer(keys.reader)).status_code == 200
+    assert seen["app.key_id"] == "reader"

@@ -23,6 +23,7 @@ from {{ cookiecutter.package_name }}.logging import (
     JsonFormatter,
     MaskSecrets,
     TextFormatter,
+    configure,
     logging_config,
     request_id,
 )
@@ -557,6 +558,7 @@ def process_logging() -> Iterator[None]:
     """Put back the session's logging after a test applies a configuration to the process."""
     loggers = [logging.getLogger(), logging.getLogger("gunicorn.error"), logging.getLogger("gunicorn.access")]
     saved = [(logger.handlers[:], logger.level, logger.propagate, logger.disabled) for logger in loggers]
+    loggers[0].setLevel(logging.NOTSET)
     for logger in loggers[1:]:
         # As in a fresh gunicorn process: no level, no handler of the session's own configuration.
         logger.handlers.clear()
@@ -597,3 +599,18 @@ def test_the_logging_configuration_masks_every_logger_it_sets_up(
             assert json.loads(line)["message"].endswith(f"sees {MASK}")
         else:
             assert re.fullmatch(rf"\d\d:\d\d:\d\d (WARNING|INFO) [\w.]+: .* sees {re.escape(MASK)}", line)
+
+
+@pytest.mark.usefixtures("process_logging")
+def test_configure_sets_up_masked_logging_once_when_nothing_else_has(
+    capsys: pytest.CaptureFixture[str], key: MintedKey
+) -> None:
+    """As under `flask run` or another server: the app configures logging itself, and only when
+    no handler with the filter is there already (under gunicorn, its logconfig_dict did it)."""
+    logging.getLogger().handlers.clear()
+    configure(key_prefix=KEY_PREFIX, json_lines=True, level="WARNING")
+    configure(key_prefix=KEY_PREFIX, json_lines=False, level="DEBUG")
+    logging.getLogger("tests.configured.app").info("below the level")
+    logging.getLogger("tests.configured.app").warning("app sees %s", key.secret)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert json.loads(line)["message"] == f"app sees {MASK}"
