@@ -9,6 +9,7 @@ import re
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.exceptions import HTTPException
 
 from {{ cookiecutter.package_name }}.limits import exempt, install_limits, limit
 from {{ cookiecutter.package_name }}.settings import Settings
@@ -234,3 +235,17 @@ def test_a_route_marked_exempt_is_never_limited(settings: Settings) -> None:
     client = app.test_client()
     assert statuses(client, 2, "/limited") == [200, 429]
     assert statuses(client, 3, "/free") == [200, 200, 200]
+
+
+def test_a_failure_that_overdraws_the_budget_at_once_is_429_not_401(make_app) -> None:
+    """Two failures at once from one address, with one allowed: both pass the check before the
+    request, and the one counted second is answered 429, so the budget is never exceeded."""
+    app = make_app(RATELIMIT_AUTH_FAILURES="1 per hour")
+    with app.test_request_context("/v1/whoami", environ_base={"REMOTE_ADDR": "127.0.0.1"}):
+        # The budget check passes, then authentication fails: the 401 is not counted yet.
+        with pytest.raises(HTTPException) as refused:
+            app.preprocess_request()
+        assert app.test_client().get("/v1/whoami").status_code == 401  # meanwhile, another failure
+        response = app.finalize_request(refused.value.get_response())
+    assert response.status_code == 429
+    assert quota(response)[:2] == ("auth-failures", 0)
