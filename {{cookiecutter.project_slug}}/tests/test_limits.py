@@ -213,7 +213,7 @@ def test_retry_after_is_never_less_than_a_second(make_app, keys: KeySet) -> None
     assert quota(answers[1])[2] == 1
 
 
-def test_the_quota_field_names_the_limit_closest_to_running_out(make_app, keys: KeySet) -> None:
+def test_the_quota_field_names_the_current_limit_by_its_window(make_app, keys: KeySet) -> None:
     client = make_app(RATELIMIT_DEFAULT="3 per hour;100 per day").test_client()
     response = client.get("/v1/whoami", headers=bearer(keys.reader))
     assert quota(response)[:2] == ("default-3600s", 2)

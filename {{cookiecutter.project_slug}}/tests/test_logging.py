@@ -614,3 +614,31 @@ def test_configure_sets_up_masked_logging_once_when_nothing_else_has(
     logging.getLogger("tests.configured.app").warning("app sees %s", key.secret)
     (line,) = capsys.readouterr().err.splitlines()
     assert json.loads(line)["message"] == f"app sees {MASK}"
+
+
+def test_extra_fields_inside_containers_and_objects_keep_what_holds_no_secret(emit: Emit) -> None:
+    class Shown:
+        def __str__(self) -> str:
+            return "shown as text"
+
+    extra = {"headers": {"Accept": "application/json"}, "ids": ["a", "b"], "pair": (1, 2), "thing": Shown()}
+    output = emit("with extras", formatter=JsonFormatter(), extra=extra)
+    entry = json.loads(output)
+    assert (entry["headers"], entry["ids"], entry["pair"]) == (
+        {"Accept": "application/json"},
+        ["a", "b"],
+        [1, 2],
+    )
+    assert entry["thing"] == "shown as text"
+
+
+def test_a_json_line_has_utc_time_level_logger_message_and_exception() -> None:
+    try:
+        fail_with("nothing secret")
+    except ValueError:
+        failed = record("failed", exc_info=sys.exc_info())
+    entry = json.loads(JsonFormatter().format(failed))
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", entry["time"]), entry["time"]
+    assert (entry["level"], entry["logger"], entry["message"]) == ("ERROR", "tests.masking", "failed")
+    assert entry["exception"].startswith("Traceback (most recent call last):")
+    assert entry["exception"].endswith("ValueError: cannot use nothing secret")
