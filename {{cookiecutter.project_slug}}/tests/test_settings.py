@@ -17,6 +17,7 @@ from {{ cookiecutter.package_name }}.settings import (
     Invalid,
     Settings,
     choice,
+    flag,
     load_settings,
     read,
     settings_from,
@@ -343,3 +344,45 @@ def test_make_settings_prints_the_configuration_or_the_one_line_that_stops_it(
         "",
         "error: RATELIMIT_DEFAULT: is not a rate limit such as '100 per minute' or '10/second'\n",
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("yes", True), ("no", False), ("1", True), ("0", False), ("TRUE", True)]
+)
+def test_a_flag_reads_the_usual_spellings(text: str, value: bool) -> None:
+    assert flag(text) is value
+
+
+def test_the_openapi_document_is_served_by_default_only_in_development(env: dict[str, str]) -> None:
+    assert settings_from(env).openapi_enabled is False
+    assert settings_from({**env, "APP_ENV": "development"}).openapi_enabled is True
+
+
+def test_a_proxy_network_may_be_written_with_host_bits(env: dict[str, str]) -> None:
+    assert settings_from({**env, "FORWARDED_ALLOW_IPS": "10.0.0.5/8"}).forwarded_allow_ips == (
+        ipaddress.ip_network("10.0.0.0/8"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("uri", "accepted"),
+    [
+        ("redis://localhost:6379/1", True),
+        ("rediss://localhost:6379/2", True),
+        ("redis://localhost:6379/cache", False),
+        ("rediss://localhost:6379/cache", False),
+        ("memcached://localhost:11211/cache", True),
+    ],
+)
+def test_a_redis_database_must_be_a_number(env: dict[str, str], uri: str, accepted: bool) -> None:
+    env["RATELIMIT_STORAGE_URI"] = uri
+    if accepted:
+        assert settings_from(env).ratelimit_storage_uri == uri
+    else:
+        assert refused(env).variable == "RATELIMIT_STORAGE_URI"
+
+
+def test_both_sources_of_one_variable_name_it(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "uri").write_text("memory://")
+    env.update(RATELIMIT_STORAGE_URI="memory://", RATELIMIT_STORAGE_URI_FILE=str(tmp_path / "uri"))
+    assert refused(env).variable == "RATELIMIT_STORAGE_URI"
