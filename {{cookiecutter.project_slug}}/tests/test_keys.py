@@ -360,3 +360,15 @@ def test_cli_without_a_command_shows_how_to_call_it(capsys: pytest.CaptureFixtur
     err = capsys.readouterr().err
     assert err.startswith(f"usage: python -m {keys.__package__}.keys")
     assert "required: command" in err
+
+
+def test_a_piece_of_a_key_pasted_as_an_id_is_refused() -> None:
+    secret = mint(KEY_PREFIX, key_id="k", scopes=["a:b"]).secret
+    piece = secret[: len(KEY_PREFIX) + 1 + 20]
+    with pytest.raises(EntryError, match="id looks like an API key"):
+        mint(KEY_PREFIX, key_id=piece, scopes=["a:b"])
+
+
+def test_a_comment_ends_an_entry_at_its_first_hash() -> None:
+    minted = mint(KEY_PREFIX, key_id="a", scopes=["a:b"])
+    assert [key.key_id for key in ring_of_text(f"{minted.entry}  # rotated # twice")] == ["a"]

@@ -386,3 +386,20 @@ def test_both_sources_of_one_variable_name_it(env: dict[str, str], tmp_path: Pat
     (tmp_path / "uri").write_text("memory://")
     env.update(RATELIMIT_STORAGE_URI="memory://", RATELIMIT_STORAGE_URI_FILE=str(tmp_path / "uri"))
     assert refused(env).variable == "RATELIMIT_STORAGE_URI"
+
+
+def test_a_key_file_without_its_certificate_names_the_certificate(
+    env: dict[str, str], tls_files: tuple[Path, Path]
+) -> None:
+    env["TLS_KEY_FILE"] = str(tls_files[1])
+    assert refused(env).variable == "TLS_CERT_FILE"
+
+
+def test_memory_limits_default_to_one_worker_whatever_the_cpus(env: dict[str, str]) -> None:
+    assert settings_from(env, cpu_count=4).workers == 1
+    assert settings_from({**env, "RATELIMIT_STORAGE_URI": "redis://localhost:6379/0"}).workers == 1
+
+
+def test_only_secrets_may_come_from_a_file(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "env").write_text("development")
+    assert settings_from({**env, "APP_ENV_FILE": str(tmp_path / "env")}).app_env == "test"
