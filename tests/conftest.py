@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,3 +52,18 @@ def run_in(project: Path, *command: str, env: dict[str, str] | None = None, time
 
 def python(*args: str) -> tuple[str, ...]:
     return (sys.executable, *args)
+
+
+_SESSION_STARTED = time.time()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The mutation score of the security core and its survivors, when this run measured them."""
+    report = TEMPLATE / "reports" / "mutation.txt"
+    if not report.is_file() or report.stat().st_mtime < _SESSION_STARTED:
+        return
+    terminalreporter.section("mutation testing of the security core (reports/mutation.txt)")
+    shown = ("SURVIVED", "accepted", "BROKEN", "    why:", "no longer needed")
+    for line in report.read_text(encoding="utf-8").splitlines():
+        if line.startswith(shown) or " killed (" in line or " unexplained, in " in line:
+            terminalreporter.write_line(line)

@@ -25,7 +25,7 @@ from .conftest import TEMPLATE, Bake, python, run_in
 BIN = Path(sys.executable).parent
 WORKFLOW = ".github/workflows/ci.yml"
 DOCUMENT = "src/acme_widgets_api/openapi.json"
-MAKE_VERBS = ("install", "lock", "test", "lint", "run", "cert", "key", "audit", "sbom")
+MAKE_VERBS = ("install", "lock", "test", "lint", "run", "cert", "key", "audit", "sbom", "mutate")
 # Files a build may copy into the image; everything else stays out of every layer.
 IMAGE_INPUTS = {"requirements.txt", "src", "gunicorn.conf.py", "alembic.ini"}
 

@@ -9,6 +9,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from {{ cookiecutter.package_name }} import requestlog
+from {{ cookiecutter.package_name }}.auth import scoped_blueprint
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, MintedKey, mint, parse_network
 
 from .support import KeySet, bearer
@@ -38,6 +39,12 @@ def test_valid_key_in_authorization_header_is_accepted(client: FlaskClient, keys
 def test_valid_key_in_x_api_key_header_is_accepted(client: FlaskClient, keys: KeySet) -> None:
     response = client.get("/v1/whoami", headers={"X-API-Key": keys.reader.secret})
     assert response.get_json()["key_id"] == "reader"
+
+
+def test_bearer_may_be_followed_by_several_spaces(client: FlaskClient, keys: KeySet) -> None:
+    # RFC 6750: "Bearer" 1*SP b64token.
+    response = client.get("/v1/whoami", headers={"Authorization": f"Bearer   {keys.reader.secret}"})
+    assert response.status_code == 200
 
 
 def test_bearer_scheme_is_case_insensitive(client: FlaskClient, keys: KeySet) -> None:
@@ -214,3 +221,70 @@ def test_a_key_used_from_outside_its_networks_is_logged_with_its_id_and_reason(
         "198.51.100.7",
     )
     assert record.status == 403
+
+
+def test_a_key_over_plain_http_is_refused_in_production_with_the_reason(make_app, keys: KeySet) -> None:
+    """Production behind a named proxy, and a request that did not arrive over HTTPS: the key
+    crossed a network in cleartext. 403 says so, where a 401 would send the client hunting."""
+    client = make_app(APP_ENV="production", FORWARDED_ALLOW_IPS="10.255.255.1").test_client()
+    response = client.get("/v1/whoami", headers=bearer(keys.reader))
+    assert response.status_code == 403
+    assert response.get_json()["detail"] == (
+        "API keys are accepted over HTTPS only: connect through the TLS-terminating proxy."
+    )
+    assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [({}, "missing"), ({"Authorization": "Basic eDp5"}, "malformed")],
+    ids=["no-key", "other-scheme"],
+)
+def test_the_request_line_says_why_authentication_failed(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture, headers: dict[str, str], reason: str
+) -> None:
+    with caplog.at_level(logging.INFO):
+        assert client.get("/v1/whoami", headers=headers).status_code == 401
+    (line,) = [r for r in caplog.records if r.name.endswith("requestlog")]
+    assert line.auth_failure == reason
+
+
+def test_a_new_blueprint_gets_the_scope_it_declares(make_app, keys: KeySet) -> None:
+    """What a team does to add a resource: one call, and the blueprint's routes need the scope."""
+    reports = scoped_blueprint("reports", __name__, url_prefix="/v1/reports", scope="reports:read")
+    reports.add_url_rule("", "list_reports", lambda: {"reports": []})
+    app = make_app()
+    app.register_blueprint(reports)
+    client = app.test_client()
+    assert_generic_401(client.get("/v1/reports"))
+    assert client.get("/v1/reports", headers=bearer(keys.reader)).status_code == 403
+    assert client.get("/v1/reports", headers=bearer(keys.no_scopes)).get_json() == {"reports": []}
+
+
+def test_a_key_in_the_url_is_refused_and_logged_as_such(
+    client: FlaskClient, keys: KeySet, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO):
+        response = client.get(f"/v1/items?api_key={keys.reader.secret}")
+    assert response.status_code == 400
+    assert (
+        response.get_json()["detail"] == "API keys are not accepted in the URL; send an Authorization header."
+    )
+    (line,) = [r for r in caplog.records if r.name.endswith("requestlog")]
+    assert line.auth_failure == "key_in_url"
+
+
+def test_the_key_id_is_left_for_the_access_log_in_the_wsgi_environ(app: Flask, keys: KeySet) -> None:
+    """gunicorn's access_log_format reads %({app.key_id}e)s from the environ the app was given."""
+    seen: dict[str, object] = {}
+    inner = app.wsgi_app
+
+    def recording(environ, start_response):
+        try:
+            return inner(environ, start_response)
+        finally:
+            seen.update(environ)
+
+    app.wsgi_app = recording
+    assert app.test_client().get("/v1/whoami", headers=bearer(keys.reader)).status_code == 200
+    assert seen["app.key_id"] == "reader"

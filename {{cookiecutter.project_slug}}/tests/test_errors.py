@@ -5,9 +5,15 @@ from __future__ import annotations
 import logging
 import re
 import socket
+from http import HTTPStatus
 
 import pytest
 from flask import Flask
+from gunicorn.http.errors import InvalidChunkSize, NoMoreData
+from werkzeug.exceptions import Gone
+
+from {{ cookiecutter.package_name }} import requestlog
+from {{ cookiecutter.package_name }}.keys import KEY_PREFIX
 
 from .support import KeySet, bearer
 
@@ -107,14 +113,47 @@ def test_a_client_uuid_is_logged_beside_the_request_id(client, caplog: pytest.Lo
     assert (line.request_id, line.client_request_id) == (rid, incoming)
 
 
+def logged_text(line: logging.LogRecord) -> str:
+    """Everything the request line carries: its message and every field a formatter writes."""
+    return " ".join(str(value) for value in vars(line).values())
+
+
+UUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/v1/whoami", "/nowhere"], ids=["200", "401", "404"])
+@pytest.mark.parametrize("shape", ["{key}", "{uuid}{key}", "{uuid} {key}", "{key}{uuid}"])
 def test_a_key_sent_as_request_id_is_neither_echoed_nor_logged(
-    client, keys: KeySet, caplog: pytest.LogCaptureFixture
+    client, keys: KeySet, caplog: pytest.LogCaptureFixture, path: str, shape: str
 ) -> None:
+    """Alone or glued to a UUID (a client id must be a UUID and nothing more), on an answer, a
+    refusal and an error alike."""
+    secret = keys.unconfigured.secret
     with caplog.at_level(logging.INFO):
-        response = client.get("/healthz", headers={"X-Request-ID": keys.reader.secret})
-    assert keys.reader.secret not in str(response.headers) + response.get_data(as_text=True)
-    assert request_line(caplog).client_request_id is None
-    assert keys.reader.secret not in caplog.text
+        response = client.get(path, headers={"X-Request-ID": shape.format(key=secret, uuid=UUID)})
+    assert secret[len(KEY_PREFIX) + 1 :][:12] not in str(response.headers) + response.get_data(as_text=True)
+    line = request_line(caplog)
+    assert line.client_request_id is None
+    assert secret[len(KEY_PREFIX) + 1 :][:12] not in logged_text(line) + caplog.text
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["?page=2&colour=red", "?x={key}", "?api_key={key}", "?next=/v1/items%3Fpage%3D3"],
+    ids=["plain", "key-in-a-value", "key-parameter", "encoded"],
+)
+def test_the_query_string_never_reaches_the_request_log_line(
+    client, keys: KeySet, caplog: pytest.LogCaptureFixture, query: str
+) -> None:
+    """Keys travel in query strings (refused, but sent all the same): the line says the path."""
+    with caplog.at_level(logging.INFO):
+        response = client.get("/v1/items" + query.format(key=keys.reader.secret), headers=bearer(keys.reader))
+    line = request_line(caplog)
+    assert line.path == "/v1/items"
+    assert line.getMessage() == f"GET /v1/items {response.status_code}"
+    text = logged_text(line)
+    for part in ("?", "colour", "api_key", "page", keys.reader.secret[len(KEY_PREFIX) + 1 :][:12]):
+        assert part not in text
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
@@ -123,6 +162,39 @@ def test_no_path_is_ever_redirected(client, keys: KeySet, method: str, path: str
     response = client.open(path, method=method, headers={**bearer(keys.writer), "Host": "evil.example"})
     assert "Location" not in response.headers
     assert_problem(response, 404)
+
+
+def test_a_route_with_a_trailing_slash_is_not_redirected_to(make_app, keys: KeySet) -> None:
+    """Werkzeug would answer "/v1/things" with a redirect to "/v1/things/", built from Host."""
+    app = make_app()
+    app.add_url_rule("/v1/things/", "things", lambda: {"things": []})
+    response = app.test_client().get("/v1/things", headers={**bearer(keys.reader), "Host": "evil.example"})
+    assert "Location" not in response.headers
+    assert_problem(response, 404)
+
+
+def test_an_http_error_without_a_fixed_text_gets_its_standard_description(make_app) -> None:
+    app = make_app()
+
+    def gone() -> str:
+        raise Gone
+
+    app.add_url_rule("/v1/gone", "gone", gone)
+    body = assert_problem(app.test_client().get("/v1/gone"), 410)
+    assert body["detail"] == HTTPStatus.GONE.description
+
+
+@pytest.mark.parametrize("error", [NoMoreData(b""), InvalidChunkSize(b"ZZZ")], ids=["short", "bad-chunk"])
+def test_a_body_that_breaks_http_framing_is_a_400_problem(make_app, error: Exception) -> None:
+    """What gunicorn raises while a view reads such a body (the slow test below sends one)."""
+    app = make_app()
+
+    def read_body() -> str:
+        raise error
+
+    app.add_url_rule("/v1/read", "read_body", read_body, methods=["POST"])
+    body = assert_problem(app.test_client().post("/v1/read"), 400)
+    assert body["detail"] == "The request body is malformed."
 
 
 @pytest.mark.slow
@@ -169,3 +241,24 @@ def test_a_chunked_body_over_the_size_limit_is_413_through_gunicorn(
     status_line, _, rest = answer.partition(b"\r\n")
     assert status_line.split()[1] == b"413"
     assert b"application/problem+json" in rest
+
+
+def test_the_request_line_carries_what_happened_and_who_asked(
+    client, keys: KeySet, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A clock that reads 10 s as the request starts and 123.456 ms later from then on.
+    readings = iter([10.0])
+    monkeypatch.setattr(requestlog.time, "perf_counter", lambda: next(readings, 10.123456))
+    with caplog.at_level(logging.INFO):
+        response = client.get("/v1/whoami", headers={**bearer(keys.reader), "X-Request-ID": UUID})
+    line = request_line(caplog)
+    assert line.getMessage() == "GET /v1/whoami 200"
+    assert {name: getattr(line, name) for name in ("method", "path", "status", "key_id", "auth_failure")} == {
+        "method": "GET",
+        "path": "/v1/whoami",
+        "status": 200,
+        "key_id": "reader",
+        "auth_failure": None,
+    }
+    assert (line.duration_ms, line.remote_addr, line.client_request_id) == (123.46, "127.0.0.1", UUID)
+    assert line.request_id == response.headers["X-Request-ID"]

@@ -146,3 +146,23 @@ def test_tenant_and_id_in_the_body_are_ignored(client: FlaskClient, keys: KeySet
     assert item["created_at"] != "1970-01-01"
     assert client.get(f"/v1/items/{item['id']}", headers=bearer(keys.other_tenant)).status_code == 404
     assert client.get(f"/v1/items/{item['id']}", headers=bearer(keys.reader)).status_code == 200
+
+
+def test_item_ids_are_unpredictable(app) -> None:
+    """Ids are random, so a tenant cannot count other tenants' items from its own ids, nor guess
+    theirs. Across 32 ids in the order they were made: no prefix or suffix common to all, no
+    order, and nearly every character position varies (a UUID4 fixes one of its 32 hex digits).
+    An id made of a process id and a counter fails all three.
+
+    Cannot fail by chance with 122 random bits per id: 32 ids share their first (or last) hex
+    digit with probability 16**-31 = 2**-124; they come out sorted, either way, with probability
+    2/32! < 2**-116; three of the 31 random positions are constant with probability below
+    31**3 * 16**-93."""
+    store = app.extensions["items"]
+    ids = [store.add("acme", f"item {n}").id for n in range(32)]
+    assert len(set(ids)) == len(ids)
+    assert len({item_id[0] for item_id in ids}) > 1, "every id starts the same"
+    assert len({item_id[-1] for item_id in ids}) > 1, "every id ends the same"
+    assert ids not in (sorted(ids), sorted(ids, reverse=True)), "ids follow the order they were made in"
+    varying = [position for position in range(len(ids[0])) if len({i[position] for i in ids}) > 1]
+    assert len(varying) >= len(ids[0]) - 2, f"only {len(varying)} of {len(ids[0])} positions vary"

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 import json
+import operator
 import re
 import secrets
+import sys
+import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -39,8 +44,30 @@ def test_new_key_has_prefix_256_random_bits_and_checksum() -> None:
     body = minted.secret[len(KEY_PREFIX) + 1 :]
     assert len(body) == keys.BODY_LENGTH + keys.CHECKSUM_LENGTH
     assert re.fullmatch(keys.key_pattern(KEY_PREFIX), minted.secret)
-    assert 62**keys.BODY_LENGTH >= 2**256
-    assert keys.RANDOM_BYTES * 8 >= 256
+
+
+def random_part(secret: str) -> int:
+    """The number a key's body spells in base62, most significant digit first."""
+    value = 0
+    for char in secret[len(KEY_PREFIX) + 1 : -keys.CHECKSUM_LENGTH]:
+        value = value * 62 + keys.ALPHABET.index(char)
+    return value
+
+
+def test_a_minted_keys_random_part_spreads_over_all_256_bits() -> None:
+    """Every one of the 256 bits is 1 in some minted key and 0 in another: a generator that draws
+    fewer bytes (8, zero-padded) leaves the high bits 0 in every key, and one that pins a bit
+    leaves it constant.
+
+    Cannot fail by chance: for uniform 256-bit values, one bit is constant across n keys with
+    probability 2 * 2**-n, so some bit is with probability at most 256 * 2 * 2**-n; with
+    n = 128 that is 2**-119."""
+    values = [random_part(mint(KEY_PREFIX, key_id="k", scopes=["a:b"]).secret) for _ in range(128)]
+    assert max(values) < 2**256
+    ever_set = functools.reduce(operator.or_, values)
+    always_set = functools.reduce(operator.and_, values)
+    assert ever_set == 2**256 - 1, f"{256 - ever_set.bit_count()} of 256 bits are 0 in every key"
+    assert always_set == 0, f"{always_set.bit_count()} of 256 bits are 1 in every key"
 
 
 def test_new_keys_never_repeat() -> None:
@@ -110,6 +137,46 @@ def test_expired_key_is_refused_from_its_expiry_date() -> None:
     assert ring.verify(minted.secret, now=dt.datetime(2029, 12, 31, 23, 59, 59, tzinfo=dt.UTC)).key_id == "a"
     with pytest.raises(ExpiredKey):
         ring.verify(minted.secret, now=dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+
+
+@pytest.fixture
+def zone_on_another_date(monkeypatch: pytest.MonkeyPatch) -> Iterator[dt.date]:
+    """Set this process's time zone to one whose date is not UTC's; yield that local date. In the
+    UTC morning a zone 12 hours behind is still on yesterday; later, one 14 hours ahead is on
+    tomorrow."""
+    now = dt.datetime.now(dt.UTC)
+    if now.minute == 59 and now.hour in (11, 23):
+        # The choice holds for a test's second, not across noon or midnight (UTC).
+        time.sleep(61 - now.second)
+        now = dt.datetime.now(dt.UTC)
+    behind = now.hour < 12
+    monkeypatch.setenv("TZ", "Etc/GMT+12" if behind else "Etc/GMT-14")
+    time.tzset()
+    yield now.date() + dt.timedelta(days=-1 if behind else 1)
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_expiry_is_judged_in_utc_whatever_the_servers_time_zone(zone_on_another_date: dt.date) -> None:
+    """The key expires today (UTC) where the server's zone is still on yesterday, or tomorrow where
+    it is already there: refused in the first case, accepted in the second, as in UTC."""
+    today = dt.datetime.now(dt.UTC).date()
+    minted = mint(KEY_PREFIX, key_id="a", scopes=["a:b"], expires=max(zone_on_another_date, today))
+    ring = ring_of(minted)
+    if zone_on_another_date < today:
+        with pytest.raises(ExpiredKey):
+            ring.verify(minted.secret)
+    else:
+        assert ring.verify(minted.secret).key_id == "a"
+
+
+def test_cli_new_judges_the_expiry_in_utc(
+    zone_on_another_date: dt.date, capsys: pytest.CaptureFixture[str]
+) -> None:
+    today = dt.datetime.now(dt.UTC).date()
+    expires = max(zone_on_another_date, today).isoformat()
+    code = keys.main(["new", "--id", "ci", "--scope", "a:b", "--expires", expires, "--json"])
+    assert code == (2 if zone_on_another_date < today else 0), capsys.readouterr()
 
 
 def test_raw_key_in_configuration_is_refused_by_position() -> None:
@@ -234,7 +301,7 @@ def test_cli_new_refuses_an_expiry_that_is_not_in_the_future(
 ) -> None:
     assert keys.main(["new", "--id", "ci", "--scope", "a:b", "--expires", when]) == 2
     captured = capsys.readouterr()
-    assert "not in the future" in captured.err
+    assert captured.err.startswith("error: --expires is not in the future")
     assert not re.search(keys.key_pattern(KEY_PREFIX), captured.out)
 
 
@@ -622,3 +689,50 @@ def test_cli_check_shows_every_field(capsys: pytest.CaptureFixture[str]) -> None
         "nets=10.0.0.0/8,2001:db8::/32",
         "plain: tenant=default scopes=a:b expires=never limit=RATELIMIT_DEFAULT nets=any",
     ]
+
+
+def test_cli_check_lists_each_entry_on_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    lasting = mint(KEY_PREFIX, key_id="ci", scopes=["b:c", "a:b"], tenant="acme").entry
+    expiring = mint(KEY_PREFIX, key_id="old", scopes=["a:b"], expires=dt.date(2031, 2, 3)).entry
+    assert keys.main(["check", lasting, expiring]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "ci: tenant=acme scopes=a:b,b:c expires=never limit=RATELIMIT_DEFAULT nets=any",
+        "old: tenant=default scopes=a:b expires=2031-02-03 limit=RATELIMIT_DEFAULT nets=any",
+    ]
+
+
+def test_cli_check_reads_entries_from_standard_input(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    entries = [mint(KEY_PREFIX, key_id=name, scopes=["a:b"]).entry for name in ("a", "b")]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(entries)))
+    assert keys.main(["check", "--json"]) == 0
+    assert [key["id"] for key in json.loads(capsys.readouterr().out)] == ["a", "b"]
+
+
+def test_cli_new_keeps_the_tenant(capsys: pytest.CaptureFixture[str]) -> None:
+    assert keys.main(["new", "--id", "ci", "--scope", "a:b", "--tenant", "globex"]) == 0
+    out = capsys.readouterr().out
+    entry = next(line.strip() for line in out.splitlines() if line.strip().startswith("id="))
+    assert parse_entry(entry).tenant == "globex"
+
+
+def test_cli_without_a_command_shows_how_to_call_it(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        keys.main([])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: python -m {keys.__package__}.keys")
+    assert "required: command" in err
+
+
+def test_a_piece_of_a_key_pasted_as_an_id_is_refused() -> None:
+    secret = mint(KEY_PREFIX, key_id="k", scopes=["a:b"]).secret
+    piece = secret[: len(KEY_PREFIX) + 1 + 20]
+    with pytest.raises(EntryError, match="id looks like an API key"):
+        mint(KEY_PREFIX, key_id=piece, scopes=["a:b"])
+
+
+def test_a_comment_ends_an_entry_at_its_first_hash() -> None:
+    minted = mint(KEY_PREFIX, key_id="a", scopes=["a:b"])
+    assert [key.key_id for key in ring_of_text(f"{minted.entry}  # rotated # twice")] == ["a"]

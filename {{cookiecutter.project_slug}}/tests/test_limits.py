@@ -3,15 +3,17 @@ the IETF quota fields, and Retry-After only with 429."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.exceptions import HTTPException
 
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, MintedKey, mint
-from {{ cookiecutter.package_name }}.limits import install_limits, limit
+from {{ cookiecutter.package_name }}.limits import exempt, install_limits, limit
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .support import KeySet, bearer
@@ -157,9 +159,10 @@ def test_a_spent_failure_budget_is_429_with_its_own_policy(make_app, keys: KeySe
     [
         ("2001:db8::1", "2001:DB8:0:0::1"),
         ("2001:db8::1", "2001:db8::ffff:1"),
+        ("2001:db8::1", "2001:db8::8000:0:0:1"),
         ("192.0.2.7", "::ffff:192.0.2.7"),
     ],
-    ids=["two-spellings", "same-64", "ipv4-mapped"],
+    ids=["two-spellings", "same-64", "same-64-other-half", "ipv4-mapped"],
 )
 def test_addresses_are_normalised_and_ipv6_counts_by_64(make_app, first: str, second: str) -> None:
     client = make_app(RATELIMIT_AUTH_FAILURES="2 per hour").test_client()
@@ -288,3 +291,57 @@ def test_an_own_limit_is_counted_under_the_key_id(make_app) -> None:
     stored = " ".join(map(str, limiter.storage.storage))
     assert "key:metered" in stored
     assert metered.secret[-20:] not in stored
+
+
+def test_an_address_that_spent_its_failures_gets_429_on_every_route_but_exempt_ones(make_app) -> None:
+    client = make_app(RATELIMIT_AUTH_FAILURES="2 per hour").test_client()
+    assert statuses(client, 2) == [401, 401]
+    assert client.get("/nowhere").status_code == 429
+    assert client.get("/healthz").status_code == 200
+
+
+def test_retry_after_is_never_less_than_a_second(make_app, keys: KeySet) -> None:
+    # A one-second window always has less than a whole second left: rounded down, that is 0.
+    client = make_app(RATELIMIT_DEFAULT="1 per second").test_client()
+    answers = [client.get("/v1/whoami", headers=bearer(keys.reader)) for _ in range(2)]
+    assert [a.status_code for a in answers] == [200, 429]
+    assert answers[1].headers["Retry-After"] == "1"
+    assert quota(answers[1])[2] == 1
+
+
+def test_the_quota_field_names_the_current_limit_by_its_window(make_app, keys: KeySet) -> None:
+    client = make_app(RATELIMIT_DEFAULT="3 per hour;100 per day").test_client()
+    response = client.get("/v1/whoami", headers=bearer(keys.reader))
+    assert quota(response)[:2] == ("default-3600s", 2)
+
+
+def test_a_route_marked_exempt_is_never_limited(settings: Settings) -> None:
+    app = Flask(__name__)
+
+    @app.get("/limited")
+    def limited() -> str:
+        return "limited"
+
+    @app.get("/free")
+    @exempt
+    def free() -> str:
+        return "free"
+
+    install_limits(app, dataclasses.replace(settings, ratelimit_default="1 per hour"))
+    client = app.test_client()
+    assert statuses(client, 2, "/limited") == [200, 429]
+    assert statuses(client, 3, "/free") == [200, 200, 200]
+
+
+def test_a_failure_that_overdraws_the_budget_at_once_is_429_not_401(make_app) -> None:
+    """Two failures at once from one address, with one allowed: both pass the check before the
+    request, and the one counted second is answered 429, so the budget is never exceeded."""
+    app = make_app(RATELIMIT_AUTH_FAILURES="1 per hour")
+    with app.test_request_context("/v1/whoami", environ_base={"REMOTE_ADDR": "127.0.0.1"}):
+        # The budget check passes, then authentication fails: the 401 is not counted yet.
+        with pytest.raises(HTTPException) as refused:
+            app.preprocess_request()
+        assert app.test_client().get("/v1/whoami").status_code == 401  # meanwhile, another failure
+        response = app.finalize_request(refused.value.get_response())
+    assert response.status_code == 429
+    assert quota(response)[:2] == ("auth-failures", 0)

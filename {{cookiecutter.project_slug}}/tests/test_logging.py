@@ -7,8 +7,11 @@ import base64
 import io
 import json
 import logging
+import logging.config
+import re
+import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from werkzeug.datastructures import Headers
@@ -20,6 +23,7 @@ from {{ cookiecutter.package_name }}.logging import (
     JsonFormatter,
     MaskSecrets,
     TextFormatter,
+    configure,
     logging_config,
     request_id,
 )
@@ -287,10 +291,11 @@ def test_a_key_inside_base64_credentials_is_masked(emit: Emit, key: MintedKey, e
     assert MASK in output
 
 
-def test_a_percent_encoded_key_is_masked(emit: Emit, key: MintedKey) -> None:
-    encoded = key.secret.replace("_", "%5F", 1)
+@pytest.mark.parametrize("separator", ["%5F", "%5f"])
+def test_a_percent_encoded_key_is_masked(emit: Emit, key: MintedKey, separator: str) -> None:
+    encoded = key.secret.replace("_", separator, 1)
     output = emit("Invalid HTTP request line: %r", f"GET /v1/items/{encoded} HTTP/1.1 junk")
-    assert_masked(output, key.secret)
+    assert output == f"INFO Invalid HTTP request line: 'GET /v1/items/{MASK} HTTP/1.1 junk'\n"
 
 
 def test_several_keys_in_one_message_are_all_masked(emit: Emit, keys: KeySet) -> None:
@@ -407,6 +412,38 @@ def test_control_characters_from_a_client_are_escaped_in_text_lines(emit: Emit, 
     assert "forged" in output
 
 
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [("a\r\nb", "a\\r\\nb"), ("a\x1bb", "a\\u001bb"), ("a\u2028b", "a\\u2028b"), ("a\x7fb", "a\\u007fb")],
+    ids=["crlf", "escape", "line-separator", "delete"],
+)
+def test_a_control_character_is_shown_as_its_escape(text: str, shown: str) -> None:
+    line = TextFormatter().format(record(text))
+    assert line.endswith(f"ERROR tests.masking: {shown}")
+
+
+def test_a_text_line_is_time_level_logger_message_then_its_extras() -> None:
+    line = TextFormatter().format(record("ready"))
+    assert re.fullmatch(r"\d\d:\d\d:\d\d ERROR tests\.masking: ready", line), line
+    line = TextFormatter().format(record("ready", path="/v1/items", status=200))
+    assert re.fullmatch(r"\d\d:\d\d:\d\d ERROR tests\.masking: ready path=/v1/items status=200", line), line
+
+
+def test_a_text_line_formats_a_traceback_and_a_stack_it_is_handed_directly() -> None:
+    """Records that did not pass the filter (a handler added later) still get every line indented."""
+    try:
+        fail_with("nothing secret")
+    except ValueError:
+        failed = record(
+            "failed", exc_info=sys.exc_info(), stack_info="Stack (most recent call last):\n  here"
+        )
+    first, *rest = TextFormatter().format(failed).split("\n")
+    assert first.endswith("ERROR tests.masking: failed")
+    assert "    | Traceback (most recent call last):" in rest
+    assert "    | ValueError: cannot use nothing secret" in rest
+    assert rest[-2:] == ["    | Stack (most recent call last):", "    |   here"]
+
+
 def test_a_traceback_in_a_text_line_is_indented_under_its_record(emit: Emit, key: MintedKey) -> None:
     try:
         raise ValueError("bad\r\n12:00:00 INFO audit: forged")
@@ -514,3 +551,94 @@ def test_every_configured_handler_carries_the_filter(json_lines: bool) -> None:
         assert config["loggers"][name]["handlers"]
         assert config["loggers"][name]["propagate"] is False
     assert config["root"]["handlers"]
+
+
+@pytest.fixture
+def process_logging() -> Iterator[None]:
+    """Put back the session's logging after a test applies a configuration to the process."""
+    loggers = [logging.getLogger(), logging.getLogger("gunicorn.error"), logging.getLogger("gunicorn.access")]
+    saved = [(logger.handlers[:], logger.level, logger.propagate, logger.disabled) for logger in loggers]
+    loggers[0].setLevel(logging.NOTSET)
+    for logger in loggers[1:]:
+        # As in a fresh gunicorn process: no level, no handler of the session's own configuration.
+        logger.handlers.clear()
+        logger.setLevel(logging.NOTSET)
+    yield
+    for logger, (handlers, level, propagate, disabled) in zip(loggers, saved, strict=True):
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate, logger.disabled = propagate, disabled
+
+
+@pytest.mark.usefixtures("process_logging")
+@pytest.mark.parametrize("json_lines", [True, False], ids=["json", "text"])
+def test_the_logging_configuration_masks_every_logger_it_sets_up(
+    capsys: pytest.CaptureFixture[str], key: MintedKey, json_lines: bool
+) -> None:
+    """Applied as gunicorn and the app apply it: the app's loggers (made before, as imports make
+    them) and gunicorn's error log write once each to stderr, the access log to stdout, each
+    record one masked line, and nothing below the level."""
+    app_logger = logging.getLogger("tests.configured.app")
+    logging.config.dictConfig(logging_config(key_prefix=KEY_PREFIX, json_lines=json_lines, level="WARNING"))
+    app_logger.warning("app sees %s", key.secret)
+    app_logger.info("below the level")
+    logging.getLogger("gunicorn.error").warning("error log sees %s", key.secret)
+    logging.getLogger("gunicorn.access").info("access log sees %s", key.secret)
+    out, err = capsys.readouterr()
+
+    def who(lines: str) -> list[str]:
+        return [
+            next(name for name in ("app", "error log", "access log") if f"{name} sees" in line)
+            for line in lines.splitlines()
+        ]
+
+    assert (who(err), who(out)) == (["app", "error log"], ["access log"])
+    for line in (*err.splitlines(), *out.splitlines()):
+        assert_masked(line, key.secret)
+        if json_lines:
+            assert json.loads(line)["message"].endswith(f"sees {MASK}")
+        else:
+            assert re.fullmatch(rf"\d\d:\d\d:\d\d (WARNING|INFO) [\w.]+: .* sees {re.escape(MASK)}", line)
+
+
+@pytest.mark.usefixtures("process_logging")
+def test_configure_sets_up_masked_logging_once_when_nothing_else_has(
+    capsys: pytest.CaptureFixture[str], key: MintedKey
+) -> None:
+    """As under `flask run` or another server: the app configures logging itself, and only when
+    no handler with the filter is there already (under gunicorn, its logconfig_dict did it)."""
+    logging.getLogger().handlers.clear()
+    configure(key_prefix=KEY_PREFIX, json_lines=True, level="WARNING")
+    configure(key_prefix=KEY_PREFIX, json_lines=False, level="DEBUG")
+    logging.getLogger("tests.configured.app").info("below the level")
+    logging.getLogger("tests.configured.app").warning("app sees %s", key.secret)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert json.loads(line)["message"] == f"app sees {MASK}"
+
+
+def test_extra_fields_inside_containers_and_objects_keep_what_holds_no_secret(emit: Emit) -> None:
+    class Shown:
+        def __str__(self) -> str:
+            return "shown as text"
+
+    extra = {"headers": {"Accept": "application/json"}, "ids": ["a", "b"], "pair": (1, 2), "thing": Shown()}
+    output = emit("with extras", formatter=JsonFormatter(), extra=extra)
+    entry = json.loads(output)
+    assert (entry["headers"], entry["ids"], entry["pair"]) == (
+        {"Accept": "application/json"},
+        ["a", "b"],
+        [1, 2],
+    )
+    assert entry["thing"] == "shown as text"
+
+
+def test_a_json_line_has_utc_time_level_logger_message_and_exception() -> None:
+    try:
+        fail_with("nothing secret")
+    except ValueError:
+        failed = record("failed", exc_info=sys.exc_info())
+    entry = json.loads(JsonFormatter().format(failed))
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", entry["time"]), entry["time"]
+    assert (entry["level"], entry["logger"], entry["message"]) == ("ERROR", "tests.masking", "failed")
+    assert entry["exception"].startswith("Traceback (most recent call last):")
+    assert entry["exception"].endswith("ValueError: cannot use nothing secret")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 from flask.testing import FlaskClient
 
 from .support import KeySet, bearer
@@ -27,11 +30,19 @@ def test_spoofed_forwarded_for_from_a_client_changes_nothing(make_app) -> None:
     assert (first.status_code, second.status_code) == (401, 429)
 
 
-def test_last_hop_is_used_so_a_client_cannot_prepend_addresses(make_app) -> None:
+@pytest.mark.parametrize("prepended", [["1.1.1.1"], ["1.1.1.1", "3.3.3.3"]], ids=["one", "two"])
+def test_last_hop_is_used_so_a_client_cannot_prepend_addresses(make_app, prepended: list[str]) -> None:
     client = make_app(FORWARDED_ALLOW_IPS=PROXY, RATELIMIT_DEFAULT="1 per hour").test_client()
-    client.get("/v1/whoami", **via(PROXY, **{"X-Forwarded-For": "1.1.1.1, 198.51.100.7"}))
+    client.get("/v1/whoami", **via(PROXY, **{"X-Forwarded-For": ", ".join([*prepended, "198.51.100.7"])}))
     again = client.get("/v1/whoami", **via(PROXY, **{"X-Forwarded-For": "2.2.2.2, 198.51.100.7"}))
     assert again.status_code == 429
+
+
+@pytest.mark.parametrize("peer", ["", "proxy.internal", "unix:/run/gunicorn.sock"])
+def test_a_peer_that_is_not_an_address_is_never_trusted(make_app, peer: str) -> None:
+    client = make_app(FORWARDED_ALLOW_IPS=PROXY).test_client()
+    response = client.get("/healthz", **via(peer, **{"X-Forwarded-Proto": "https"}))
+    assert "Strict-Transport-Security" not in response.headers
 
 
 def test_trusted_proxy_scheme_earns_hsts(make_app) -> None:
@@ -52,3 +63,29 @@ def test_without_named_proxies_no_one_is_trusted(client: FlaskClient, keys: KeyS
     )
     assert response.status_code == 200
     assert "Strict-Transport-Security" not in response.headers
+
+
+def test_a_trusted_proxy_that_names_no_client_leaves_its_own_address(
+    make_app, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = make_app(FORWARDED_ALLOW_IPS=PROXY).test_client()
+    with caplog.at_level(logging.INFO):
+        client.get("/healthz", **via(PROXY))
+    (line,) = [record for record in caplog.records if record.name.endswith("requestlog")]
+    assert line.remote_addr == PROXY
+
+
+@pytest.mark.parametrize(
+    ("proto", "hsts"), [("http, http, https", True), ("https, https, http", False)], ids=["https", "http"]
+)
+def test_the_last_scheme_a_trusted_proxy_reports_counts(make_app, proto: str, hsts: bool) -> None:
+    client = make_app(FORWARDED_ALLOW_IPS=PROXY).test_client()
+    response = client.get("/healthz", **via(PROXY, **{"X-Forwarded-Proto": proto}))
+    assert ("Strict-Transport-Security" in response.headers) is hsts
+
+
+def test_a_trusted_proxy_that_took_plain_http_makes_the_request_plain(make_app, keys: KeySet) -> None:
+    """Even on the service's own TLS socket: the hop before the proxy carried the key in cleartext."""
+    client = make_app(APP_ENV="production", FORWARDED_ALLOW_IPS=PROXY).test_client()
+    sent = via(PROXY, **{"X-Forwarded-Proto": "http", **bearer(keys.reader)})
+    assert client.get("/v1/whoami", base_url="https://localhost", **sent).status_code == 403

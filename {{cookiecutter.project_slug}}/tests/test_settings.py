@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import ipaddress
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,18 @@ import pytest
 from {{ cookiecutter.package_name }}.database import DatabaseSettings
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, mint
 from {{ cookiecutter.package_name }}.serving import check_workers
-from {{ cookiecutter.package_name }}.settings import ConfigError, Settings, load_settings, settings_from
+from {{ cookiecutter.package_name }}.settings import (
+    ConfigError,
+    Invalid,
+    Settings,
+    choice,
+    flag,
+    load_settings,
+    read,
+    settings_from,
+    whole,
+)
+from {{ cookiecutter.package_name }}.settings import main as settings_main
 
 from .support import KeySet
 
@@ -302,3 +315,144 @@ def test_keys_with_limits_networks_and_instants_are_described_without_secrets(
         "limit": "10/second",
         "nets": ["192.0.2.0/24"],
     }
+
+
+def test_a_choice_accepts_exactly_its_values() -> None:
+    parse = choice("fixed-window", "moving-window")
+    assert [parse("fixed-window"), parse("moving-window")] == ["fixed-window", "moving-window"]
+    for text in ("", "Fixed-Window", "fixed-window "):
+        with pytest.raises(Invalid, match="must be one of fixed-window, moving-window"):
+            parse(text)
+
+
+def test_a_whole_number_is_accepted_up_to_both_bounds_and_no_further() -> None:
+    parse = whole(1, 64)
+    assert [parse("1"), parse("64")] == [1, 64]
+    for text in ("0", "65", "-1", "1.5", "one"):
+        with pytest.raises(Invalid):
+            parse(text)
+
+
+def test_a_field_declares_its_variable_once() -> None:
+    declared = read("NAME", str, "fallback", missing="not set", from_file=True)["variable"]
+    assert (declared.name, declared.parse, declared.default) == ("NAME", str, "fallback")
+    assert (declared.missing, declared.from_file) == ("not set", True)
+
+
+def test_describe_shows_what_the_service_starts_with(
+    env: dict[str, str], tls_files: tuple[Path, Path]
+) -> None:
+    assert settings_from(env).describe()["TLS_CERT_FILE"] is None
+    cert, key = (str(path) for path in tls_files)
+    env.update(FORWARDED_ALLOW_IPS="10.0.0.1, 2001:db8::/32", TLS_CERT_FILE=cert, TLS_KEY_FILE=key)
+    described = settings_from(env).describe()
+    assert described["FORWARDED_ALLOW_IPS"] == ["10.0.0.1/32", "2001:db8::/32"]
+    assert (described["TLS_CERT_FILE"], described["TLS_KEY_FILE"]) == (cert, key)
+    assert described["RATELIMIT_STORAGE_URI"] == "memory://"
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        ("redis://:hunter2@localhost:6379/0", "redis://***@localhost:6379/0"),
+        ("redis://user:hunter2@localhost:6379/0", "redis://***@localhost:6379/0"),
+        ("redis://:hun@ter2@localhost:6379/0", "redis://***@localhost:6379/0"),
+        ("redis://:hunter2@localhost:6379/0?note=a://b", "redis://***@localhost:6379/0?note=a://b"),
+        ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+    ],
+    ids=["password", "user-and-password", "at-in-password", "scheme-in-query", "no-credentials"],
+)
+def test_describe_hides_the_storage_credentials_and_nothing_else(
+    env: dict[str, str], uri: str, shown: str
+) -> None:
+    env["RATELIMIT_STORAGE_URI"] = uri
+    assert settings_from(env).describe()["RATELIMIT_STORAGE_URI"] == shown
+
+
+def test_the_environment_sizes_redis_backed_workers_by_this_machine(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
+) -> None:
+    for name, value in {**env, "RATELIMIT_STORAGE_URI": "redis://localhost:6379/0"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    assert load_settings().workers == 3
+
+
+def test_make_settings_prints_the_configuration_or_the_one_line_that_stops_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], env: dict[str, str], keys: KeySet
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("API_KEYS_FILE", raising=False)
+    assert settings_main() == 0
+    out = capsys.readouterr().out
+    assert out.startswith('{\n  "APP_ENV": "test",\n'), "indented for a person to read"
+    shown = json.loads(out)
+    assert [key["id"] for key in shown["API_KEYS"]] == ["expired", "other", "plain", "reader", "writer"]
+    monkeypatch.setenv("RATELIMIT_DEFAULT", "plenty")
+    assert settings_main() == 1
+    out, err = capsys.readouterr()
+    assert (out, err) == (
+        "",
+        "error: RATELIMIT_DEFAULT: is not a rate limit such as '100 per minute' or '10/second'\n",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("yes", True), ("no", False), ("1", True), ("0", False), ("TRUE", True)]
+)
+def test_a_flag_reads_the_usual_spellings(text: str, value: bool) -> None:
+    assert flag(text) is value
+
+
+def test_the_openapi_document_is_served_by_default_only_in_development(env: dict[str, str]) -> None:
+    assert settings_from(env).openapi_enabled is False
+    assert settings_from({**env, "APP_ENV": "development"}).openapi_enabled is True
+
+
+def test_a_proxy_network_may_be_written_with_host_bits(env: dict[str, str]) -> None:
+    assert settings_from({**env, "FORWARDED_ALLOW_IPS": "10.0.0.5/8"}).forwarded_allow_ips == (
+        ipaddress.ip_network("10.0.0.0/8"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("uri", "accepted"),
+    [
+        ("redis://localhost:6379/1", True),
+        ("rediss://localhost:6379/2", True),
+        ("redis://localhost:6379/cache", False),
+        ("rediss://localhost:6379/cache", False),
+        ("memcached://localhost:11211/cache", True),
+    ],
+)
+def test_a_redis_database_must_be_a_number(env: dict[str, str], uri: str, accepted: bool) -> None:
+    env["RATELIMIT_STORAGE_URI"] = uri
+    if accepted:
+        assert settings_from(env).ratelimit_storage_uri == uri
+    else:
+        assert refused(env).variable == "RATELIMIT_STORAGE_URI"
+
+
+def test_both_sources_of_one_variable_name_it(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "uri").write_text("memory://")
+    env.update(RATELIMIT_STORAGE_URI="memory://", RATELIMIT_STORAGE_URI_FILE=str(tmp_path / "uri"))
+    assert refused(env).variable == "RATELIMIT_STORAGE_URI"
+
+
+def test_a_key_file_without_its_certificate_names_the_certificate(
+    env: dict[str, str], tls_files: tuple[Path, Path]
+) -> None:
+    env["TLS_KEY_FILE"] = str(tls_files[1])
+    assert refused(env).variable == "TLS_CERT_FILE"
+
+
+def test_memory_limits_default_to_one_worker_whatever_the_cpus(env: dict[str, str]) -> None:
+    assert settings_from(env, cpu_count=4).workers == 1
+    assert settings_from({**env, "RATELIMIT_STORAGE_URI": "redis://localhost:6379/0"}).workers == 1
+
+
+def test_only_secrets_may_come_from_a_file(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "env").write_text("development")
+    assert settings_from({**env, "APP_ENV_FILE": str(tmp_path / "env")}).app_env == "test"

@@ -253,24 +253,46 @@ def test_tls_1_1_and_1_0_handshakes_are_refused(tls_server: TlsServer, ca: trust
         handshake(tls_server.port, context)
 
 
-@pytest.mark.parametrize(
-    "cipher",
-    [
-        "AES128-SHA",  # RSA key exchange (no forward secrecy), CBC
-        "AES128-GCM-SHA256",  # RSA key exchange (no forward secrecy), even though AEAD
-        "ECDHE-RSA-AES128-SHA",  # forward secret, but CBC
-        "ECDHE-RSA-AES128-SHA256",  # forward secret, but CBC (in Python's default server list)
-        "ECDHE-RSA-AES256-SHA384",  # idem
-    ],
-)
-def test_tls_1_2_refuses_ciphers_without_forward_secrecy_or_aead(
-    tls_server: TlsServer, ca: trustme.CA, cipher: str
+def tls12_suites() -> dict[str, dict[str, object]]:
+    """Every suite this machine's client can offer in TLS 1.2: all of OpenSSL's, NULL ciphers
+    included, but those that exist only in TLS 1.3."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.set_ciphers("ALL:COMPLEMENTOFALL:@SECLEVEL=0")
+    return {suite["name"]: suite for suite in context.get_ciphers() if suite["protocol"] != "TLSv1.3"}
+
+
+def forward_secret_aead(suite: dict[str, object]) -> bool:
+    return bool(suite["aead"]) and suite["kea"] in ("kx-ecdhe", "kx-dhe")
+
+
+@pytest.mark.parametrize("certificate", ["rsa", "ecdsa"])
+def test_tls_1_2_negotiates_no_suite_without_forward_secrecy_and_aead(
+    request: pytest.FixtureRequest, ca: trustme.CA, certificate: str
 ) -> None:
-    context = tls_client(ssl.TLSVersion.TLSv1_2, ca, ciphers=cipher, weak=True)
-    if not client_can_offer(context, tls_server.cert, tls_server.key):
-        pytest.skip(f"this machine's OpenSSL ({ssl.OPENSSL_VERSION}) cannot offer {cipher} at all")
-    with pytest.raises((ssl.SSLError, ConnectionError)):
-        handshake(tls_server.port, context)
+    """The client's whole TLS 1.2 list, one suite per handshake, against a server with each kind
+    of certificate (a suite names the kind it needs). A suite added to the server's list that
+    lacks forward secrecy or AEAD (ECDHE-RSA-AES256-SHA, say) is negotiated, and fails this."""
+    if certificate == "rsa":
+        shared: TlsServer = request.getfixturevalue("tls_server")
+        port, cert, key = shared.port, shared.cert, shared.key
+    else:  # the session's certificate: trustme's default, ECDSA
+        cert, key = request.getfixturevalue("tls_files")
+        port = request.getfixturevalue("start_server")().port
+    suites = tls12_suites()
+    weak = [name for name, suite in suites.items() if not forward_secret_aead(suite)]
+    # Proof that the refusals below mean something: this client can negotiate a weak suite.
+    if not client_can_offer(tls_client(ssl.TLSVersion.TLSv1_2, ca, ":".join(weak), weak=True), cert, key):
+        pytest.skip(f"this machine's OpenSSL ({ssl.OPENSSL_VERSION}) cannot offer a weak TLS 1.2 suite")
+    negotiated = []
+    for name in suites:
+        try:
+            negotiated.append(handshake(port, tls_client(ssl.TLSVersion.TLSv1_2, ca, name, weak=True)))
+        except (ssl.SSLError, ConnectionError):
+            continue
+    assert negotiated, "no TLS 1.2 suite was negotiated at all"
+    assert {version for version, _ in negotiated} == {"TLSv1.2"}
+    accepted = [cipher for _, cipher in negotiated if cipher is not None]
+    assert [cipher for cipher in accepted if not forward_secret_aead(suites[cipher])] == []
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import NoReturn
 
-from flask import Flask, Response, abort, g, json
+from flask import Flask, Response, abort, g, json, request
 from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RequestRedirect
@@ -47,10 +47,17 @@ def fail(status: int, detail: str | None = None, headers: dict[str, str] | None 
     abort(problem(status, detail, headers))
 
 
+def _no_routing_redirect() -> Response | None:
+    # Routing would redirect a path without the trailing slash its route has to a URL built from
+    # the Host header, in HTML, and Flask answers that redirect itself, before any error
+    # handler: an API has one spelling for each resource, and says so with 404.
+    if isinstance(request.routing_exception, RequestRedirect):
+        return problem(404)
+    return None
+
+
 def _from_http_exception(error: HTTPException) -> Response:
-    # Routing would redirect ("/v1//items", a missing trailing slash) to a URL built from the
-    # Host header, in HTML: an API has one spelling for each resource, and says so with 404.
-    status = 404 if isinstance(error, RequestRedirect) else error.code or 500
+    status = error.code or 500
     headers = {}
     if status == 405 and getattr(error, "valid_methods", None):
         headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
@@ -67,7 +74,8 @@ def install_errors(app: Flask) -> None:
     Flask logs an unhandled exception once (with its traceback, masked by the log filter)
     before it calls the 500 handler.
     """
-    app.url_map.merge_slashes = False
+    app.url_map.merge_slashes = False  # "/v1//items" would be redirected too
+    app.before_request(_no_routing_redirect)
     app.register_error_handler(HTTPException, _from_http_exception)
     # gunicorn raises these while a view reads a body that breaks HTTP framing (a bad chunk,
     # fewer bytes than Content-Length): the client's fault, not a 500.
