@@ -36,7 +36,7 @@ from {{ cookiecutter.package_name }}.metrics import (
     database_pool,
     database_unavailable,
 )
-from {{ cookiecutter.package_name }}.settings import METRICS_DIR, ConfigError, settings_from
+from {{ cookiecutter.package_name }}.settings import METRICS_DIR, ConfigError, export_metrics_dir, settings_from
 
 from .support import KeySet, Server, bearer, free_port, run_gunicorn
 
@@ -141,6 +141,21 @@ def test_a_metrics_directory_that_is_a_file_stops_the_start(env: dict[str, str],
     taken.write_text("")
     with pytest.raises(ConfigError, match=f"^{METRICS_DIR}: exists and is not a directory$"):
         settings_from({**env, METRICS_DIR: str(taken)})
+
+
+def test_a_metrics_directory_that_does_not_exist_yet_is_accepted_as_an_absolute_path(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert settings_from({**env, METRICS_DIR: "metrics"}).metrics_dir == tmp_path / "metrics"
+
+
+def test_the_metrics_directory_is_handed_to_prometheus_client_in_its_own_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(METRICS_DIR, "/elsewhere")  # restored after the test
+    export_metrics_dir(tmp_path / "metrics")
+    assert os.environ[METRICS_DIR] == str(tmp_path / "metrics")
 
 
 # --- The series ------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ def finished(process: subprocess.Popen[str]) -> str:
 # --- DATABASE_URL ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("character", ["#", "/", "?", "@"])
+@pytest.mark.parametrize("character", ["#", "/", "?", "@", "["])
 def test_a_password_the_driver_would_misread_stops_the_start_without_echoing_it(
     env: dict[str, str], character: str
 ) -> None:

@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import ipaddress
 import json
+import locale
 import os
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from {{ cookiecutter.package_name }}.settings import (
     Invalid,
     Settings,
     choice,
+    database_settings_from,
     flag,
+    load_database_settings,
     load_settings,
     read,
     settings_from,
@@ -81,6 +84,22 @@ def test_unreadable_keys_file_is_named(env: dict[str, str], tmp_path: Path) -> N
     assert str(refused(env)) == "API_KEYS_FILE: cannot read the file (FileNotFoundError)"
 
 
+def test_a_secrets_file_is_read_as_utf8_whatever_the_hosts_locale(
+    env: dict[str, str], keys: KeySet, tmp_path: Path
+) -> None:
+    path = tmp_path / "keys"
+    path.write_text(f"# rotated by Zoë\n{keys.reader.entry}\n", encoding="utf-8")
+    del env["API_KEYS"]
+    env["API_KEYS_FILE"] = str(path)
+    before = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")  # a host whose locale reads ASCII only
+    try:
+        read = [k.key_id for k in settings_from(env).keys]
+    finally:
+        locale.setlocale(locale.LC_CTYPE, before)
+    assert read == ["reader"]
+
+
 def test_both_key_sources_are_refused(env: dict[str, str], tmp_path: Path) -> None:
     env["API_KEYS_FILE"] = str(tmp_path / "keys")
     assert "not both" in str(refused(env))
@@ -105,7 +124,7 @@ def test_unknown_storage_scheme_is_refused_without_echoing_the_uri(env: dict[str
     assert "hunter2" not in str(error)
 
 
-@pytest.mark.parametrize("password", ["hun#ter2", "hun/ter2", "hun?ter2", "hunter2#/?"])
+@pytest.mark.parametrize("password", ["hun#ter2", "hun/ter2", "hun?ter2", "hunter2#/?", "hun[ter2"])
 def test_a_storage_password_that_would_be_misread_stops_the_start_unechoed(
     env: dict[str, str], password: str
 ) -> None:
@@ -115,6 +134,30 @@ def test_a_storage_password_that_would_be_misread_stops_the_start_unechoed(
     assert "percent-encode" in str(error)
     for piece in ("hun", "ter2"):
         assert piece not in str(error)
+
+
+@pytest.mark.parametrize(
+    ("uri", "accepted"),
+    [
+        ("redis://localhost/0", True),
+        ("redis://localhost:1/0", True),
+        ("redis://localhost:65535/0", True),
+        ("redis://localhost:0/0", False),
+        ("redis://localhost:65536/0", False),
+        ("redis://localhost:63791x/0", False),
+        ("redis://:hunter2@:6379/0", False),
+        ("memcached://user:1234#5678@cache:11211", False),
+    ],
+    ids=["no-port", "port-1", "port-65535", "port-0", "port-65536", "port-letters", "no-host", "fragment"],
+)
+def test_a_storage_uri_must_name_a_host_and_a_port_its_client_can_reach(
+    env: dict[str, str], uri: str, accepted: bool
+) -> None:
+    env["RATELIMIT_STORAGE_URI"] = uri
+    if accepted:
+        assert settings_from(env).ratelimit_storage_uri == uri
+    else:
+        assert refused(env).variable == "RATELIMIT_STORAGE_URI"
 
 
 def test_a_percent_encoded_storage_password_is_accepted(env: dict[str, str]) -> None:
@@ -133,9 +176,10 @@ def test_the_storage_uri_may_come_from_a_file(env: dict[str, str], tmp_path: Pat
 
 def test_production_without_tls_or_proxy_refuses_plain_http(env: dict[str, str]) -> None:
     env["APP_ENV"] = "production"
-    error = refused(env)
-    assert error.variable == "TLS_CERT_FILE"
-    assert "FORWARDED_ALLOW_IPS" in str(error)
+    assert str(refused(env)) == (
+        "TLS_CERT_FILE: not set: serve HTTPS with TLS_CERT_FILE and TLS_KEY_FILE, "
+        "or name the TLS-terminating proxies in FORWARDED_ALLOW_IPS"
+    )
 
 
 def test_production_behind_a_named_proxy_may_serve_plain_http(env: dict[str, str]) -> None:
@@ -166,9 +210,14 @@ def test_untrustworthy_proxy_lists_are_refused(env: dict[str, str], value: str) 
     assert refused(env).variable == "FORWARDED_ALLOW_IPS"
 
 
+def test_a_star_for_the_proxies_is_refused_saying_it_would_trust_every_client(env: dict[str, str]) -> None:
+    env["FORWARDED_ALLOW_IPS"] = "10.0.0.5, *"
+    assert str(refused(env)) == "FORWARDED_ALLOW_IPS: '*' trusts every client; name the proxies"
+
+
 def test_tls_needs_both_files(env: dict[str, str], tls_files: tuple[Path, Path]) -> None:
     env["TLS_CERT_FILE"] = str(tls_files[0])
-    assert refused(env).variable == "TLS_KEY_FILE"
+    assert str(refused(env)) == "TLS_KEY_FILE: not set: TLS needs both TLS_CERT_FILE and TLS_KEY_FILE"
 
 
 def test_unreadable_certificate_is_named(
@@ -185,7 +234,7 @@ def test_mismatched_certificate_and_key_are_refused(
     other_key = tmp_path / "other-key.pem"
     other.private_key_pem.write_to_path(str(other_key))
     env.update(TLS_CERT_FILE=str(tls_files[0]), TLS_KEY_FILE=str(other_key))
-    assert refused(env).variable == "TLS_KEY_FILE"
+    assert str(refused(env)) == "TLS_KEY_FILE: is not the private key of TLS_CERT_FILE, or not PEM"
 
 
 @pytest.mark.parametrize(
@@ -257,6 +306,15 @@ def test_dot_env_is_read_only_in_development(
         load_settings()
     monkeypatch.setenv("APP_ENV", "development")
     assert [k.key_id for k in load_settings().keys] == ["from-dotenv"]
+
+
+def test_migrations_read_the_database_settings_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, database_env: dict[str, str]
+) -> None:
+    monkeypatch.setenv("APP_ENV", "test")
+    for name, value in database_env.items():
+        monkeypatch.setenv(name, value)
+    assert load_database_settings() == database_settings_from(database_env)
 
 
 def test_real_environment_wins_over_dot_env(
@@ -424,6 +482,7 @@ def test_a_proxy_network_may_be_written_with_host_bits(env: dict[str, str]) -> N
         ("rediss://localhost:6379/2", True),
         ("redis://localhost:6379/cache", False),
         ("rediss://localhost:6379/cache", False),
+        ("redis://localhost:6379/1X", False),
         ("memcached://localhost:11211/cache", True),
     ],
 )

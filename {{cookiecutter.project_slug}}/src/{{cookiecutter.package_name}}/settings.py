@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     # Where items live has its own table, in the module of the database this project uses.
     from .database import DatabaseSettings
 
-UNPARSABLE_URI = "cannot be parsed: percent-encode '#', '/', '?' and '@' in the password"
+UNPARSABLE_URI = "cannot be parsed: percent-encode '#', '/', '?', '@', '[' and ']' in the password"
 ENVIRONMENTS = ("production", "development", "test")
 STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -137,12 +137,12 @@ def storage_uri(text: str) -> str:
         return text
     try:
         parts = urlsplit(text)
-        port_ok = parts.port is None or parts.port > 0
-    except ValueError:  # a port that is not a number: often the rest of a password
-        port_ok = False
+        port = parts.port
+    except ValueError:  # a port that is not a number (often the rest of a password), or a lone '['
+        raise Invalid(UNPARSABLE_URI) from None
     database = parts.path.strip("/")
     if (
-        not port_ok
+        port == 0
         or not parts.hostname
         or parts.fragment
         or (scheme in ("redis", "rediss") and database and not database.isdigit())
