@@ -11,7 +11,7 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -197,6 +197,7 @@ def test_raw_key_in_configuration_is_refused_by_position() -> None:
         ("id=a;scopes=a:b;sha256=" + "a" * 64 + ";expires=tomorrow", "YYYY-MM-DD"),
         ("id=a;scopes=a:b;sha256=" + "a" * 64 + ";colour=red", "unknown field"),
         ("id=a b;scopes=a:b;sha256=" + "a" * 64, "id must be"),
+        ("id=a=b;scopes=a:b;sha256=" + "a" * 64, "id must be"),
         ("id=a;scopes=A B;sha256=" + "a" * 64, "scopes must"),
         ("id=a;scopes=a:b;sha256=" + "0" * 64, "placeholder"),
     ],
@@ -208,6 +209,7 @@ def test_raw_key_in_configuration_is_refused_by_position() -> None:
         "bad-date",
         "unknown",
         "bad-id",
+        "equals-sign-in-id",
         "bad-scope",
         "placeholder",
     ],
@@ -363,7 +365,21 @@ def test_entry_round_trips_an_instant_a_limit_and_networks() -> None:
     assert minted.key.limit == "10/second;1000 per hour"
 
 
-def test_an_instant_is_written_in_utc() -> None:
+@pytest.fixture
+def server_zone(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
+    """Set this process's time zone, as a POSIX TZ string (no zone database needed)."""
+
+    def set_zone(zone: str) -> None:
+        monkeypatch.setenv("TZ", zone)
+        time.tzset()
+
+    yield set_zone
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_an_instant_is_written_in_utc(server_zone: Callable[[str], None]) -> None:
+    server_zone("ZONE-5")  # five hours ahead of UTC: a local time would be written as another instant
     noon_in_paris = dt.datetime(2030, 1, 1, 13, 0, tzinfo=dt.timezone(dt.timedelta(hours=1)))
     minted = mint(KEY_PREFIX, key_id="a", scopes=["a:b"], expires=noon_in_paris)
     assert "expires=2030-01-01T12:00Z" in minted.entry
@@ -424,6 +440,10 @@ def test_a_bad_limit_is_refused_without_echoing_it(limit: str, message: str) -> 
         "5 per 10 minutes",
         "1000 PER HOUR",
         "2/day",
+        "1 per minute",
+        "1/second",
+        "10 per 1 hour",
+        "1 per 1 second",
         "0 per minute",
         "10 per 0 seconds",
         "10 per 00 seconds",
@@ -544,6 +564,20 @@ def test_roll_expires_the_old_entry_overlap_later_rounded_up_to_the_minute() -> 
     on_the_minute = now.replace(second=0)
     _, retired = keys.roll(KEY_PREFIX, old, overlap=dt.timedelta(hours=1), now=on_the_minute)
     assert retired.expires == dt.datetime(2030, 1, 1, 11, 15, tzinfo=UTC)
+    just_after = on_the_minute.replace(microsecond=1)
+    _, retired = keys.roll(KEY_PREFIX, old, overlap=dt.timedelta(hours=1), now=just_after)
+    assert retired.expires == dt.datetime(2030, 1, 1, 11, 16, tzinfo=UTC)
+
+
+def test_roll_rounds_up_to_a_utc_minute_whatever_the_servers_zone(server_zone: Callable[[str], None]) -> None:
+    """Entries hold UTC minutes: rounded in a zone whose offset has seconds, the printed expiry
+    would fall before the overlap ends."""
+    server_zone("LMT+0:44:30")
+    old = mint(KEY_PREFIX, key_id="ci", scopes=["a:b"]).key
+    now = dt.datetime(2030, 1, 1, 10, 15, 20, tzinfo=UTC)
+    _, retired = keys.roll(KEY_PREFIX, old, overlap=dt.timedelta(hours=6), now=now)
+    assert retired.expires == dt.datetime(2030, 1, 1, 16, 16, tzinfo=UTC)
+    assert "expires=2030-01-01T16:16Z" in retired.entry()
 
 
 def test_roll_never_extends_an_earlier_expiry() -> None:
@@ -552,6 +586,15 @@ def test_roll_never_extends_an_earlier_expiry() -> None:
         KEY_PREFIX, old, overlap=dt.timedelta(hours=48), now=dt.datetime(2030, 1, 1, tzinfo=UTC)
     )
     assert retired.expires == dt.date(2030, 1, 2)
+
+
+def test_roll_leaves_an_entry_alone_that_expires_as_the_overlap_ends() -> None:
+    old = mint(KEY_PREFIX, key_id="ci", scopes=["a:b"], expires=dt.date(2030, 1, 2)).key
+    _, retired = keys.roll(
+        KEY_PREFIX, old, overlap=dt.timedelta(hours=24), now=dt.datetime(2030, 1, 1, tzinfo=UTC)
+    )
+    assert retired == old
+    assert retired.entry() == old.entry()
 
 
 def test_roll_refuses_an_id_too_long_for_a_generation() -> None:
@@ -599,6 +642,57 @@ def test_cli_roll_json_has_key_entry_and_old_entry(capsys: pytest.CaptureFixture
     successor = ring_of_text(printed["entry"]).verify(printed["key"])
     assert (successor.key_id, successor.limit, successor.nets) == ("ci.2", "5/second", old.key.nets)
     assert parse_entry(printed["old_entry"]).digest == old.key.digest
+
+
+def test_cli_roll_gives_the_successor_the_expiry_asked_for(capsys: pytest.CaptureFixture[str]) -> None:
+    old = mint(KEY_PREFIX, key_id="ci", scopes=["a:b"])
+    expires = (dt.datetime.now(UTC) + dt.timedelta(days=30)).date()
+    assert keys.main(["roll", old.entry, "--overlap", "1", "--expires", expires.isoformat(), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert parse_entry(printed["entry"]).expires == expires
+    assert parse_entry(printed["old_entry"]).expires != expires
+
+
+@pytest.mark.parametrize("when", ["2020-01-01", dt.datetime.now(dt.UTC).date().isoformat()])
+def test_cli_roll_refuses_an_expiry_that_is_not_in_the_future(
+    capsys: pytest.CaptureFixture[str], when: str
+) -> None:
+    old = mint(KEY_PREFIX, key_id="ci", scopes=["a:b"])
+    assert keys.main(["roll", old.entry, "--overlap", "1", "--expires", when]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: --expires is not in the future")
+    assert captured.out == ""
+
+
+def test_cli_roll_takes_an_overlap_of_up_to_a_year(capsys: pytest.CaptureFixture[str]) -> None:
+    old = mint(KEY_PREFIX, key_id="ci", scopes=["a:b"])
+    before = dt.datetime.now(UTC)
+    assert keys.main(["roll", old.entry, "--overlap", str(keys.MAX_OVERLAP_HOURS), "--json"]) == 0
+    retired = parse_entry(json.loads(capsys.readouterr().out)["old_entry"])
+    assert retired.expires is not None
+    assert keys.refused_from(retired.expires) - before >= dt.timedelta(days=365)
+
+
+def test_cli_roll_counts_the_overlap_in_real_hours_across_a_daylight_saving_change(
+    capsys: pytest.CaptureFixture[str], server_zone: Callable[[str], None]
+) -> None:
+    """The server's clock moves an hour ahead at the next UTC midnight: 24 hours from now are
+    still 24 hours, not 24 hours on the local clock."""
+    now = dt.datetime.now(UTC)
+    if now.hour == 23 and now.minute == 59:
+        # The change must come after the roll's clock reading, not during the test's second.
+        time.sleep(61 - now.second)
+        now = dt.datetime.now(UTC)
+    first_day = (now.date() + dt.timedelta(days=1)).timetuple().tm_yday - 1  # POSIX n: from 0
+    server_zone(f"STD0DST-1,{first_day}/0,{(first_day + 100) % 365}/0")
+    old = mint(KEY_PREFIX, key_id="ci", scopes=["a:b"])
+    before = dt.datetime.now(UTC)
+    assert keys.main(["roll", old.entry, "--overlap", "24", "--json"]) == 0
+    after = dt.datetime.now(UTC)
+    retired = parse_entry(json.loads(capsys.readouterr().out)["old_entry"])
+    assert retired.expires is not None
+    day = dt.timedelta(hours=24)
+    assert before + day <= keys.refused_from(retired.expires) <= after + day + dt.timedelta(minutes=1)
 
 
 @pytest.mark.parametrize("overlap", ["0", "-1", "nan", "inf", "8761", "soon"])

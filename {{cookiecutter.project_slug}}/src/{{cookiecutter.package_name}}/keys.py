@@ -123,7 +123,7 @@ class ApiKey:
     nets: tuple[Network, ...] = ()  # where it may be used from; empty: anywhere
 
     def expired(self, now: dt.datetime) -> bool:
-        return self.expires is not None and now >= refused_from(self.expires)
+        return self.expires is not None and refused_at(self.expires, now)
 
     def allows(self, address: str | None) -> bool:
         """True when the key may be used from ``address``, the client as the trusted proxies
@@ -180,6 +180,12 @@ def refused_from(expires: dt.date) -> dt.datetime:
     if isinstance(expires, dt.datetime):
         return expires
     return dt.datetime.combine(expires, dt.time(), dt.UTC)
+
+
+def refused_at(expires: dt.date, now: dt.datetime) -> bool:
+    """Whether an entry expiring at ``expires`` refuses its key at ``now``: the one boundary that
+    verification and the CLI's refusal of an expiry not in the future share."""
+    return now >= refused_from(expires)
 
 
 def format_expiry(expires: dt.date) -> str:
@@ -469,7 +475,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _refuse_past(expires: dt.date | None) -> bool:
-    if expires is not None and refused_from(expires) <= dt.datetime.now(dt.UTC):
+    if expires is not None and refused_at(expires, dt.datetime.now(dt.UTC)):
         print("error: --expires is not in the future: the key would be refused at once", file=sys.stderr)
         return True
     return False
