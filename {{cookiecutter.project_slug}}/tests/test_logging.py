@@ -204,7 +204,9 @@ def test_a_json_line_carries_the_stack_as_stack(emit: Emit) -> None:
 
 
 @pytest.mark.parametrize(
-    "message", ["nothing secret", "a trailing space ", "ends with X", "two\nlines"], ids=repr
+    "message",
+    ["nothing secret", "a trailing space ", "ends with X", "two\nlines"],
+    ids=["plain", "trailing-space", "trailing-letter", "two-lines"],
 )
 def test_a_traceback_without_secrets_is_written_as_logging_writes_it(emit: Emit, message: str) -> None:
     """The filter formats tracebacks itself (to mask them): it must not change one that holds
@@ -582,6 +584,7 @@ def test_clean_text_is_remembered_up_to_a_bound_and_masked_text_never(key: Minte
     for number in range(CLEAN_REMEMBERED + 1):
         mask.mask(f"GET /v1/items/{number} 200")
         assert len(mask.clean) <= CLEAN_REMEMBERED
+    assert f"GET /v1/items/{CLEAN_REMEMBERED} 200" in mask.clean
     mask.mask(f"GET /v1/items/{key.secret} 404")
     assert not any(part in text for text in mask.clean for part in fragments(key.secret))
 
