@@ -4,6 +4,7 @@ that a real handler writes (not only in what the filter returns)."""
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import io
 import json
 import logging
@@ -19,6 +20,7 @@ from werkzeug.datastructures import Headers
 from {{ cookiecutter.package_name }} import keys as keys_module
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, MintedKey
 from {{ cookiecutter.package_name }}.logging import (
+    CLEAN_REMEMBERED,
     MASK,
     JsonFormatter,
     MaskSecrets,
@@ -195,6 +197,28 @@ def test_a_real_stack_info_is_kept(emit: Emit) -> None:
     assert "test_a_real_stack_info_is_kept" in output
 
 
+def test_a_json_line_carries_the_stack_as_stack(emit: Emit) -> None:
+    entry = json.loads(emit("where am I", stack_info=True, formatter=JsonFormatter()))
+    assert entry["stack"].startswith("Stack (most recent call last):")
+    assert "test_a_json_line_carries_the_stack_as_stack" in entry["stack"]
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["nothing secret", "a trailing space ", "ends with X", "two\nlines"],
+    ids=["plain", "trailing-space", "trailing-letter", "two-lines"],
+)
+def test_a_traceback_without_secrets_is_written_as_logging_writes_it(emit: Emit, message: str) -> None:
+    """The filter formats tracebacks itself (to mask them): it must not change one that holds
+    nothing to mask, not even the end of the exception's message."""
+    try:
+        raise ValueError(message)
+    except ValueError:
+        failure = sys.exc_info()
+    traceback_text = logging.Formatter().formatException(failure)
+    assert emit("failed", exc_info=failure) == f"INFO failed\n{traceback_text}\n"
+
+
 # Extra fields
 
 
@@ -231,6 +255,15 @@ def test_extra_fields_without_secrets_keep_their_values_and_types(emit: Emit) ->
     extra = {"status": 200, "duration_ms": 1.5, "key_id": "reader", "cached": False, "tenant": None}
     line = json.loads(emit("done", extra=extra, formatter=JsonFormatter()))
     assert {name: line[name] for name in extra} == extra
+
+
+def test_an_object_in_extra_fields_without_secrets_reaches_the_handler_as_itself() -> None:
+    """Only text that held a secret is replaced: a formatter or handler of the project's own
+    still gets the datetime, not its str()."""
+    finished = dt.datetime(2024, 5, 1, 12, 30, tzinfo=dt.UTC)
+    made = record("done", finished=finished)
+    MaskSecrets(KEY_PREFIX).filter(made)
+    assert made.finished is finished
 
 
 # Key shapes
@@ -283,12 +316,51 @@ def test_the_part_of_a_key_that_lost_its_prefix_is_masked(emit: Emit, key: Minte
     assert "HTTP/1.1" in output
 
 
+def test_a_key_piece_alone_in_a_message_is_masked(emit: Emit, key: MintedKey) -> None:
+    assert emit(key.secret[20:]) == f"INFO {MASK}\n"
+
+
+def test_the_shortest_key_piece_alone_is_masked(emit: Emit, key: MintedKey) -> None:
+    """A 12-character piece counts as a leak (FRAGMENT): one alone in a line is masked."""
+    piece = next(
+        part
+        for part in sorted(fragments(key.secret))
+        if all(re.search(kind, part) for kind in ("[0-9]", "[A-Z]", "[a-z]"))
+    )
+    assert emit(piece) == f"INFO {MASK}\n"
+
+
+@pytest.mark.parametrize(("text", "shown"), [("?key=s3cret", "?key="), ("Cookie: s=1", "Cookie: ")])
+def test_a_short_credential_is_masked(emit: Emit, text: str, shown: str) -> None:
+    assert emit(text) == f"INFO {shown}{MASK}\n"
+
+
 @pytest.mark.parametrize("encode", [base64.b64encode, base64.urlsafe_b64encode], ids=["standard", "urlsafe"])
 def test_a_key_inside_base64_credentials_is_masked(emit: Emit, key: MintedKey, encode) -> None:
     basic = encode(f"client:{key.secret}".encode()).decode()
     output = emit("Invalid HTTP Header: %r", f"Authorization Basic {basic}")
     assert basic not in output
     assert MASK in output
+
+
+# User names whose encodings hold the special characters of each alphabet ("+" and "/", or
+# "-" and "_"; "???" gives a urlsafe "_" without a "-"), of lengths 3 and 6 to 12: each
+# amount of padding goes missing once stripped, at several lengths of the encoded run.
+ENCODED_USERS = ["???", *(">>>???" + "x" * extra for extra in range(7))]
+
+
+@pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
+@pytest.mark.parametrize("encode", [base64.b64encode, base64.urlsafe_b64encode], ids=["standard", "urlsafe"])
+@pytest.mark.parametrize("user", ENCODED_USERS)
+def test_base64_credentials_holding_a_key_are_masked_whole_under_any_header(
+    emit: Emit, key: MintedKey, encode: Callable[[bytes], bytes], user: str, padded: bool
+) -> None:
+    """Not only the key's part: the whole run goes, in either alphabet, with or without its
+    padding, even under a header name that the credential-header rule does not know."""
+    encoded = encode(f"{user}:{key.secret}".encode()).decode()
+    encoded = encoded if padded else encoded.rstrip("=")
+    output = emit("Invalid HTTP Header: %r", f"X-Upstream-Auth: {encoded}")
+    assert output == f"INFO Invalid HTTP Header: 'X-Upstream-Auth: {MASK}'\n"
 
 
 @pytest.mark.parametrize("separator", ["%5F", "%5f"])
@@ -492,6 +564,31 @@ def test_an_unprintable_message_is_logged_without_raising(emit: Emit) -> None:
     assert output.count("\n") == 1
 
 
+def test_a_record_that_cannot_be_masked_is_replaced_by_the_marker_extra_fields_included(
+    emit: Emit, key: MintedKey
+) -> None:
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+    extra = {"presented": key.secret, "body": Unprintable()}
+    entry = json.loads(emit("checked %s", key.secret, extra=extra, formatter=JsonFormatter()))
+    assert entry["message"] == f"{MASK} (a log record that could not be masked)"
+    assert (entry["presented"], entry["body"]) == (MASK, MASK)
+
+
+def test_clean_text_is_remembered_up_to_a_bound_and_masked_text_never(key: MintedKey) -> None:
+    """A client sending ever new paths costs the filter a bounded memory, and what it remembers
+    holds no secret."""
+    mask = MaskSecrets(KEY_PREFIX)
+    for number in range(CLEAN_REMEMBERED + 1):
+        mask.mask(f"GET /v1/items/{number} 200")
+        assert len(mask.clean) <= CLEAN_REMEMBERED
+    assert f"GET /v1/items/{CLEAN_REMEMBERED} 200" in mask.clean
+    mask.mask(f"GET /v1/items/{key.secret} 404")
+    assert not any(part in text for text in mask.clean for part in fragments(key.secret))
+
+
 def test_a_record_is_masked_once_even_through_several_handlers(
     logger: logging.Logger, key: MintedKey
 ) -> None:
@@ -526,6 +623,17 @@ def test_the_request_id_is_on_every_line_and_a_key_sent_as_one_is_masked(
         assert_masked(emit("GET /v1/items 401", formatter=formatter), key.secret)
     finally:
         request_id.reset(token)
+
+
+def test_a_request_id_given_in_extra_fields_is_kept(emit: Emit) -> None:
+    """A line logged for another request (a queued job naming the request that made it) keeps
+    the id it was given; the current request's id fills in only a missing one."""
+    token = request_id.set("rid-current")
+    try:
+        entry = json.loads(emit("job done", extra={"request_id": "rid-original"}, formatter=JsonFormatter()))
+    finally:
+        request_id.reset(token)
+    assert entry["request_id"] == "rid-original"
 
 
 def test_the_filter_on_a_handler_masks_records_of_child_loggers(key: MintedKey) -> None:

@@ -43,6 +43,9 @@ KEY_PIECE = (
 )
 # Long enough to hold "x:" and a key piece once decoded: credentials a client base64-encoded.
 BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{24,}={0,2}")
+# Read in either alphabet: a urlsafe run may hold "_" and no "-", and b64decode's altchars
+# will stop accepting "+" and "/" (CPython gh-125346).
+URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
 
 # Every alternative of the masking pattern needs one of these characters (the key's "_" or
 # "%5F" separator, a header's ":", "=" or ",", a query's "?", "&" or ";", a scheme's space)
@@ -114,7 +117,7 @@ class MaskSecrets(logging.Filter):
     def _encoded_key(self, match: re.Match[str]) -> str:
         run = match.group()
         try:
-            decoded = base64.b64decode(run + "=" * (-len(run) % 4), altchars=b"-_" if "-" in run else None)
+            decoded = base64.b64decode(run.translate(URLSAFE_TO_STANDARD) + "=" * (-len(run) % 4))
         except (binascii.Error, ValueError):
             return run
         return MASK if self.encoded_prefix in decoded else run
