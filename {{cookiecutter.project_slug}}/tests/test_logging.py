@@ -740,6 +740,30 @@ def test_extra_fields_inside_containers_and_objects_keep_what_holds_no_secret(em
     assert entry["thing"] == "shown as text"
 
 
+@pytest.mark.parametrize("formatter", formatters(), ids=["plain", "text", "json"])
+def test_credential_headers_in_extra_fields_are_masked_whatever_their_shape(
+    emit: Emit, formatter: logging.Formatter
+) -> None:
+    """Not keys of this service: an upstream's opaque token, a session cookie. Their header
+    names say what they are, in a dict as in a message."""
+    headers = {
+        "Authorization": "Bearer opaque.token-of-an-upstream",
+        "Cookie": "session=s3ss10n-cookie-value",
+        "HTTP_X_API_KEY": "an-opaque-partner-key",
+        "Accept": "application/json",
+    }
+    output = emit("forwarding", formatter=formatter, extra={"headers": headers})
+    for secret in ("opaque.token-of-an-upstream", "s3ss10n-cookie-value", "an-opaque-partner-key"):
+        assert secret not in output
+    if isinstance(formatter, JsonFormatter):
+        assert json.loads(output)["headers"] == {
+            "Authorization": MASK,
+            "Cookie": MASK,
+            "HTTP_X_API_KEY": MASK,
+            "Accept": "application/json",
+        }
+
+
 def test_a_json_line_has_utc_time_level_logger_message_and_exception() -> None:
     try:
         fail_with("nothing secret")

@@ -29,6 +29,7 @@ SPLIT = r"(?:\r?\n[ \t]*|[ \t/+]|%[0-9A-Fa-f]{2}|\\[tnr]|\\x[0-9A-Fa-f]{2})?"
 KEY_CHARACTER = r"(?:[0-9A-Za-z]|%(?:3[0-9]|4[1-9A-Fa-f]|5[0-9Aa]|6[1-9A-Fa-f]|7[0-9Aa]))"
 # As they appear in headers, reprs and WSGI environs (HTTP_X_API_KEY).
 CREDENTIAL_HEADERS = r"(?:proxy[-_])?authorization|x[-_]api[-_]key|(?:set[-_])?cookie"
+CREDENTIAL_NAME = re.compile(rf"(?i:(?<![0-9A-Za-z])(?:{CREDENTIAL_HEADERS})(?![0-9A-Za-z]))")
 AUTH_SCHEMES = r"bearer|basic|token|apikey|digest|negotiate"
 # Any query parameter whose name holds one of these words (api_key, access_token, api%5Fkey...).
 KEY_PARAMETER_WORDS = r"key|token|secret|password"
@@ -138,7 +139,14 @@ class MaskSecrets(logging.Filter):
         if value is None or isinstance(value, bool | int | float):
             return value
         if isinstance(value, dict):
-            return {self._mask_value(k): self._mask_value(v) for k, v in value.items()}
+            # A credential header's value is masked whole, whatever its shape: in a message the
+            # header's name precedes it and the header rule applies; in a dict they are apart.
+            return {
+                self._mask_value(k): MASK
+                if isinstance(k, str) and CREDENTIAL_NAME.search(k)
+                else self._mask_value(v)
+                for k, v in value.items()
+            }
         if isinstance(value, list | tuple):
             return [self._mask_value(v) for v in value]
         # Any other object is written as its str() (headers, bytes, exceptions, sets).
