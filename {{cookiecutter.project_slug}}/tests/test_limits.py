@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import socket
+import threading
 import time
 
 import pytest
@@ -180,6 +182,30 @@ def test_the_moving_window_strategy_counts_each_request_for_its_own_window(
         answers.append(client.get("/v1/whoami", headers=bearer(keys.reader)))
     assert [a.status_code for a in answers] == [200, 200, 200, 429]
     assert [quota(a)[1] for a in answers] == [1, 0, 0, 0]
+
+
+def test_a_redis_that_stops_answering_costs_seconds_never_a_hang_or_a_500(make_app, keys: KeySet) -> None:
+    """A Redis host that takes connections and never answers (paused, or cut off): a request
+    gives up on it after the 1 s timeouts and is counted in memory, and a request already
+    waiting on it when the first gave up passes uncounted, rather than answering 500."""
+    # Listening but never accepting: the kernel completes each connection, and nothing answers.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        client = make_app(RATELIMIT_STORAGE_URI=f"redis://127.0.0.1:{port}/0").test_client()
+        statuses: list[int] = []
+
+        def send() -> None:
+            statuses.append(client.get("/v1/whoami", headers=bearer(keys.reader)).status_code)
+
+        senders = [threading.Thread(target=send, daemon=True) for _ in range(2)]
+        deadline = time.monotonic() + 5
+        for sender in senders:
+            sender.start()
+            time.sleep(0.3)  # the second waits on Redis too, and gives up after the first
+        for sender in senders:
+            sender.join(max(0, deadline - time.monotonic()))
+        # Closing the listener resets any connection still waiting: no thread outlives the test.
+    assert statuses == [200, 200]
 
 
 def test_retry_after_goes_only_with_429(make_app, keys: KeySet) -> None:

@@ -191,8 +191,6 @@ class QuotaFields:
         self.limiter = limiter
         self.default = sorted(rate_limits(default))
         self.own = {key_id: sorted(rate_limits(text)) for key_id, text in own.items()}
-        # Per policy name and limits applied: a few entries (default, own limits, routes).
-        self.named: dict[tuple[str, tuple[RateLimitItem, ...]], list[tuple[str, RateLimitItem]]] = {}
         self.window_ends: dict[str, tuple[object, float, int]] = {}
 
     def _policies(self, applied: list[RequestLimit]) -> list[tuple[str, RateLimitItem]]:
@@ -205,10 +203,7 @@ class QuotaFields:
             base = "default"
         else:
             base = request.endpoint or "route"
-        policies = self.named.get((base, items))
-        if policies is None:
-            policies = self.named[(base, items)] = _named(base, items)
-        return policies
+        return _named(base, items)
 
     def _window(self, current: RequestLimit) -> tuple[int, int]:
         """Remaining quota and reset time of the limit in force.
