@@ -223,15 +223,28 @@ def test_a_key_used_from_outside_its_networks_is_logged_with_its_id_and_reason(
     assert record.status == 403
 
 
-def test_a_key_over_plain_http_is_refused_in_production_with_the_reason(make_app, keys: KeySet) -> None:
-    """Production behind a named proxy, and a request that did not arrive over HTTPS: the key
-    crossed a network in cleartext. 403 says so, where a 401 would send the client hunting."""
-    client = make_app(APP_ENV="production", FORWARDED_ALLOW_IPS="10.255.255.1").test_client()
-    response = client.get("/v1/whoami", headers=bearer(keys.reader))
+@pytest.fixture
+def behind_a_proxy(make_app) -> FlaskClient:
+    """Production behind a named proxy. Built before the test runs, so that the app's logging
+    is configured before pytest attaches its log capture to the root logger."""
+    return make_app(APP_ENV="production", FORWARDED_ALLOW_IPS="10.255.255.1").test_client()
+
+
+def test_a_key_over_plain_http_is_refused_in_production_with_the_reason(
+    behind_a_proxy: FlaskClient, keys: KeySet, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request that did not arrive over HTTPS: the key crossed a network in cleartext. 403 says
+    so, where a 401 would send the client hunting, and the request line says so too: the key
+    was exposed and may need retiring."""
+    client = behind_a_proxy
+    with caplog.at_level(logging.INFO, logger=requestlog.__name__):
+        response = client.get("/v1/whoami", headers=bearer(keys.reader))
     assert response.status_code == 403
     assert response.get_json()["detail"] == (
         "API keys are accepted over HTTPS only: connect through the TLS-terminating proxy."
     )
+    (line,) = [r for r in caplog.records if r.name == requestlog.__name__]
+    assert line.auth_failure == "insecure_transport"
     assert client.get("/healthz").status_code == 200
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import socket
+import threading
 import time
 
 import pytest
@@ -12,6 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.exceptions import HTTPException
 
+from {{ cookiecutter.package_name }} import limits
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, MintedKey, mint
 from {{ cookiecutter.package_name }}.limits import exempt, install_limits, limit
 from {{ cookiecutter.package_name }}.settings import Settings
@@ -88,19 +91,121 @@ def test_a_new_window_announces_its_own_end_not_the_last_ones(
     assert quota(client.get("/v1/whoami", headers=bearer(keys.reader)))[1:] == (4, 10)
 
 
+@pytest.mark.parametrize("hits_before", [1, 3])
 def test_a_counter_the_storage_lost_announces_its_new_end(
-    make_app, keys: KeySet, monkeypatch: pytest.MonkeyPatch
+    make_app, keys: KeySet, monkeypatch: pytest.MonkeyPatch, hits_before: int
 ) -> None:
-    """As when Redis restarts without its data: the window starts again from the next hit."""
+    """As when Redis restarts without its data: the window starts again from the next hit, whose
+    count is no higher than the last one seen (1 after 1)."""
     clock = Clock(monkeypatch)
     app = make_app(RATELIMIT_DEFAULT="5 per 10 seconds")
     client = app.test_client()
-    for _ in range(3):
+    for _ in range(hits_before):
         client.get("/v1/whoami", headers=bearer(keys.reader))
     clock.now += 4
     (limiter,) = app.extensions["limiter"]
     limiter.reset()
     assert quota(client.get("/v1/whoami", headers=bearer(keys.reader)))[1:] == (4, 10)
+
+
+def count_window_reads(app: Flask, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The storage keys whose window end the app reads, one entry per read."""
+    (limiter,) = app.extensions["limiter"]
+    storage = limiter.storage
+    reads: list[str] = []
+    read = storage.get_expiry
+
+    def counted(key: str) -> float:
+        reads.append(key)
+        return read(key)
+
+    monkeypatch.setattr(storage, "get_expiry", counted)
+    return reads
+
+
+def test_a_fixed_windows_end_is_read_once_per_window(
+    make_app, keys: KeySet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One storage round trip per request for the fields, not two: the end is remembered, and
+    each answer counts down to it."""
+    clock = Clock(monkeypatch)
+    app = make_app(RATELIMIT_DEFAULT="5 per 10 seconds")
+    reads = count_window_reads(app, monkeypatch)
+    client = app.test_client()
+    resets = []
+    for _ in range(3):
+        resets.append(quota(client.get("/v1/whoami", headers=bearer(keys.reader)))[2])
+        clock.now += 3
+    assert resets == [10, 7, 4]
+    assert len(reads) == 1
+
+
+def test_a_windows_end_is_read_again_in_its_last_second(
+    make_app, keys: KeySet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis gives a time to live in whole seconds: from one second before the end remembered,
+    the window may already be another one, so its end is read again."""
+    clock = Clock(monkeypatch)
+    app = make_app(RATELIMIT_DEFAULT="5 per 10 seconds")
+    reads = count_window_reads(app, monkeypatch)
+    client = app.test_client()
+    for step in (0, 8.5, 0.5):  # 10 s left, then 1.5 s, then exactly 1 s
+        clock.now += step
+        client.get("/v1/whoami", headers=bearer(keys.reader))
+    assert len(reads) == 2
+
+
+def test_remembered_window_ends_are_forgotten_all_at_once_when_full(
+    make_app, keys: KeySet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flood of new clients cannot grow the memory of window ends beyond its bound: when full,
+    it is emptied, and a client seen before has its window end read again."""
+    monkeypatch.setattr(limits, "WINDOWS_REMEMBERED", 2)
+    app = make_app(RATELIMIT_DEFAULT="5 per 10 seconds")
+    reads = count_window_reads(app, monkeypatch)
+    client = app.test_client()
+    for key in (keys.reader, keys.writer, keys.other_tenant, keys.reader):
+        client.get("/v1/whoami", headers=bearer(key))
+    assert len(reads) == 4
+
+
+def test_the_moving_window_strategy_counts_each_request_for_its_own_window(
+    make_app, keys: KeySet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RATELIMIT_STRATEGY=moving-window: no burst of twice the limit across a window's edge, as
+    a fixed window allows."""
+    clock = Clock(monkeypatch)
+    client = make_app(RATELIMIT_DEFAULT="2 per 10 seconds", RATELIMIT_STRATEGY="moving-window").test_client()
+    answers = []
+    for step in (0, 6, 4.5, 0.1):  # the first request leaves the window after 10 s, the second after 16
+        clock.now += step
+        answers.append(client.get("/v1/whoami", headers=bearer(keys.reader)))
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    assert [quota(a)[1] for a in answers] == [1, 0, 0, 0]
+
+
+def test_a_redis_that_stops_answering_costs_seconds_never_a_hang_or_a_500(make_app, keys: KeySet) -> None:
+    """A Redis host that takes connections and never answers (paused, or cut off): a request
+    gives up on it after the 1 s timeouts and is counted in memory, and a request already
+    waiting on it when the first gave up passes uncounted, rather than answering 500."""
+    # Listening but never accepting: the kernel completes each connection, and nothing answers.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        client = make_app(RATELIMIT_STORAGE_URI=f"redis://127.0.0.1:{port}/0").test_client()
+        statuses: list[int] = []
+
+        def send() -> None:
+            statuses.append(client.get("/v1/whoami", headers=bearer(keys.reader)).status_code)
+
+        senders = [threading.Thread(target=send, daemon=True) for _ in range(2)]
+        deadline = time.monotonic() + 5
+        for sender in senders:
+            sender.start()
+            time.sleep(0.3)  # the second waits on Redis too, and gives up after the first
+        for sender in senders:
+            sender.join(max(0, deadline - time.monotonic()))
+        # Closing the listener resets any connection still waiting: no thread outlives the test.
+    assert statuses == [200, 200]
 
 
 def test_retry_after_goes_only_with_429(make_app, keys: KeySet) -> None:
@@ -313,6 +418,13 @@ def test_the_quota_field_names_the_current_limit_by_its_window(make_app, keys: K
     client = make_app(RATELIMIT_DEFAULT="3 per hour;100 per day").test_client()
     response = client.get("/v1/whoami", headers=bearer(keys.reader))
     assert quota(response)[:2] == ("default-3600s", 2)
+
+
+def test_a_429_names_the_limit_that_was_spent(make_app, keys: KeySet) -> None:
+    client = make_app(RATELIMIT_DEFAULT="10 per second;2 per hour").test_client()
+    answers = [client.get("/v1/whoami", headers=bearer(keys.reader)) for _ in range(3)]
+    assert answers[2].status_code == 429
+    assert quota(answers[2])[:2] == ("default-3600s", 0)
 
 
 def test_a_route_marked_exempt_is_never_limited(settings: Settings) -> None:

@@ -191,8 +191,6 @@ class QuotaFields:
         self.limiter = limiter
         self.default = sorted(rate_limits(default))
         self.own = {key_id: sorted(rate_limits(text)) for key_id, text in own.items()}
-        # Per policy name and limits applied: a few entries (default, own limits, routes).
-        self.named: dict[tuple[str, tuple[RateLimitItem, ...]], list[tuple[str, RateLimitItem]]] = {}
         self.window_ends: dict[str, tuple[object, float, int]] = {}
 
     def _policies(self, applied: list[RequestLimit]) -> list[tuple[str, RateLimitItem]]:
@@ -205,20 +203,18 @@ class QuotaFields:
             base = "default"
         else:
             base = request.endpoint or "route"
-        policies = self.named.get((base, items))
-        if policies is None:
-            policies = self.named[(base, items)] = _named(base, items)
-        return policies
+        return _named(base, items)
 
     def _window(self, current: RequestLimit) -> tuple[int, int]:
         """Remaining quota and reset time of the limit in force.
 
         A fixed window ends when its counter expires, and that time does not move until it has
         passed: it is read from the storage once per window, and the count on every request (one
-        Redis round trip instead of two). Other strategies read both in one call already. A count
-        lower than the last one seen means the counter was replaced (a new window, or a Redis
-        that lost its data): its end is read again, so the fields never announce an old window's
-        end for a new one.
+        Redis round trip instead of two). Other strategies read both in one call already. Every
+        hit raises the count, so a count no higher than the last one seen means the counter was
+        replaced (a new window, or a Redis that lost its data, whose next count may be 1 again
+        after 1): its end is read again, so the fields never announce an old window's end for a
+        new one.
         """
         strategy = self.limiter.limiter  # the fallback's, while Redis is away
         if not isinstance(strategy, FixedWindowRateLimiter):
@@ -229,7 +225,7 @@ class QuotaFields:
         if (
             known is None
             or known[0] is not storage
-            or count < known[2]
+            or count <= known[2]
             or known[1] - WINDOW_END_MARGIN <= time.time()
         ):
             if len(self.window_ends) >= WINDOWS_REMEMBERED:
