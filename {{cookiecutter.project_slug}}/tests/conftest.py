@@ -17,6 +17,7 @@ from flask.testing import FlaskClient
 
 from {{ cookiecutter.package_name }} import create_app
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, mint
+from {{ cookiecutter.package_name }}.logging import configure
 from {{ cookiecutter.package_name }}.settings import Settings, settings_from
 from {{ cookiecutter.package_name }}.store import ItemStore
 
@@ -24,6 +25,14 @@ from .support import KeySet, RedisServer, Server, free_port, run_gunicorn, wait_
 
 # `databases` and `database_env`: the items database of this project's kind (tests/database.py).
 pytest_plugins = ("tests.database",)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def service_logging() -> None:
+    """The service's logging, set up before any test as the first app would set it up. Built
+    inside a test's body, that first app would replace the root logger's handlers, pytest's log
+    capture among them, and a test of what it logs would see nothing only when it runs first."""
+    configure(key_prefix=KEY_PREFIX, json_lines=True, level="INFO")
 
 
 @pytest.fixture(scope="session")
