@@ -36,7 +36,8 @@ STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # The default storage: counters in each process's memory, shared by nothing else.
 PER_PROCESS_STORAGE = "memory://"
-STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+sentinel", "redis+cluster", "memcached")
+# The storages whose client this project installs (redis-py); memcached would need another.
+STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+sentinel", "redis+cluster")
 ZERO_WINDOW = re.compile(r"(?:\bper|/)\s*0+\s*[a-z]", re.IGNORECASE)
 NO_KEYS = "not set: add the entry printed by 'keys new'"
 # prometheus_client's own variable: the library reads it too, when it is first imported.
