@@ -71,7 +71,7 @@ class Report:
 
     def lines(self) -> list[str]:
         took = sorted(seconds * 1000 for _, seconds in self.answers)
-        quantile = statistics.quantiles(took, n=100) if len(took) > 1 else took * 99
+        quantile = statistics.quantiles(took, n=100, method="inclusive") if len(took) > 1 else took * 99
         lines = [
             f"hostile connections held at once: {self.held}, for {self.seconds:.0f} s",
             f"hostile connections opened: {sum(self.opened.values())} ({dict(self.opened)})",
