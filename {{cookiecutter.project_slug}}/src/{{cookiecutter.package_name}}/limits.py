@@ -210,11 +210,12 @@ class QuotaFields:
 
         A fixed window ends when its counter expires, and that time does not move until it has
         passed: it is read from the storage once per window, and the count on every request (one
-        Redis round trip instead of two). Other strategies read both in one call already. Every
-        hit raises the count, so a count no higher than the last one seen means the counter was
-        replaced (a new window, or a Redis that lost its data, whose next count may be 1 again
-        after 1): its end is read again, so the fields never announce an old window's end for a
-        new one.
+        Redis round trip instead of two). Other strategies read both in one call already. A
+        count lower than the last one seen means the counter was replaced (a new window, or a
+        Redis that lost its data): its end is read again. An equal count is no sign: two
+        requests in flight read the same count after both hits, and re-reading then cost a
+        round trip on about every other request under load. A counter lost after a single hit
+        shows its old end until the window's last second, when every end is read again.
         """
         strategy = self.limiter.limiter  # the fallback's, while Redis is away
         if not isinstance(strategy, FixedWindowRateLimiter):
@@ -225,7 +226,7 @@ class QuotaFields:
         if (
             known is None
             or known[0] is not storage
-            or count <= known[2]
+            or count < known[2]
             or known[1] - WINDOW_END_MARGIN <= time.time()
         ):
             if len(self.window_ends) >= WINDOWS_REMEMBERED:
