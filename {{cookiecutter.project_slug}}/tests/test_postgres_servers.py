@@ -218,4 +218,5 @@ def test_a_query_waiting_on_a_lock_does_not_hold_up_the_other_requests_of_its_wo
     # The statement timeout cancelled the waiting query: 503, not a hang.
     assert blocked_status == 503
     assert int(headers["Retry-After"]) > 0
-    assert 2.5 < blocked_seconds < 3 + 1.5
+    # A hang would last until the client's 20 s; the slack is for a loaded machine.
+    assert 2.5 < blocked_seconds < 3 + 5
