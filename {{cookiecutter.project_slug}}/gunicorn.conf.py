@@ -22,6 +22,7 @@ from {{ cookiecutter.package_name }}.serving import (
     reserve_descriptors,
     start_metrics,
     stop_metrics,
+    stop_while_booting,
     worker_exited,
 )
 from {{ cookiecutter.package_name }}.settings import ConfigError
@@ -102,6 +103,11 @@ def on_starting(server: Any) -> None:
     except ConfigError as error:
         sys.exit(f"error: {error}")
     reserve_descriptors(server.cfg.worker_connections)
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """In each new worker, before it boots: a stop sent meanwhile is not lost."""
+    stop_while_booting()
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -191,6 +191,15 @@ def test_sigterm_lets_an_in_flight_request_finish(
     assert server.process.returncode == 0
 
 
+def test_a_service_stopped_while_its_workers_boot_exits_at_once(start_server: Callable[..., Server]) -> None:
+    """SIGTERM as soon as gunicorn listens, while its two workers are still booting: a worker
+    that lost the signal would serve on until the master killed it after graceful_timeout."""
+    server = start_server(WEB_CONCURRENCY="2")
+    started = time.monotonic()
+    logs = server.stop()
+    assert (server.process.returncode, time.monotonic() - started < 10) == (0, True), logs[-2000:]
+
+
 def resident_kib() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -22,10 +22,12 @@ from __future__ import annotations
 import dataclasses
 import resource
 import shutil
+import signal
 import ssl
 import sys
 import tempfile
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from .settings import METRICS_DIR, ConfigError, Settings, export_metrics_dir, load_settings
@@ -97,6 +99,23 @@ def reserve_descriptors(worker_connections: int) -> None:
                 "raise it (ulimit -n, LimitNOFILE) or lower worker_connections",
                 file=sys.stderr,
             )
+
+
+def stop_while_booting() -> None:
+    """In a worker just forked, until gunicorn installs the worker's own handlers: end at once
+    on TERM, INT or QUIT.
+
+    A forked worker starts with the master's handlers, which queue the signal for the master's
+    loop, a loop this process never runs: a stop that reached a worker while it booted (right
+    after a start, or Ctrl-C) was lost, and that worker, and the whole stop, waited
+    ``graceful_timeout`` for the master's SIGKILL. Such a worker has no connection yet to finish.
+    """
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(signum, _exit_at_once)
+
+
+def _exit_at_once(signum: int, frame: FrameType | None) -> None:
+    sys.exit(0)
 
 
 def lazy_handshakes(context: ssl.SSLContext) -> ssl.SSLContext:
