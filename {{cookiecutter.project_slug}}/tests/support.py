@@ -6,6 +6,7 @@ import importlib.util
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -83,6 +84,18 @@ class Server:
                 self.process.kill()
                 self.process.wait()
         return self.logs()
+
+
+def raw_exchange(port: int, context: ssl.SSLContext, data: bytes) -> bytes:
+    """Send bytes no HTTP client library would send, over TLS, and read until the server
+    closes; the timeout turns a server that never answers into a failure, not a hang."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with context.wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(data)
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+    return answer
 
 
 def server_env(overrides: Mapping[str, str]) -> dict[str, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
 from http import HTTPStatus
 
 import pytest
@@ -15,7 +14,7 @@ from werkzeug.exceptions import Gone
 from {{ cookiecutter.package_name }} import requestlog
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX
 
-from .support import KeySet, bearer
+from .support import KeySet, bearer, raw_exchange
 
 
 @pytest.fixture
@@ -205,12 +204,7 @@ def test_body_that_breaks_http_framing_is_400_not_500(start_server, keys: KeySet
         f"Authorization: Bearer {keys.writer.secret}\r\nContent-Type: application/json\r\n"
         "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\nZZZ\r\n{}\r\n0\r\n\r\n"
     )
-    raw = socket.create_connection(("127.0.0.1", server.port))
-    with client_context.wrap_socket(raw, server_hostname="localhost") as tls:
-        tls.sendall(request.encode())
-        answer = b""
-        while chunk := tls.recv(65536):
-            answer += chunk
+    answer = raw_exchange(server.port, client_context, request.encode())
     status_line, _, rest = answer.partition(b"\r\n")
     assert status_line.split()[1] == b"400"
     assert b"application/problem+json" in rest
@@ -232,12 +226,7 @@ def test_a_chunked_body_over_the_size_limit_is_413_through_gunicorn(
         + chunk
         + b"\r\n0\r\n\r\n"
     )
-    raw = socket.create_connection(("127.0.0.1", server.port))
-    with client_context.wrap_socket(raw, server_hostname="localhost") as tls:
-        tls.sendall(request)
-        answer = b""
-        while chunk_read := tls.recv(65536):
-            answer += chunk_read
+    answer = raw_exchange(server.port, client_context, request)
     status_line, _, rest = answer.partition(b"\r\n")
     assert status_line.split()[1] == b"413"
     assert b"application/problem+json" in rest

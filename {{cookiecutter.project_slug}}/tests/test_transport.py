@@ -25,7 +25,7 @@ import pytest
 import trustme
 
 from .database import Databases
-from .support import KeySet, Server, bearer, free_port, run_gunicorn, wait_until_serving
+from .support import KeySet, Server, bearer, free_port, raw_exchange, run_gunicorn, wait_until_serving
 
 pytestmark = pytest.mark.slow
 
@@ -578,16 +578,6 @@ def test_trusted_proxy_forwarded_for_gets_separate_rate_limit_buckets(behind_tru
 
 
 # --- 6. No redirects, no 500 ---------------------------------------------------------------------
-
-
-def raw_exchange(port: int, context: ssl.SSLContext, data: bytes) -> bytes:
-    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-    with context.wrap_socket(raw, server_hostname="localhost") as tls:
-        tls.sendall(data)
-        answer = b""
-        while chunk := tls.recv(65536):
-            answer += chunk
-    return answer
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
