@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 TEMPLATE = Path(__file__).resolve().parents[1]
 
@@ -18,10 +21,12 @@ class BakeError(RuntimeError):
     """The template did not bake."""
 
 
-def bake(directory: Path) -> Path:
-    """Bake the template with its defaults into ``directory``; return the project."""
+def bake(directory: Path, **context: str) -> Path:
+    """Bake the template into ``directory``, with its defaults but for ``context``; return the
+    project."""
+    choices = [f"{name}={value}" for name, value in context.items()]
     result = subprocess.run(
-        [sys.executable, "-m", "cookiecutter", str(TEMPLATE), "--no-input", "--output-dir", str(directory)],
+        [sys.executable, "-m", "cookiecutter", str(TEMPLATE), "--no-input", "-o", str(directory), *choices],
         capture_output=True,  # the post-gen hook prints a development key: keep it off the screen.
         text=True,
         timeout=300,
@@ -56,3 +61,26 @@ def module(project: Path, name: str) -> ModuleType:
         sys.path.insert(0, source)
     package = package_of(project)
     return importlib.import_module(f"{package}.{name}" if name else package)
+
+
+def environ(path: str, headers: Mapping[str, str], *, multiprocess: bool = False) -> dict[str, Any]:
+    """A WSGI environ for ``GET path`` from 127.0.0.1 with ``headers``, for calling the app
+    in a loop without a server."""
+    return {
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "HTTP_HOST": "127.0.0.1:8000",
+        **{"HTTP_" + name.upper().replace("-", "_"): value for name, value in headers.items()},
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": multiprocess,
+        "wsgi.run_once": False,
+    }

@@ -18,7 +18,6 @@ import argparse
 import cProfile
 import functools
 import importlib
-import io
 import os
 import pstats
 import sys
@@ -35,27 +34,6 @@ from gevent import monkey
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
-def environ(path: str, key: str) -> dict[str, Any]:
-    return {
-        "REQUEST_METHOD": "GET",
-        "SCRIPT_NAME": "",
-        "PATH_INFO": path,
-        "QUERY_STRING": "",
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "8000",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": "127.0.0.1",
-        "HTTP_HOST": "127.0.0.1:8000",
-        "HTTP_X_API_KEY": key,
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(),
-        "wsgi.errors": sys.stderr,
-        "wsgi.multithread": False,
-        "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-    }
-
-
 def loop(app: WsgiApp, path: str, key: str, count: int) -> float:
     """CPU seconds of this process per request (other processes on a shared machine do not
     count), status checked on each."""
@@ -66,7 +44,7 @@ def loop(app: WsgiApp, path: str, key: str, count: int) -> float:
 
     begin = time.process_time()
     for _ in range(count):
-        body = app(environ(path, key), start_response)
+        body = app(baked.environ(path, {"X-Api-Key": key}), start_response)
         for _chunk in body:
             pass
         close = getattr(body, "close", None)

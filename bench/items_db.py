@@ -35,7 +35,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-TEMPLATE = Path(__file__).resolve().parents[1]
+import baked  # the bench directory is not a package: run as a script, it is on sys.path
+
 DATABASES = ("sqlite", "postgresql")
 TENANT = "bench"
 ITEMS = 10
@@ -47,30 +48,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def bake(directory: Path, database: str) -> Path:
-    output = directory / database
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cookiecutter",
-            str(TEMPLATE),
-            "--no-input",
-            "--output-dir",
-            str(output),
-            f"database={database}",
-            "project_name=Items Bench",
-        ],
-        capture_output=True,  # the post-gen hook prints a development key: keep it off the screen.
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"error: bake failed:\n{result.stderr}")
-    return output / "items-bench"
 
 
 def load(path: Path, name: str) -> ModuleType:
@@ -175,7 +152,10 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="items-db-") as scratch, ExitStack() as stack:
         directory = Path(scratch)
-        projects = {database: bake(directory, database) for database in DATABASES}
+        projects = {
+            database: baked.bake(directory / database, database=database, project_name="Items Bench")
+            for database in DATABASES
+        }
         sys.path.insert(0, str(projects["sqlite"] / "src"))
         keys = __import__("items_bench.keys", fromlist=["mint"])
         scopes = ["items:read", "items:write"]

@@ -18,7 +18,6 @@ and a scrape of it is timed. In-process, no sockets, no TLS: a server adds the s
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import subprocess
@@ -29,30 +28,15 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-TEMPLATE = Path(__file__).resolve().parents[1]
+import baked  # the bench directory is not a package: run as a script, it is on sys.path
+
 NO_LIMIT = "1000000000 per hour"
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 def environ(path: str, key: str) -> dict[str, Any]:
-    return {
-        "REQUEST_METHOD": "GET",
-        "SCRIPT_NAME": "",
-        "PATH_INFO": path,
-        "QUERY_STRING": "",
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "8000",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": "127.0.0.1",
-        "HTTP_HOST": "127.0.0.1:8000",
-        "HTTP_AUTHORIZATION": f"Bearer {key}",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(),
-        "wsgi.errors": sys.stderr,
-        "wsgi.multithread": False,
-        "wsgi.multiprocess": True,
-        "wsgi.run_once": False,
-    }
+    """A request as one of gunicorn's worker processes receives it."""
+    return baked.environ(path, {"Authorization": f"Bearer {key}"}, multiprocess=True)
 
 
 def loop(app: WsgiApp, path: str, key: str, count: int) -> tuple[float, set[str]]:
@@ -189,15 +173,6 @@ def child(args: argparse.Namespace, task: str, metrics_dir: Path | None) -> dict
     return answer
 
 
-def bake(directory: Path) -> Path:
-    """A default bake; its hook's output (a development key, next steps) is not shown."""
-    command = [sys.executable, "-m", "cookiecutter", str(TEMPLATE), "--no-input", "-o", str(directory)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
-    if result.returncode != 0:
-        raise SystemExit(f"bake failed:\n{result.stderr[-3000:]}")
-    return next(directory.iterdir())
-
-
 def report(args: argparse.Namespace, work: Path) -> None:
     print(f"GET {args.path}, in-process, best of {args.rounds} rounds of {args.requests} requests")
     print(f"{'prometheus_client mode':24} {'with':>9} {'without':>9} {'difference':>17} {'hooks alone':>12}")
@@ -238,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.child is not None:
             print(json.dumps(CHILDREN[args.child](args, work)))
             return 0
-        args.project = (args.project or bake(work / "bake")).resolve()
+        args.project = (args.project or baked.bake(work / "bake")).resolve()
         report(args, work)
     return 0
 
