@@ -79,7 +79,7 @@ def test_a_key_with_its_own_small_limit_gets_429_while_a_default_key_does_not(
     assert [call(server, keys.reader, client_context)[0] for _ in range(4)] == [200] * 4
 
 
-def test_a_key_outside_its_networks_gets_403_and_one_inside_gets_200(
+def test_a_key_outside_its_networks_gets_401_and_one_inside_gets_200(
     start_server: Callable[..., Server], keys: KeySet, client_context: ssl.SSLContext
 ) -> None:
     inside = mint(KEY_PREFIX, key_id="inside", scopes=["items:read"], nets=[parse_network("127.0.0.0/8")])
@@ -87,13 +87,14 @@ def test_a_key_outside_its_networks_gets_403_and_one_inside_gets_200(
     server = start_server(API_KEYS=f"{keys.entries},{inside.entry},{outside.entry}")
     assert call(server, inside, client_context, "/v1/items")[0] == 200
     status, headers, body = call(server, outside, client_context, "/v1/items")
-    _, _, missing_scope = call(server, keys.no_scopes, client_context, "/v1/items")
-    assert status == 403
+    _, unknown_headers, unknown = call(server, keys.unconfigured, client_context, "/v1/items")
+    assert status == 401
     assert headers["Content-Type"] == "application/problem+json"
-    assert {**body, "request_id": None} == {**missing_scope, "request_id": None}
+    assert headers["WWW-Authenticate"] == unknown_headers["WWW-Authenticate"]
+    assert {**body, "request_id": None} == {**unknown, "request_id": None}
     # No proxy is trusted here: a header naming an address inside the networks changes nothing.
     claimed = {"X-Forwarded-For": "192.0.2.7", "X-Real-IP": "192.0.2.7", "Forwarded": "for=192.0.2.7"}
-    assert call(server, outside, client_context, "/v1/items", claimed)[0] == 403
+    assert call(server, outside, client_context, "/v1/items", claimed)[0] == 401
     assert "outside_networks" in server.logs()
 
 
@@ -104,7 +105,7 @@ def test_networks_are_checked_against_the_client_the_trusted_proxy_reports(
     server = start_server(tls=False, API_KEYS=fenced.entry, FORWARDED_ALLOW_IPS="127.0.0.1")
     https = {"X-Forwarded-Proto": "https"}
     assert call(server, fenced, None, headers={**https, "X-Forwarded-For": "192.0.2.7"})[0] == 200
-    assert call(server, fenced, None, headers={**https, "X-Forwarded-For": "198.51.100.7"})[0] == 403
+    assert call(server, fenced, None, headers={**https, "X-Forwarded-For": "198.51.100.7"})[0] == 401
 
 
 def test_an_instant_in_the_past_is_refused(

@@ -17,14 +17,14 @@ def via(address: str, **headers: str) -> dict[str, object]:
 
 
 def test_trusted_proxy_supplies_the_client_address(make_app) -> None:
-    client = make_app(FORWARDED_ALLOW_IPS=PROXY, RATELIMIT_DEFAULT="1 per hour").test_client()
+    client = make_app(FORWARDED_ALLOW_IPS=PROXY, RATELIMIT_AUTH_FAILURES="1 per hour").test_client()
     first = client.get("/v1/whoami", **via(PROXY, **{"X-Forwarded-For": "198.51.100.1"}))
     second = client.get("/v1/whoami", **via(PROXY, **{"X-Forwarded-For": "198.51.100.2"}))
     assert (first.status_code, second.status_code) == (401, 401)
 
 
 def test_spoofed_forwarded_for_from_a_client_changes_nothing(make_app) -> None:
-    client = make_app(FORWARDED_ALLOW_IPS=PROXY, RATELIMIT_DEFAULT="1 per hour").test_client()
+    client = make_app(FORWARDED_ALLOW_IPS=PROXY, RATELIMIT_AUTH_FAILURES="1 per hour").test_client()
     first = client.get("/v1/whoami", **via("203.0.113.9", **{"X-Forwarded-For": "198.51.100.1"}))
     second = client.get("/v1/whoami", **via("203.0.113.9", **{"X-Forwarded-For": "198.51.100.2"}))
     assert (first.status_code, second.status_code) == (401, 429)
@@ -32,7 +32,7 @@ def test_spoofed_forwarded_for_from_a_client_changes_nothing(make_app) -> None:
 
 @pytest.mark.parametrize("prepended", [["1.1.1.1"], ["1.1.1.1", "3.3.3.3"]], ids=["one", "two"])
 def test_last_hop_is_used_so_a_client_cannot_prepend_addresses(make_app, prepended: list[str]) -> None:
-    client = make_app(FORWARDED_ALLOW_IPS=PROXY, RATELIMIT_DEFAULT="1 per hour").test_client()
+    client = make_app(FORWARDED_ALLOW_IPS=PROXY, RATELIMIT_AUTH_FAILURES="1 per hour").test_client()
     client.get("/v1/whoami", **via(PROXY, **{"X-Forwarded-For": ", ".join([*prepended, "198.51.100.7"])}))
     again = client.get("/v1/whoami", **via(PROXY, **{"X-Forwarded-For": "2.2.2.2, 198.51.100.7"}))
     assert again.status_code == 429

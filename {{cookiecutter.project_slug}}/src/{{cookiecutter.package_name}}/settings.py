@@ -252,6 +252,11 @@ class Settings:
     ratelimit_auth_failures: str = field(
         metadata=read("RATELIMIT_AUTH_FAILURES", rate_limit, "20 per minute")
     )
+    # Requests that match no route (404, 405) per client address: each is a path or a method that
+    # exists nowhere, logged and counted like any other request.
+    ratelimit_unmatched: str = field(metadata=read("RATELIMIT_UNMATCHED", rate_limit, "1000 per minute"))
+    # One budget for all the keys of a tenant: minting more keys buys no more quota.
+    ratelimit_tenant: str | None = field(metadata=read("RATELIMIT_TENANT", rate_limit))
     tls_cert_file: Path | None = field(metadata=read("TLS_CERT_FILE", readable_file, show=_show_optional))
     tls_key_file: Path | None = field(metadata=read("TLS_KEY_FILE", readable_file, show=_show_optional))
     forwarded_allow_ips: tuple[Network, ...] = field(
