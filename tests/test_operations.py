@@ -46,11 +46,15 @@ def test_schemathesis_finds_no_server_error_and_no_departure_from_the_document(
 ) -> None:
     port, key = fuzz_target
     package = next(p.parent.name for p in (default_bake / "src").glob("*/keys.py"))
+    document = tmp_path / "openapi.json"
+    run_in(
+        default_bake, *python("-m", f"{package}.openapi", "--output", str(document)), env={"PYTHONPATH": "src"}
+    )
     result = subprocess.run(
         [
             str(Path(sys.executable).with_name("schemathesis")),
             "run",
-            str(default_bake / "src" / package / "openapi.json"),
+            str(document),
             *("--url", f"https://localhost:{port}"),
             *("--header", f"Authorization: Bearer {key}"),
             *("--checks", "all", "--max-examples", FUZZ_EXAMPLES, "--seed", "20261125"),

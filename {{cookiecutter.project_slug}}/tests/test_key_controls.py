@@ -185,7 +185,8 @@ def test_after_a_roll_both_keys_work_with_the_same_tenant_and_scopes(
     assert (old_body["key_id"], new_body["key_id"]) == ("ci-deploy", "ci-deploy.2")
     assert old_body["tenant"] == new_body["tenant"] == "acme"
     assert old_body["scopes"] == new_body["scopes"] == ["items:read", "items:write"]
-    assert old_headers["RateLimit-Policy"] == new_headers["RateLimit-Policy"] == '"key";q=500;w=3600'
+    policies = '"default";q=100;w=60, "key";q=500;w=3600'
+    assert old_headers["RateLimit-Policy"] == new_headers["RateLimit-Policy"] == policies
 
 
 def test_keys_check_shows_every_field() -> None:

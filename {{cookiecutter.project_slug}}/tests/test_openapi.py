@@ -4,10 +4,12 @@ the URL map, so a new resource is held to them too), and it is served only when 
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -98,11 +100,13 @@ def test_the_service_and_make_openapi_describe_the_same_routes(make_app: Callabl
     assert document(make_app(OPENAPI_ENABLED="false")) == DOCUMENT
 
 
-def test_make_openapi_prints_the_document(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main() == 0
-    import json
-
+def test_make_openapi_writes_the_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 0
     assert json.loads(capsys.readouterr().out) == DOCUMENT
+    written = tmp_path / "docs" / "openapi.json"
+    assert main(["--output", str(written)]) == 0
+    assert json.loads(written.read_text(encoding="utf-8")) == DOCUMENT
+    assert [p.name for p in written.parent.iterdir()] == ["openapi.json"]
 
 
 def test_a_route_added_after_the_start_is_in_the_served_document(make_app: Callable[..., Flask]) -> None:

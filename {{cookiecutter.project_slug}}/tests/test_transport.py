@@ -204,6 +204,7 @@ def proxied_server(
         **database,
         "FORWARDED_ALLOW_IPS": proxies,
         "RATELIMIT_DEFAULT": "2 per minute",
+        "RATELIMIT_AUTH_FAILURES": "2 per minute",
     }
     return launch(settings, directory / "gunicorn.log", tls=False)
 

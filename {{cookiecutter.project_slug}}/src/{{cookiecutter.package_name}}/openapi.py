@@ -9,11 +9,13 @@ OPENAPI_ENABLED says so.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from apispec import APISpec
@@ -321,11 +323,23 @@ def document(app: Flask) -> dict[str, Any]:
     return Builder(app).build()
 
 
-def main() -> int:
-    """Print the document of the service's routes, as ``make openapi`` writes it."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the document of the service's routes, or write it where ``--output`` says."""
     from .api import routes_only
 
-    print(json.dumps(document(routes_only()), indent=2))
+    parser = argparse.ArgumentParser(prog=f"python -m {__name__}", description=main.__doc__)
+    parser.add_argument(
+        "--output", type=Path, help="write the document here (replaced whole, never half-written)"
+    )
+    args = parser.parse_args(argv)
+    text = json.dumps(document(routes_only()), indent=2) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    scratch = args.output.with_name(args.output.name + ".partial")
+    scratch.write_text(text, encoding="utf-8")
+    scratch.replace(args.output)
     return 0
 
 
