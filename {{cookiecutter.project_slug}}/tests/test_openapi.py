@@ -5,7 +5,10 @@ the URL map, so a new resource is held to them too), and it is served only when 
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -107,6 +110,19 @@ def test_make_openapi_writes_the_document(tmp_path: Path, capsys: pytest.Capture
     assert main(["--output", str(written)]) == 0
     assert json.loads(written.read_text(encoding="utf-8")) == DOCUMENT
     assert [p.name for p in written.parent.iterdir()] == ["openapi.json"]
+
+
+def test_make_openapi_runs_as_a_module(tmp_path: Path) -> None:
+    """What `make openapi` runs, in a process of its own."""
+    written = tmp_path / "openapi.json"
+    subprocess.run(
+        [sys.executable, "-m", "{{ cookiecutter.package_name }}.openapi", "--output", str(written)],
+        cwd=PROJECT,
+        env={**os.environ, "PYTHONPATH": str(PROJECT / "src")},
+        check=True,
+        timeout=60,
+    )
+    assert json.loads(written.read_text(encoding="utf-8")) == DOCUMENT
 
 
 def test_a_route_added_after_the_start_is_in_the_served_document(make_app: Callable[..., Flask]) -> None:

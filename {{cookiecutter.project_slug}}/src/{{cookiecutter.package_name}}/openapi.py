@@ -28,7 +28,7 @@ from .keys import BODY_LENGTH, CHECKSUM_LENGTH, KEY_PREFIX
 from .limits import EXEMPT
 from .shapes import Answer, accepted, answered
 
-PACKAGE = __name__.rpartition(".")[0]
+PACKAGE = str(__package__)
 # The document does not describe itself: production does not serve it.
 OWN_ENDPOINT = "openapi.openapi_json"
 IGNORED_METHODS = frozenset({"HEAD", "OPTIONS"})
@@ -327,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Print the document of the service's routes, or write it where ``--output`` says."""
     from .api import routes_only
 
-    parser = argparse.ArgumentParser(prog=f"python -m {__name__}", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog=f"python -m {PACKAGE}.openapi", description=main.__doc__)
     parser.add_argument(
         "--output", type=Path, help="write the document here (replaced whole, never half-written)"
     )
