@@ -205,11 +205,28 @@ def test_production_behind_a_named_proxy_may_serve_plain_http(env: dict[str, str
         "0.0.0.0/1, 128.0.0.0/1",
         "::ffff:0:0/96",
         "::/1, 8000::/1",
+        "::ffff:0:0/97, ::ffff:8000:0/97",
+        "0.0.0.0/1, ::ffff:8000:0/97",
+        "::ffff:0:0/97, 128.0.0.0/1",
+        "64:ff9b::/96",
+        "64:ff9b::/97, 128.0.0.0/1",
+        "::/64",
+        "0.0.0.0/2, 64.0.0.0/2, ::ffff:8000:0/98, 64:ff9b::c000:0/98",
     ],
 )
 def test_untrustworthy_proxy_lists_are_refused(env: dict[str, str], value: str) -> None:
+    """Halves, quarters and spellings that add up to every client (IPv4 as mapped IPv6 on a
+    dual-stack socket, or through NAT64) trust every client to name its own address."""
     env["FORWARDED_ALLOW_IPS"] = value
     assert refused(env).variable == "FORWARDED_ALLOW_IPS"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["10.0.0.5", "::ffff:10.0.0.5", "64:ff9b::a00:5/128", "10.0.0.0/8, ::ffff:10.0.0.0/104", "2001:db8::/32"],
+)
+def test_proxy_lists_that_name_some_addresses_are_accepted(env: dict[str, str], value: str) -> None:
+    assert settings_from({**env, "FORWARDED_ALLOW_IPS": value}).forwarded_allow_ips
 
 
 def test_a_star_for_the_proxies_is_refused_saying_it_would_trust_every_client(env: dict[str, str]) -> None:

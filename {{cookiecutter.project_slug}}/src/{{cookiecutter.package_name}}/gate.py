@@ -26,10 +26,12 @@ from .auth import CHALLENGE, Authenticator, Caller, failure, key_in_url
 from .errors import problem
 from .limits import Limits, is_exempt
 from .metrics import Recorder
+from .proxy import UNREADABLE_CLIENT
 from .requestlog import RequestLog
 
 HTTPS_ONLY = "API keys are accepted over HTTPS only: connect through the TLS-terminating proxy."
 URL_KEY = "API keys are not accepted in the URL; send an Authorization header."
+UNREADABLE = "The proxy reported a client address that is not an IP address."
 # A raw path holding these reaches a route only through a decoding or merging step that an edge
 # rule on the path (a proxy refusing /metrics, say) would not have made: such a path is no route.
 ENCODED_SLASHES = ("%2f", "%2F", "%5c", "%5C")
@@ -66,6 +68,8 @@ class Gate:
         self.log.start()
         g.started = perf_counter()
         environ = request.environ
+        if UNREADABLE_CLIENT in environ:
+            return problem(400, UNREADABLE)
         if environ.get("QUERY_STRING") and key_in_url(request.args):
             g.auth_failure = "key_in_url"
             return problem(400, URL_KEY)

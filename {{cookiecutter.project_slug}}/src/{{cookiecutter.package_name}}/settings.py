@@ -45,7 +45,8 @@ METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 EVERY_IPV4 = ipaddress.IPv4Network("0.0.0.0/0")
 EVERY_IPV6 = ipaddress.IPv6Network("::/0")
-EVERY_MAPPED_IPV4 = ipaddress.IPv6Network("::ffff:0:0/96")
+# Every IPv4 address, as a dual-stack socket (IPv4-mapped) and a NAT64 gateway spell it.
+IPV4_SPELLINGS = (ipaddress.IPv6Network("::ffff:0:0/96"), ipaddress.IPv6Network("64:ff9b::/96"))
 
 
 class ConfigError(ValueError):
@@ -185,9 +186,22 @@ def directory(text: str) -> Path:
     return path
 
 
+def _as_ipv4(network: Network) -> ipaddress.IPv4Network | None:
+    """The IPv4 clients an IPv6 range holds under another spelling: a dual-stack socket shows an
+    IPv4 client as ::ffff:a.b.c.d, a NAT64 gateway as 64:ff9b::a.b.c.d."""
+    if isinstance(network, ipaddress.IPv4Network):
+        return network
+    for spelling in IPV4_SPELLINGS:
+        if network.subnet_of(spelling):
+            start = int(network.network_address) - int(spelling.network_address)
+            return ipaddress.IPv4Network((start, network.prefixlen - 96))
+    return None
+
+
 def proxy_networks(text: str) -> tuple[Network, ...]:
-    """The TLS-terminating proxies to trust; a list that covers every address trusts every
-    client to report its own address and scheme, so it is refused."""
+    """The TLS-terminating proxies to trust. A list that covers every client, alone or together,
+    under any spelling of an address, would let every client report its own address and scheme,
+    so it is refused."""
     parts = [part.strip() for part in text.split(",") if part.strip()]
     if "*" in parts:
         raise Invalid("'*' trusts every client; name the proxies")
@@ -195,13 +209,14 @@ def proxy_networks(text: str) -> tuple[Network, ...]:
         networks = tuple(ipaddress.ip_network(part, strict=False) for part in parts)
     except ValueError:
         raise Invalid("must be IP addresses or networks, comma-separated") from None
-    v4 = [n for n in networks if isinstance(n, ipaddress.IPv4Network)]
     v6 = [n for n in networks if isinstance(n, ipaddress.IPv6Network)]
-    if EVERY_IPV4 in ipaddress.collapse_addresses(v4) or EVERY_IPV6 in ipaddress.collapse_addresses(v6):
-        raise Invalid("covers every address, so any client could forge its own; name the proxies")
-    # A dual-stack socket shows IPv4 clients as ::ffff:a.b.c.d: this range is every IPv4 client.
-    if any(EVERY_MAPPED_IPV4.subnet_of(n) for n in v6):
-        raise Invalid("covers every IPv4 client (::ffff:0:0/96); name the proxies")
+    v4 = [found for n in networks if (found := _as_ipv4(n)) is not None]
+    if (
+        EVERY_IPV4 in ipaddress.collapse_addresses(v4)
+        or EVERY_IPV6 in ipaddress.collapse_addresses(v6)
+        or any(spelling.subnet_of(n) for n in v6 for spelling in IPV4_SPELLINGS)
+    ):
+        raise Invalid("covers every client under some spelling of its address; name the proxies")
     return networks
 
 
