@@ -60,7 +60,8 @@ HAND_MADE = {
         [
             (
                 "self._by_digest.get(digest(presented))",
-                "next((k for d, k in self._by_digest.items() if d.hex()[:8] == digest(presented).hex()[:8]), None)",
+                "next((k for d, k in self._by_digest.items()"
+                " if d.hex()[:8] == digest(presented).hex()[:8]), None)",
             )
         ],
         "tests/test_keys.py::test_an_entry_whose_digest_differs_only_in_its_last_byte_is_refused",

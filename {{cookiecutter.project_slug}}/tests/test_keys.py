@@ -910,7 +910,7 @@ def test_cli_without_a_command_shows_how_to_call_it(capsys: pytest.CaptureFixtur
         f"{KEY_PREFIX}_integrations",
         f"{KEY_PREFIX}_corporation1",
         f"{KEY_PREFIX}_Corporation2024_EMEA",
-        f"{KEY_PREFIX}_" + "x" * 59,
+        f"{KEY_PREFIX}_" + "x" * (63 - len(KEY_PREFIX)),  # 64 characters
         "0123456789abcdefABCDEF0123456789abcdefABCDEF0123456789abcdef",
     ],
     ids=["words", "word-and-digit", "mixed-case", "long", "64-hex-and-letters"],
