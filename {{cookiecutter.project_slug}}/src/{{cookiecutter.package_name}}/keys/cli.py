@@ -59,8 +59,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with its error messages masked: they quote the arguments they refuse."""
 
     def error(self, message: str) -> NoReturn:
-        # ArgumentParser.error(message) is documented, and every parse error goes through it;
-        # subparsers are made of this class too (add_subparsers uses the parser's own class).
+        # argparse documents error(message) as what prints a refusal and exits, and builds
+        # subparsers of the parser's own class; the tests pin that unrecognized arguments,
+        # invalid choices and refused values all come through here.
         super().error(masked(message))
 
 
