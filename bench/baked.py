@@ -51,7 +51,7 @@ def project_or_bake(project: Path | None, work: Path) -> Path:
 
 def package_of(project: Path) -> str:
     """The bake's package name (it depends on the project name it was baked with)."""
-    return next(p.parent.name for p in (project / "src").glob("*/keys.py"))
+    return next(p.parent.parent.name for p in (project / "src").glob("*/keys/__init__.py"))
 
 
 def module(project: Path, name: str) -> ModuleType:

@@ -53,8 +53,8 @@ def text_files(project: Path) -> list[Path]:
 
 def test_default_bake_derives_every_name(default_bake: Path) -> None:
     assert default_bake.name == "acme-widgets-api"
-    assert (default_bake / "src" / "acme_widgets_api" / "keys.py").is_file()
-    assert 'KEY_PREFIX = "acme"' in (default_bake / "src/acme_widgets_api/keys.py").read_text()
+    assert (default_bake / "src" / "acme_widgets_api" / "keys" / "__init__.py").is_file()
+    assert 'KEY_PREFIX = "acme"' in (default_bake / "src/acme_widgets_api/keys/format.py").read_text()
     assert (
         tomllib.loads((default_bake / "pyproject.toml").read_text())["project"]["name"] == "acme-widgets-api"
     )
@@ -64,7 +64,7 @@ def test_custom_project_name_derives_slug_package_and_prefix(bake: Bake) -> None
     project = bake(project_name="Globex Billing Service")
     assert project.name == "globex-billing-service"
     assert (project / "src" / "globex_billing_service" / "app.py").is_file()
-    assert 'KEY_PREFIX = "globex"' in (project / "src/globex_billing_service/keys.py").read_text()
+    assert 'KEY_PREFIX = "globex"' in (project / "src/globex_billing_service/keys/format.py").read_text()
     assert (project / ".env").read_text().count("sha256=") == 1
     # The name reaches the package, the key prefix and what the tests import: the fast suite
     # covers all three, so the slow one runs on the default and PostgreSQL bakes only.

@@ -45,7 +45,7 @@ def test_schemathesis_finds_no_server_error_and_no_departure_from_the_document(
     default_bake: Path, fuzz_target: tuple[int, str], tmp_path: Path
 ) -> None:
     port, key = fuzz_target
-    package = next(p.parent.name for p in (default_bake / "src").glob("*/keys.py"))
+    package = next(p.parent.parent.name for p in (default_bake / "src").glob("*/keys/__init__.py"))
     document = tmp_path / "openapi.json"
     run_in(
         default_bake, *python("-m", f"{package}.openapi", "--output", str(document)), env={"PYTHONPATH": "src"}

@@ -10,6 +10,7 @@ with (key ids, never keys), or the one line that says why it would not start.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import ipaddress
 import json
 import os
@@ -24,7 +25,7 @@ from urllib.parse import urlsplit
 
 from limits import RateLimitItem, parse_many
 
-from .keys import KEY_PREFIX, EntryError, KeyRing
+from .keys import KEY_PREFIX, EntryError, KeyRing, format_expiry
 
 if TYPE_CHECKING:
     # Where items live has its own table, in the module of the database this project uses.
@@ -42,6 +43,8 @@ ZERO_WINDOW = re.compile(r"(?:\bper|/)\s*0+\s*[a-z]", re.IGNORECASE)
 NO_KEYS = "not set: add the entry printed by 'keys new'"
 # prometheus_client's own variable: the library reads it too, when it is first imported.
 METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+# Read by `keys new` and `keys roll` too (key_max_lifetime_days), to mint keys the service accepts.
+KEY_MAX_LIFETIME = "KEY_MAX_LIFETIME_DAYS"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 EVERY_IPV4 = ipaddress.IPv4Network("0.0.0.0/0")
 EVERY_IPV6 = ipaddress.IPv6Network("::/0")
@@ -257,6 +260,7 @@ class Settings:
     keys: KeyRing = field(
         metadata=read("API_KEYS", key_ring, missing=NO_KEYS, from_file=True, show=_show_keys)
     )
+    key_max_lifetime_days: int | None = field(metadata=read(KEY_MAX_LIFETIME, whole(1, 3650)))
     ratelimit_storage_uri: str = field(
         metadata=read(
             "RATELIMIT_STORAGE_URI", storage_uri, PER_PROCESS_STORAGE, from_file=True, show=redacted_uri
@@ -333,6 +337,7 @@ def settings_from(env: Mapping[str, str], cpu_count: int = 1) -> Settings:
     del values["cpu_count"]
     settings = Settings(**values, database=database_settings_from(env))
     _check_transport(settings)
+    _check_key_lifetimes(settings.keys, settings.key_max_lifetime_days, dt.datetime.now(dt.UTC))
     return settings
 
 
@@ -346,19 +351,42 @@ def database_settings_from(env: Mapping[str, str]) -> DatabaseSettings:
 def _read(table: type, env: Mapping[str, str], values: dict[str, Any]) -> dict[str, Any]:
     """Parse each variable of ``table`` into ``values``; defaults may read earlier values."""
     for name, spec in _variables(table).items():
-        source, text = _raw(env, spec)
-        default = spec.default(values) if callable(spec.default) else spec.default
-        text = default if text is None else text
-        if text is None:
-            if spec.missing is not None:
-                raise ConfigError(spec.name, spec.missing)
-            values[name] = None
-            continue
-        try:
-            values[name] = spec.parse(text.strip())
-        except Invalid as error:
-            raise ConfigError(source, str(error)) from None
+        values[name] = _value(spec, env, values)
     return values
+
+
+def _value(spec: Variable, env: Mapping[str, str], values: Mapping[str, Any]) -> Any:
+    source, text = _raw(env, spec)
+    default = spec.default(values) if callable(spec.default) else spec.default
+    text = default if text is None else text
+    if text is None:
+        if spec.missing is not None:
+            raise ConfigError(spec.name, spec.missing)
+        return None
+    try:
+        return spec.parse(text.strip())
+    except Invalid as error:
+        raise ConfigError(source, str(error)) from None
+
+
+def _check_key_lifetimes(keys: KeyRing, max_days: int | None, now: dt.datetime) -> None:
+    """Under a maximum lifetime, every key expires within it: a key minted before the rule, or
+    given a far expiry by hand, would otherwise outlive every rotation the rule is there to force."""
+    if max_days is None:
+        return
+    latest = now + dt.timedelta(days=max_days)
+    for key in keys:
+        if key.expires is None:
+            raise ConfigError(
+                KEY_MAX_LIFETIME,
+                f"entry {key.key_id!r} has no expiry; give it one at most {max_days} days ahead "
+                "('keys roll' does)",
+            )
+        if key.accepted_after(latest):
+            raise ConfigError(
+                KEY_MAX_LIFETIME,
+                f"entry {key.key_id!r} expires {format_expiry(key.expires)}, more than {max_days} days ahead",
+            )
 
 
 def _check_transport(settings: Settings) -> None:
@@ -394,6 +422,14 @@ def load_settings() -> Settings:
     """
     _load_dotenv()
     return settings_from(os.environ, cpu_count=os.cpu_count() or 1)
+
+
+def key_max_lifetime_days() -> int | None:
+    """KEY_MAX_LIFETIME_DAYS alone, by the same rules: what `keys new` and `keys roll` default an
+    expiry to and refuse to exceed, without needing the rest of the service's configuration."""
+    _load_dotenv()
+    days: int | None = _value(_variables()["key_max_lifetime_days"], os.environ, {})
+    return days
 
 
 def load_database_settings() -> DatabaseSettings:
