@@ -21,7 +21,9 @@ with keep-alive Python clients, the configurations alternating in rounds:
   (the same stack without the store: the event loop's share among the connections).
 
 Prints the median req/s of each route, the medians of the per-round ratios (the store after /
-before; PostgreSQL / SQLite), and the whoami latencies (p50, p99, max over every round). Needs
+before; PostgreSQL / SQLite), the whoami latencies (p50, p99, max over every round), and what one
+store call costs in one process without HTTP: the store before, and this one in the caller's
+thread and through the gevent thread pool (the price of leaving the event loop). Needs
 PostgreSQL's server programs for ``postgresql`` (as root, run as the ``postgres`` user), and
 git for ``sqlite-before``. Stops by itself.
 """
@@ -221,6 +223,59 @@ def seed(port: int, key: str) -> str:
     return item_id
 
 
+# One process, one store, no HTTP: microseconds per store call as the service makes it, in a
+# thread of the gevent pool (argv[1] == "gevent") or in the caller's thread.
+HOP = """
+import sys, time
+if sys.argv[1] == "gevent":
+    from gevent import monkey
+
+    monkey.patch_all()
+import importlib
+
+store = importlib.import_module(sys.argv[2] + ".store")
+items = store.SqliteItems(sys.argv[3])
+ids = [items.add("t", "x").id for _ in range(100)]
+started = time.perf_counter()
+for n in range(5000):
+    items.get("t", ids[n % 100])
+print("get", (time.perf_counter() - started) / 5000 * 1e6)
+started = time.perf_counter()
+for n in range(1000):
+    items.add("t", "y")
+print("add", (time.perf_counter() - started) / 1000 * 1e6)
+"""
+
+
+def hop_cost(projects: dict[str, Path], directory: Path, rounds: int) -> str:
+    """The median microseconds per ``get`` and ``add`` of each store: the one before in the
+    caller's thread (where it ran), this one there and through the gevent thread pool (where
+    it runs under gunicorn); each in a fresh process on a fresh file."""
+    columns = {"before, caller's thread": ("sqlite-before", "inline")} if "sqlite-before" in projects else {}
+    columns |= {"caller's thread": ("sqlite", "inline"), "gevent thread pool": ("sqlite", "gevent")}
+    figures: dict[tuple[str, str], list[float]] = {}
+    for number in range(rounds):
+        for column, (name, mode) in columns.items():
+            project = projects[name]
+            path = directory / f"hop-{name}-{mode}-{number}.sqlite3"
+            result = subprocess.run(
+                [sys.executable, "-c", HOP, mode, baked.package_of(project), str(path)],
+                env={**os.environ, "PYTHONPATH": str(project / "src")},
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=True,
+            )
+            for line in result.stdout.splitlines():
+                call, micros = line.split()
+                figures.setdefault((call, column), []).append(float(micros))
+    lines = [f"| store call, µs in process | {' | '.join(columns)} |", f"|---|{'---:|' * len(columns)}"]
+    for call in ("get", "add"):
+        cells = [f"{statistics.median(figures[(call, column)]):.0f}" for column in columns]
+        lines.append(f"| `{call}` | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def ratio(numerators: list[float], denominators: list[float]) -> str:
     return f"{statistics.median(n / d for n, d in zip(numerators, denominators, strict=True)):.2f}"
 
@@ -359,6 +414,8 @@ def main() -> int:
         for number in range(args.rounds):
             plan.round(number)
         print(plan.tables())
+        if "sqlite" in projects:
+            print("\n" + hop_cost(projects, directory, args.rounds))
         print(
             f"\n{args.rounds} rounds, {args.connections} connections, one gevent worker each, "
             f"Python {sys.version.split()[0]}, before = {args.before[:12]}"

@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import sqlite3
+import ssl
 import stat
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from flask import Flask
+from flask.testing import FlaskClient
 
 from {{ cookiecutter.package_name }} import database
 from {{ cookiecutter.package_name }}.keys import MintedKey
@@ -213,7 +215,7 @@ def test_a_write_that_waits_too_long_for_the_lock_is_a_503(
 
 
 def test_another_sqlite_error_stays_a_500(
-    client, env: dict[str, str], keys: KeySet, databases: Databases
+    client: FlaskClient, env: dict[str, str], keys: KeySet, databases: Databases
 ) -> None:
     databases.drop_items(env)
     response = client.get("/v1/items", headers=bearer(keys.reader))
@@ -268,7 +270,7 @@ def test_queued_writes_wait_one_budget_from_their_request_not_one_each_in_turn(
 
 def call(
     server: Server,
-    context,
+    context: ssl.SSLContext,
     source: str,
     method: str,
     path: str,
@@ -302,7 +304,7 @@ def test_a_held_write_lock_delays_writes_only(
     start_server: Callable[..., Server],
     env: dict[str, str],
     keys: KeySet,
-    client_context,
+    client_context: ssl.SSLContext,
     budget: str,
     answer: int,
 ) -> None:
