@@ -226,6 +226,9 @@ def test_another_sqlite_error_stays_a_500(
 def test_reads_answer_while_a_write_waits_for_the_lock(
     make_app: Callable[..., Flask], env: dict[str, str], keys: KeySet
 ) -> None:
+    """WAL lets a read go on beside a write that waits for the lock. It is also the probe of what
+    the thread pool relies on: sqlite3 releases the GIL while SQLite waits, or this thread could
+    not run until the write gave up, 10 s later."""
     app = make_app()
     items = app.extensions["items"]
     items.add("acme", "before")
