@@ -1,9 +1,12 @@
-"""Items, always filtered by tenant, so one tenant can never read another's data.
+"""Items, always filtered by tenant, so one tenant can never read another's data; and SQLite
+kept off gevent's event loop, so a write that waits for the file's lock holds its own request,
+never the other connections of its worker.
 
 The interface is :class:`ItemStore`; :class:`SqliteItems` is the embedded implementation
 that every gunicorn worker shares through one file. Replace it with your own database by
-implementing the same three methods, raising :class:`StoreUnavailable` when the database
-cannot answer.
+implementing the same methods, raising :class:`StoreUnavailable` when the database cannot
+answer. :class:`Database` is one worker's access to the file: another store of the same file
+takes the same object (``items.database``), so that the worker keeps a single writer.
 """
 
 from __future__ import annotations
@@ -11,23 +14,33 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import logging
+import os
 import sqlite3
+import stat
+import threading
+import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-# Alembic's INFO lines (plugins, the DDL mode) on every worker's start tell an operator nothing;
-# a failure still reaches the log, and at start stops gunicorn with one line.
+# Alembic's INFO lines (plugins, the DDL mode) on every start tell an operator nothing; a
+# failure still reaches the log, and at start stops gunicorn with one line.
 logging.getLogger("alembic").setLevel(logging.WARNING)
 
-# A writer that waits longer than this for another worker's write gets StoreUnavailable (503).
+T = TypeVar("T")
+# Seconds a call may wait, from when it was asked for, for a connection and for SQLite's lock.
 BUSY_SECONDS = 10
-# SQLite's "busy" and "locked": another connection holds the write lock. Any other error is a
-# bug (a missing table, a bad query) and stays a 500.
+# Connections for reads in each worker: WAL lets them read while another connection writes.
+READERS = 4
+# Seconds a client refused for the lock waits before it retries.
+RETRY_AFTER = 1
+# SQLite's "busy" and "locked" (any extended code of them): another connection holds the lock.
+# Any other error is a bug (a missing table, a bad query) and stays a 500.
 BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+PRIVATE = 0o600  # the database holds every tenant's items: its owner alone reads it
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +75,209 @@ class StoreUnavailable(Exception):
         self.retry_after = retry_after
 
 
+class _Semaphore(Protocol):
+    def acquire(self, blocking: bool = ..., timeout: float | None = ...) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class _CallerThreads:
+    """No event loop to keep free (tests, ``flask run``, command-line tools): a call runs in
+    the thread that makes it, which holds only its own request while it waits."""
+
+    semaphore = staticmethod(threading.BoundedSemaphore)
+
+    def run(self, task: Callable[[], T], then: Callable[[], None]) -> T:
+        try:
+            return task()
+        finally:
+            then()
+
+    def close(self) -> None:
+        """No thread of its own to stop."""
+
+
+class _GeventThreads:
+    """Under gevent (gunicorn's worker): each call runs in a native thread of a pool of its
+    own, one thread per connection, while the greenlet that made it yields to the event loop.
+    sqlite3 releases the GIL while SQLite works or sleeps on a lock."""
+
+    def __init__(self, size: int) -> None:
+        from gevent.lock import BoundedSemaphore
+        from gevent.threadpool import ThreadPool
+
+        self.semaphore = BoundedSemaphore
+        # Not the hub's shared pool: DNS lookups there cannot delay a call, nor calls them.
+        self.pool = ThreadPool(size)
+
+    def run(self, task: Callable[[], T], then: Callable[[], None]) -> T:
+        returned: list[T] = []
+
+        def returning() -> Exception | None:
+            # An exception raised in a pool thread is printed by gevent's hub, outside the
+            # service's masked logs: hand it over instead, and raise it in the caller.
+            try:
+                returned.append(task())
+            except Exception as error:  # noqa: BLE001 - raised again below, in the caller
+                return error
+            return None
+
+        result = None
+        try:
+            result = self.pool.spawn(returning)
+            error = result.get()
+            if error is not None:
+                raise error
+            return returned[0]
+        finally:
+            if result is None or result.ready():
+                then()
+            else:
+                # The greenlet was killed while the thread still works (a stop past its grace
+                # period): the connection goes back only once the thread is done with it.
+                result.rawlink(lambda _result: then())
+
+    def close(self) -> None:
+        self.pool.kill()
+
+
+def _threads(size: int) -> _CallerThreads | _GeventThreads:
+    from gevent import monkey
+
+    # gunicorn's gevent worker patches the standard library before it loads the app.
+    if monkey.is_module_patched("threading"):
+        return _GeventThreads(size)
+    return _CallerThreads()
+
+
+class _Lane:
+    """``size`` connections of one kind, each lent to one caller at a time, opened on first
+    use (in the thread that uses it: opening reads the file)."""
+
+    def __init__(self, size: int, semaphore: Callable[[int], _Semaphore], read_only: bool) -> None:
+        self.free = semaphore(size)
+        self.idle: list[sqlite3.Connection | None] = [None] * size
+        self.read_only = read_only
+
+
+class Database:
+    """One worker's kept connections to one SQLite file: one writer, so that at most one of
+    the worker's writes waits for SQLite's lock at a time, and a few readers, which WAL lets
+    read meanwhile. Each call waits at most ``busy_timeout`` seconds, counted from when it was
+    asked for, for a connection and for the lock together, then gets StoreUnavailable.
+
+    Build it in the process that uses it: a connection must not cross a fork, and the choice
+    of threads follows gevent's patching. gunicorn builds the app in each worker after the
+    patch (``preload_app`` stays off); one built before it would run its calls on the loop.
+    """
+
+    def __init__(self, path: str, busy_timeout: float = BUSY_SECONDS, readers: int = READERS) -> None:
+        self.path, self.busy_timeout = path, busy_timeout
+        self._threads = _threads(readers + 1)
+        self._writer = _Lane(1, self._threads.semaphore, read_only=False)
+        self._readers = _Lane(readers, self._threads.semaphore, read_only=True)
+
+    def read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        """``query(connection)`` in one read transaction (a consistent snapshot). It returns
+        values, rows fetched: a cursor used after the call would run on the event loop, on a
+        connection lent to another call by then."""
+        return self._call(self._readers, "BEGIN", query)
+
+    def write(self, change: Callable[[sqlite3.Connection], T]) -> T:
+        """``change(connection)`` in one write transaction, committed when it returns (rolled
+        back when it raises); like ``read``, it returns values, never a cursor."""
+        # IMMEDIATE takes the lock first: a transaction that read before it wrote could not wait
+        # for the lock (SQLite refuses it at once, its snapshot being stale).
+        return self._call(self._writer, "BEGIN IMMEDIATE", change)
+
+    def close(self) -> None:
+        """Close every connection that no call holds; the database is unusable afterwards. One
+        still in a thread's hands at exit is left to the process's end, which SQLite recovers
+        from as from a crash, without loss."""
+        for lane in (self._writer, self._readers):
+            while lane.free.acquire(blocking=False):
+                connection = lane.idle.pop()
+                if connection is not None:
+                    connection.close()
+        self._threads.close()
+
+    def _call(self, lane: _Lane, begin: str, work: Callable[[sqlite3.Connection], T]) -> T:
+        deadline = time.monotonic() + self.busy_timeout
+        if not lane.free.acquire(timeout=self.busy_timeout):
+            raise StoreUnavailable(RETRY_AFTER)
+        lent = lane.idle.pop()
+
+        def task() -> T:
+            nonlocal lent
+            if lent is None:
+                lent = self._connect(lane.read_only)
+            return _transaction(lent, begin, work, deadline)
+
+        def give_back() -> None:
+            lane.idle.append(lent)
+            lane.free.release()
+
+        return self._threads.run(task, give_back)
+
+    def _connect(self, read_only: bool) -> sqlite3.Connection:
+        # mode=rw: a file that went missing is an error, never a new empty database made with
+        # the umask's mode. check_same_thread=False: a connection moves between the pool's
+        # threads, but its lane lends it to one call at a time, and takes it back only once
+        # the thread that ran the call is done with it.
+        uri = f"{Path(self.path).absolute().as_uri()}?mode=rw"
+        connection = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        if read_only:
+            # A read that writes would bypass the writer, and the one-writer-per-worker bound.
+            connection.execute("PRAGMA query_only = ON")
+        return connection
+
+
+def _transaction(
+    connection: sqlite3.Connection, begin: str, work: Callable[[sqlite3.Connection], T], deadline: float
+) -> T:
+    """``work`` in one transaction; waiting for the lock past ``deadline`` is StoreUnavailable."""
+    try:
+        wait = deadline - time.monotonic()
+        if wait <= 0:
+            raise StoreUnavailable(RETRY_AFTER)
+        connection.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+        connection.execute(begin)
+        try:
+            result = work(connection)
+            connection.execute("COMMIT")
+        finally:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+    except sqlite3.OperationalError as error:
+        if error.sqlite_errorcode & 0xFF in BUSY_CODES:
+            raise StoreUnavailable(RETRY_AFTER) from error
+        raise
+    return result
+
+
+def prepare_file(path: str) -> int:
+    """Create the database file, readable by this user only (its directory too, when new), in
+    WAL mode; return the file's permission bits.
+
+    SQLite alone would create it with the umask's mode, often 0644: every local user would read
+    every tenant's items. It creates the ``-wal`` and ``-shm`` files with the database file's
+    mode. A file that exists keeps the mode its operator gave it.
+    """
+    file = Path(path)
+    if not file.parent.exists():
+        file.parent.mkdir(mode=0o700, parents=True)
+    try:
+        descriptor = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE)
+    except FileExistsError:
+        pass
+    else:
+        os.fchmod(descriptor, PRIVATE)  # a umask such as 0277 would have left it read-only
+        os.close(descriptor)
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA journal_mode = WAL")  # kept in the file: readers never wait for a writer
+    return stat.S_IMODE(file.stat().st_mode)
+
+
 def apply_migrations(path: str) -> None:
     """Bring the file to the newest schema: Alembic's ``upgrade head``, as ``alembic`` runs it."""
     from alembic import command
@@ -75,70 +291,57 @@ def apply_migrations(path: str) -> None:
 
 @contextmanager
 def exclusive(path: str) -> Iterator[None]:
-    """A lock across the processes of this host, beside the database file: every worker of a
-    starting service migrates, and so may ``alembic`` from a shell, at the same moment."""
-    if path == ":memory:":
-        yield
-        return
-    with open(f"{path}.migrate-lock", "a") as lock:
+    """A lock across the processes of this host, beside the database file: a starting service
+    and ``alembic`` from a shell may migrate at the same moment."""
+    descriptor = os.open(f"{path}.migrate-lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, PRIVATE)
+    with open(descriptor, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
 
 class SqliteItems:
-    """One connection per call: sqlite3 connections must not cross threads, and WAL mode
-    lets several worker processes read while one writes."""
+    """Items in one SQLite file, which every worker of the host shares (WAL mode)."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        apply_migrations(path)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        # The timeout makes concurrent writers from other workers wait instead of failing.
-        db = sqlite3.connect(self.path, timeout=BUSY_SECONDS)
-        try:
-            with db:
-                yield db
-        except sqlite3.OperationalError as error:
-            if error.sqlite_errorcode in BUSY_CODES:
-                raise StoreUnavailable(retry_after=1) from error
-            raise
-        finally:
-            db.close()
+    def __init__(self, database: Database | str) -> None:
+        # A path (a script, a benchmark): a database of its own, migrated now. The service
+        # passes its worker's, which the gunicorn master migrated (database.open_store).
+        if isinstance(database, str):
+            apply_migrations(database)
+            database = Database(database)
+        self.database = database
 
     def list(self, tenant: str, limit: int = 100) -> list[Item]:
-        with self._connect() as db:
-            rows = db.execute(
+        rows = self.database.read(
+            lambda db: db.execute(
                 "SELECT id, name, created_at FROM items WHERE tenant = ? ORDER BY created_at, id LIMIT ?",
                 (tenant, limit),
             ).fetchall()
+        )
         return [Item(*row) for row in rows]
 
     def add(self, tenant: str, name: str) -> Item:
         # Random ids: sequential ones would tell a tenant how many items others have.
         item = Item(uuid.uuid4().hex, name, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
-        with self._connect() as db:
+
+        def insert(db: sqlite3.Connection) -> None:
             db.execute(
                 "INSERT INTO items (id, tenant, name, created_at) VALUES (?, ?, ?, ?)",
                 (item.id, tenant, item.name, item.created_at),
             )
+
+        self.database.write(insert)
         return item
 
     def get(self, tenant: str, item_id: str) -> Item | None:
-        with self._connect() as db:
-            row = db.execute(
-                "SELECT id, name, created_at FROM items WHERE tenant = ? AND id = ?",
-                (tenant, item_id),
+        row = self.database.read(
+            lambda db: db.execute(
+                "SELECT id, name, created_at FROM items WHERE tenant = ? AND id = ?", (tenant, item_id)
             ).fetchone()
+        )
         return Item(*row) if row else None
 
     def close(self) -> None:
-        """Nothing to release: each call opened and closed its own connection."""
+        self.database.close()
 
     def pool_usage(self) -> None:
-        return None  # one connection per call: nothing pooled to report
+        return None  # a handful of kept connections per worker, not a pool worth watching
