@@ -63,6 +63,14 @@ def module(project: Path, name: str) -> ModuleType:
     return importlib.import_module(f"{package}.{name}" if name else package)
 
 
+def items_store(project: Path, path: str) -> Any:
+    """The bake's items store on the SQLite file ``path``, migrated first, as the service opens
+    it (without gevent: its calls run in the caller's thread)."""
+    connections = module(project, "stores.connections")
+    connections.apply_migrations(path)
+    return module(project, "stores.items").ItemStore(connections.Database(path))
+
+
 def environ(path: str, headers: Mapping[str, str], *, multiprocess: bool = False) -> dict[str, Any]:
     """A WSGI environ for ``GET path`` from 127.0.0.1 with ``headers``, for calling the app
     in a loop without a server."""

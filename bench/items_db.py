@@ -1,15 +1,12 @@
-"""Requests per second of the items routes, SQLite's store before and after it left the event
-loop and PostgreSQL's, and what writes do to another route's latency, in one run.
+"""Requests per second of the items routes on SQLite and on PostgreSQL, and what writes do to
+another route's latency, in one run.
 
     python bench/items_db.py [--seconds 5] [--rounds 3] [--connections 8] [--creates 300]
-                             [--before REF] [--databases sqlite-before,sqlite,postgresql]
+                             [--databases sqlite,postgresql]
 
 Bakes the template (``database=sqlite`` and ``database=postgresql``) into a temporary
-directory, and copies the SQLite bake with the store of ``--before`` (``store.py`` and
-``database.py`` at that commit: by default the last store that opened a connection per call and
-ran it on the event loop), so that the two SQLite services differ by their store only. Gives
-each its database as its own scripts do (a SQLite file; a PostgreSQL server of its own, migrated
-with ``alembic upgrade head``), starts each with ``gunicorn`` from its directory (one gevent
+directory. Gives each its database as its own scripts do (a SQLite file; a PostgreSQL server of
+its own, migrated with ``alembic upgrade head``), starts each with ``gunicorn`` from its directory (one gevent
 worker, plain HTTP with APP_ENV=test so that TLS does not dilute the comparison), and measures
 with keep-alive Python clients, the configurations alternating in rounds:
 
@@ -20,12 +17,14 @@ with keep-alive Python clients, the configurations alternating in rounds:
   those connections send writes that the service refuses with 422 before any database call
   (the same stack without the store: the event loop's share among the connections).
 
-Prints the median req/s of each route, the medians of the per-round ratios (the store after /
-before; PostgreSQL / SQLite), the whoami latencies (p50, p99, max over every round), and what one
-store call costs in one process without HTTP: the store before, and this one in the caller's
-thread and through the gevent thread pool (the price of leaving the event loop). Needs
-PostgreSQL's server programs for ``postgresql`` (as root, run as the ``postgres`` user), and
-git for ``sqlite-before``. Stops by itself.
+Prints the median req/s of each route, the median of the per-round ratios (PostgreSQL /
+SQLite), the whoami latencies (p50, p99, max over every round), and what one SQLite store call
+costs in one process without HTTP, in the caller's thread and through the gevent thread pool
+(the price of keeping it off the event loop). Needs PostgreSQL's server programs for
+``postgresql`` (as root, run as the ``postgres`` user). Stops by itself.
+
+The SQLite store before it left the event loop (one connection per call, on the loop) was
+measured with this script at commit 7c2c23f9 and its figures are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ import importlib.util
 import itertools
 import json
 import os
-import shutil
 import signal
 import socket
 import statistics
@@ -54,11 +52,7 @@ from typing import Any
 
 import baked  # the bench directory is not a package: run as a script, it is on sys.path
 
-CONFIGURATIONS = ("sqlite-before", "sqlite", "postgresql")
-# The last commit whose SQLite store opened a connection per call, on the event loop.
-BEFORE = "7c2c23f9e7de195ef3d9b9a762dce475a033e02f"
-STORE_FILES = ("store.py", "database.py")
-PACKAGE_DIR = "{{cookiecutter.project_slug}}/src/{{cookiecutter.package_name}}"
+CONFIGURATIONS = ("sqlite", "postgresql")
 TENANT = "bench"
 ITEMS = 10
 KEYS = 500  # their entries stay well under the kernel's 128 KiB for one variable
@@ -78,22 +72,6 @@ def load(path: Path, name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def with_store_of(project: Path, ref: str, copy: Path) -> Path:
-    """A copy of ``project`` whose store (``store.py``, ``database.py``) is the one at ``ref``."""
-    shutil.copytree(project, copy)
-    package = copy / "src" / baked.package_of(copy)
-    for name in STORE_FILES:
-        source = subprocess.run(
-            ["git", "-C", str(baked.TEMPLATE), "show", f"{ref}:{PACKAGE_DIR}/{name}"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
-        (package / name).write_text(source, encoding="utf-8")
-    return copy
 
 
 class Service:
@@ -233,8 +211,9 @@ if sys.argv[1] == "gevent":
     monkey.patch_all()
 import importlib
 
-store = importlib.import_module(sys.argv[2] + ".store")
-items = store.SqliteItems(sys.argv[3])
+connections = importlib.import_module(sys.argv[2] + ".stores.connections")
+connections.apply_migrations(sys.argv[3])
+items = importlib.import_module(sys.argv[2] + ".stores.items").ItemStore(connections.Database(sys.argv[3]))
 ids = [items.add("t", "x").id for _ in range(100)]
 started = time.perf_counter()
 for n in range(5000):
@@ -248,11 +227,10 @@ print("add", (time.perf_counter() - started) / 1000 * 1e6)
 
 
 def hop_cost(projects: dict[str, Path], directory: Path, rounds: int) -> str:
-    """The median microseconds per ``get`` and ``add`` of each store: the one before in the
-    caller's thread (where it ran), this one there and through the gevent thread pool (where
-    it runs under gunicorn); each in a fresh process on a fresh file."""
-    columns = {"before, caller's thread": ("sqlite-before", "inline")} if "sqlite-before" in projects else {}
-    columns |= {"caller's thread": ("sqlite", "inline"), "gevent thread pool": ("sqlite", "gevent")}
+    """The median microseconds per ``get`` and ``add`` of the SQLite store, in the caller's
+    thread and through the gevent thread pool (where it runs under gunicorn); each in a fresh
+    process on a fresh file."""
+    columns = {"caller's thread": ("sqlite", "inline"), "gevent thread pool": ("sqlite", "gevent")}
     figures: dict[tuple[str, str], list[float]] = {}
     for number in range(rounds):
         for column, (name, mode) in columns.items():
@@ -286,25 +264,15 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--creates", type=int, default=300)
-    parser.add_argument("--before", default=BEFORE, help="the commit whose SQLite store is 'before'")
     parser.add_argument("--databases", default=",".join(CONFIGURATIONS), help="which configurations to run")
     args = parser.parse_args()
     args.databases = [name for name in CONFIGURATIONS if name in args.databases.split(",")]
     return args
 
 
-def bake_all(names: list[str], directory: Path, before: str) -> dict[str, Path]:
-    """The project of each configuration: the SQLite bake serves ``sqlite-before`` too, with
-    ``before``'s store."""
-    sqlite = baked.bake(directory / "sqlite", database="sqlite", project_name="Items Bench")
-    projects = {
-        "sqlite-before": lambda: with_store_of(sqlite, before, directory / "before" / sqlite.name),
-        "sqlite": lambda: sqlite,
-        "postgresql": lambda: baked.bake(
-            directory / "postgresql", database="postgresql", project_name="Items Bench"
-        ),
-    }
-    return {name: projects[name]() for name in names}
+def bake_all(names: list[str], directory: Path) -> dict[str, Path]:
+    """The project of each configuration."""
+    return {name: baked.bake(directory / name, database=name, project_name="Items Bench") for name in names}
 
 
 class Plan:
@@ -364,15 +332,11 @@ class Plan:
     def tables(self) -> str:
         names = list(self.services)
         columns = [*names]
-        if {"sqlite-before", "sqlite"} <= set(names):
-            columns.append("after / before")
         if {"sqlite", "postgresql"} <= set(names):
             columns.append("PostgreSQL / SQLite")
         lines = [f"| route | {' | '.join(columns)} |", f"|---|{'---:|' * len(columns)}"]
         for route in self.routes:
             cells = [f"{statistics.median(self.rps[(route, name)]):.0f}" for name in names]
-            if "after / before" in columns:
-                cells.append(ratio(self.rps[(route, "sqlite")], self.rps[(route, "sqlite-before")]))
             if "PostgreSQL / SQLite" in columns:
                 cells.append(ratio(self.rps[(route, "postgresql")], self.rps[(route, "sqlite")]))
             lines.append(f"| `{route}` req/s | {' | '.join(cells)} |")
@@ -398,7 +362,7 @@ def main() -> int:
     args = arguments()
     with tempfile.TemporaryDirectory(prefix="items-db-") as scratch, ExitStack() as stack:
         directory = Path(scratch)
-        projects = bake_all(args.databases, directory, args.before)
+        projects = bake_all(args.databases, directory)
         keys = baked.module(next(iter(projects.values())), "keys")
         scopes = ["items:read", "items:write"]
         minted = [
@@ -418,7 +382,7 @@ def main() -> int:
             print("\n" + hop_cost(projects, directory, args.rounds))
         print(
             f"\n{args.rounds} rounds, {args.connections} connections, one gevent worker each, "
-            f"Python {sys.version.split()[0]}, before = {args.before[:12]}"
+            f"Python {sys.version.split()[0]}"
         )
         if plan.failures:
             print(

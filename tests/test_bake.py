@@ -36,9 +36,9 @@ OPTIONAL_FILES = {
     ),
 }
 # Modules with one version per database: the chosen one under the plain name, no other left.
-VARIANTS = ("src/acme_widgets_api/database.py", "src/acme_widgets_api/store.py", "tests/database.py",
-            "scripts/local_database.py")  # fmt: skip
-VARIANT_MARK = {"sqlite": "class SqliteItems", "postgresql": "class PostgresItems"}
+VARIANTS = ("src/acme_widgets_api/database.py", "src/acme_widgets_api/stores/connections.py",
+            "src/acme_widgets_api/stores/items.py", "tests/database.py", "scripts/local_database.py")  # fmt: skip
+VARIANT_MARK = {"sqlite": "sqlite3.Connection", "postgresql": "psycopg.Cursor"}
 COMBINATIONS = [dict(zip(CHOICES, values, strict=True)) for values in itertools.product(*CHOICES.values())]
 COMPOSE_SCHEMA = TEMPLATE / "tests" / "compose-spec.json"
 
@@ -82,7 +82,7 @@ def test_every_combination_bakes_lints_and_passes_its_fast_suite(bake: Bake, con
             assert (project / name).exists() == (context[option] == choice), name
     for name in VARIANTS:
         assert not list((project / name).parent.glob(f"{Path(name).stem}.*.py")), name
-    store = (project / "src/acme_widgets_api/store.py").read_text()
+    store = (project / "src/acme_widgets_api/stores/connections.py").read_text()
     assert VARIANT_MARK[context["database"]] in store
     run_in(project, *python("-m", "ruff", "check", "."))
     run_in(project, *python("-m", "ruff", "format", "--check", "."))

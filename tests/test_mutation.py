@@ -72,7 +72,7 @@ HAND_MADE = {
         "tests/test_transport.py::test_tls_1_2_negotiates_no_suite_without_forward_secrecy_and_aead",
     ),
     "item-ids-from-pid-and-counter": (
-        f"src/{PACKAGE}/store.py",
+        f"src/{PACKAGE}/stores/items.py",
         [
             ("import uuid\n", "import itertools\nimport os\nimport uuid\n\nCOUNTER = itertools.count()\n"),
             ("uuid.uuid4().hex", 'f"{os.getpid():016x}{next(COUNTER):016x}"'),

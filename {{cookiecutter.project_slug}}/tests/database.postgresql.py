@@ -34,9 +34,14 @@ class Databases:
         self.shared = self.new()
 
     def emptied(self) -> dict[str, str]:
-        """The shared database, without the items of earlier tests."""
+        """The shared database, without the rows of earlier tests: every table that holds
+        tenants' rows (every resource's, ``make resource``'s included) is emptied."""
         with self.superuser(self.shared) as admin:
-            admin.execute("TRUNCATE items")
+            tables = admin.execute(
+                "SELECT format('%I.%I', table_schema, table_name) FROM information_schema.columns"
+                " WHERE column_name = 'tenant' AND table_schema = 'public'"
+            ).fetchall()
+            admin.execute(f"TRUNCATE {', '.join(table for (table,) in tables)}")
         return self.shared
 
     def new(self, *, migrated: bool = True) -> dict[str, str]:

@@ -27,7 +27,7 @@ from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, mint, parse_network
 from {{ cookiecutter.package_name }}.limits import EXEMPT
 from {{ cookiecutter.package_name }}.openapi import document, main
 from {{ cookiecutter.package_name }}.settings import ConfigError, settings_from
-from {{ cookiecutter.package_name }}.store import StoreUnavailable
+from {{ cookiecutter.package_name }}.stores import StoreUnavailable
 
 from .support import PROJECT, KeySet, bearer
 
@@ -385,9 +385,9 @@ class BrokenStore:
 
 def answer(make_app: Callable[..., Flask], keys: KeySet, case: Case) -> Any:
     app = make_app(**case.env)
-    item = app.extensions["items"].add("acme", "widget")
+    item = app.extensions["stores"]["items"].add("acme", "widget")
     if case.store_fails is not None:
-        app.extensions["items"] = BrokenStore(case.store_fails)
+        app.extensions["stores"]["items"] = BrokenStore(case.store_fails)
     headers = dict(case.headers)
     if case.key is not None:
         headers.update(bearer(getattr(keys, case.key)))

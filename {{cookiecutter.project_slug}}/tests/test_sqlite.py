@@ -29,7 +29,7 @@ from flask.testing import FlaskClient
 from {{ cookiecutter.package_name }} import database
 from {{ cookiecutter.package_name }}.keys import MintedKey
 from {{ cookiecutter.package_name }}.settings import ConfigError, Settings, settings_from
-from {{ cookiecutter.package_name }}.store import StoreUnavailable
+from {{ cookiecutter.package_name }}.stores import StoreUnavailable
 
 from .database import Databases
 from .support import PROJECT, KeySet, Server, bearer, server_env
@@ -122,7 +122,7 @@ def test_a_worker_forked_from_a_master_that_migrated_does_not_migrate_again(
     with sqlite3.connect(path) as db:
         db.execute("DROP TABLE items")
         db.execute("DELETE FROM alembic_version")
-    database.open_store(settings).close()
+    database.open_stores(settings).close()
     assert tables_and_revision(path) == ({"alembic_version"}, [])
 
 
@@ -230,7 +230,7 @@ def test_reads_answer_while_a_write_waits_for_the_lock(
     the thread pool relies on: sqlite3 releases the GIL while SQLite waits, or this thread could
     not run until the write gave up, 10 s later."""
     app = make_app()
-    items = app.extensions["items"]
+    items = app.extensions["stores"]["items"]
     items.add("acme", "before")
     holder = hold_write_lock(env["ITEMS_DB"])
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -253,7 +253,7 @@ def test_queued_writes_wait_one_budget_from_their_request_not_one_each_in_turn(
     """Five writes of one worker queue behind the one that waits for SQLite's lock; each counts
     its 1 s budget from its own request, so all five are answered after about 1 s. Budgets
     served in turn would take 5 s."""
-    items = make_app(ITEMS_DB_BUSY_TIMEOUT="1").extensions["items"]
+    items = make_app(ITEMS_DB_BUSY_TIMEOUT="1").extensions["stores"]["items"]
     holder = hold_write_lock(env["ITEMS_DB"])
     try:
         with ThreadPoolExecutor(max_workers=5) as pool:
@@ -357,7 +357,7 @@ import sys
 
 import gevent
 
-from %(package)s.store import Database
+from %(package)s.stores.connections import Database
 
 
 def insert(name):

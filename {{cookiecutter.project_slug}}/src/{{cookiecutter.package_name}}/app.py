@@ -8,7 +8,7 @@ from . import logging as logs
 from .access import Declarations
 from .api import register_blueprints
 from .auth import Authenticator
-from .database import open_store
+from .database import open_stores
 from .errors import install_errors
 from .gate import install_gate
 from .headers import install_headers
@@ -41,14 +41,14 @@ def create_app(settings: Settings | None = None) -> Flask:
         # Unhandled errors must reach the problem+json handler, also under a test client.
         PROPAGATE_EXCEPTIONS=False,
     )
-    app.extensions["items"] = open_store(settings)
+    app.extensions["stores"] = stores = open_stores(settings)
 
     install_errors(app)
     install_gate(
         app,
         Authenticator(settings.keys),
         prepare_limits(settings),
-        install_metrics(app, settings.metrics_dir),
+        install_metrics(app, settings.metrics_dir, stores.database),
         RequestLog(),
         https_only=settings.app_env == "production",
     )

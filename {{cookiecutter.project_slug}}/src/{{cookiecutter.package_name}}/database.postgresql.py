@@ -1,7 +1,7 @@
 """Where items live: PostgreSQL, shared by every worker and host. A password never reaches a
 log line, an error or ``make settings``; a schema older than the code stops the start.
 
-The seam between the service and its database: the database's settings, the store that
+The seam between the service and its database: the database's settings, the stores that
 ``create_app`` opens, the check that the gunicorn master runs once at start, and what
 ``alembic`` runs (``migrations/env.py``). This module imports no database driver: psycopg
 chooses how to wait for the network when it is first imported, and gunicorn's gevent workers,
@@ -23,7 +23,7 @@ from .settings import UNPARSABLE_URI, ConfigError, Invalid, read, redacted_uri, 
 
 if TYPE_CHECKING:
     from .settings import Settings
-    from .store import ItemStore
+    from .stores import Stores
 
 SCHEMES = ("postgresql", "postgres")
 LOCAL_HOSTS = ("", "localhost", "127.0.0.1", "::1")
@@ -90,23 +90,26 @@ def pool_size(max_connections: int, workers: int, worker_connections: int) -> in
 _pool_max: int | None = None
 
 
-def open_store(settings: Settings) -> ItemStore:
-    """The items store of one worker: a pool that connects on demand, so a database that is
-    down when a worker starts costs 503s until it is back, not the worker."""
-    from .store import PostgresItems
+def open_stores(settings: Settings) -> Stores:
+    """The stores of one worker, on a pool that connects on demand, so a database that is down
+    when a worker starts costs 503s until it is back, not the worker."""
+    from .stores import Stores
+    from .stores.connections import Database
 
     database = settings.database
     size = _pool_max or pool_size(database.max_connections, settings.workers, DEFAULT_CONCURRENCY)
-    store = PostgresItems(
-        database.url,
-        max_size=size,
-        connect_timeout=database.connect_timeout,
-        statement_timeout=database.statement_timeout,
+    stores = Stores(
+        Database(
+            database.url,
+            max_size=size,
+            connect_timeout=database.connect_timeout,
+            statement_timeout=database.statement_timeout,
+        )
     )
     # Closed while the worker can still run its threads: left to the garbage collector, the
     # pool would stop them while the interpreter shuts down, and print an error doing it.
-    atexit.register(store.close)
-    return store
+    atexit.register(stores.close)
+    return stores
 
 
 def prepare_database(settings: Settings, workers: int, worker_connections: int) -> None:

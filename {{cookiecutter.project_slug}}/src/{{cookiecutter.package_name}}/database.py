@@ -1,7 +1,7 @@
 """Where items live: one SQLite file on this host, migrated at start (by the gunicorn master,
 once, before any worker exists), so a new release never serves from an older schema.
 
-The seam between the service and its database: the database's settings, the store that
+The seam between the service and its database: the database's settings, the stores that
 ``create_app`` opens, the check that the gunicorn master runs once at start, and what
 ``alembic`` runs (``migrations/env.py``). A project generated for PostgreSQL has its own
 version of this module with the same names.
@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .settings import ConfigError, Invalid, read, whole
-from .store import BUSY_SECONDS, Database, ItemStore, SqliteItems, apply_migrations, exclusive, prepare_file
+from .stores import Stores
+from .stores.connections import BUSY_SECONDS, Database, apply_migrations, exclusive, prepare_file
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -54,16 +55,16 @@ def migrates_itself(path: str) -> bool:
     return _migrated != path
 
 
-def open_store(settings: Settings) -> ItemStore:
-    """The items store of one worker (its connections open on first use), on a file that the
+def open_stores(settings: Settings) -> Stores:
+    """The stores of one worker (their connections open on first use), on a file that the
     gunicorn master migrated, or that this process migrates first."""
     database = settings.database
     if migrates_itself(database.items_db):
         apply_migrations(database.items_db)
-    store = SqliteItems(Database(database.items_db, busy_timeout=database.busy_timeout))
+    stores = Stores(Database(database.items_db, busy_timeout=database.busy_timeout))
     # At the worker's exit: the last connection to close checkpoints the write-ahead log.
-    atexit.register(store.close)
-    return store
+    atexit.register(stores.close)
+    return stores
 
 
 def prepare_database(settings: Settings, workers: int, worker_connections: int) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Protocol
 
 from flask import Blueprint, Flask, Response, current_app, request
 from prometheus_client import (
@@ -30,7 +31,14 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from .access import requires
 from .auth import caller, failure
 from .limits import limit
-from .store import ItemStore
+
+
+class Pooled(Protocol):
+    """The database connections, as the metrics see them."""
+
+    def pool_usage(self) -> tuple[int, int, int] | None:
+        """Connections in use and idle, and requests waiting for one; None without a pool."""
+
 
 SCOPE = "metrics:read"
 # The scrape's own limit, per key: RATELIMIT_DEFAULT is tuned for clients and must not break a
@@ -100,8 +108,8 @@ def _series(route: str, method: str, status: int) -> tuple[Counter, Histogram]:
 class Recorder:
     """What each answer adds to the series, called once per request by the request gate."""
 
-    def __init__(self, store: ItemStore) -> None:
-        self.store = store
+    def __init__(self, database: Pooled) -> None:
+        self.database = database
         self.on_fallback = False
         FALLBACK.set(0)
         WORKERS.set(1)
@@ -121,7 +129,7 @@ class Recorder:
             RATE_LIMITED.labels(route, "address" if caller() is None else "key").inc()
         elif status == 503:  # only a store answers 503: its database is out
             database_unavailable()
-        usage = self.store.pool_usage()
+        usage = self.database.pool_usage()
         if usage is not None:
             database_pool(*usage)
         if on_fallback != self.on_fallback:
@@ -159,11 +167,11 @@ def scrape() -> Response:
     return Response(exposition.text(), content_type=CONTENT_TYPE_LATEST)
 
 
-def install_metrics(app: Flask, directory: Path | None) -> Recorder:
+def install_metrics(app: Flask, directory: Path | None, database: Pooled) -> Recorder:
     """What ``GET /metrics`` reads, and the recorder that counts and times every request (the
     request gate calls it). ``directory`` is the multiprocess directory (serving.py), if any."""
     app.extensions["metrics"] = Exposition(directory)
-    return Recorder(app.extensions["items"])
+    return Recorder(database)
 
 
 @cache

@@ -1,22 +1,25 @@
-"""Items of the caller's tenant: the example to copy, or to generate with ``make resource``.
+"""Items of the caller's tenant: the resource to copy, or to generate with ``make resource``.
 
 Its access is one line (``guard``), its shapes are pydantic models that validate requests and
-describe the routes in the OpenAPI document, and every store call names the caller's tenant.
+describe the routes in the OpenAPI document, every store call names the caller's tenant, and
+its list is read one page at a time.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
-from flask import Blueprint, Response, current_app
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from flask import Blueprint, current_app
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from ..access import guard
 from ..auth import current_caller
-from ..errors import fail, problem
+from ..errors import fail
 from ..limits import limit
 from ..shapes import accepts, answers
-from ..store import ItemStore, StoreUnavailable
+from ..stores.items import ItemStore
+from .pages import PageQuery, page
 
 MAX_NAME = 200
 
@@ -26,7 +29,7 @@ blueprint = guard(
 
 
 class NewItem(BaseModel):
-    """What a client sends to create an item; a tenant or an id it sends is ignored."""
+    """What a client sends to create one of the items; a tenant or an id it sends is ignored."""
 
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME)]
 
@@ -39,28 +42,25 @@ class Item(BaseModel):
     created_at: str
 
 
-class ItemList(BaseModel):
+class ItemPage(BaseModel):
     items: list[Item]
+    next: Annotated[str | None, Field(description="The cursor of the next page; null on the last.")]
 
 
 def _store() -> ItemStore:
-    store: ItemStore = current_app.extensions["items"]
+    store: ItemStore = current_app.extensions["stores"]["items"]
     return store
 
 
-@blueprint.errorhandler(StoreUnavailable)
-def _unavailable(error: StoreUnavailable) -> Response:
-    # The database is down or too slow: the client may retry, and the rest of the API works on.
-    return problem(503, headers={"Retry-After": str(error.retry_after)})
-
-
 @blueprint.get("")
-@answers(200, ItemList, "The items.")
+@accepts(query=PageQuery)
+@answers(200, ItemPage, "One page of the items, oldest first.")
 @answers(503)
-def list_items() -> dict[str, object]:
-    """The caller's tenant's items, oldest first (at most 100)."""
-    items = _store().list(current_caller().tenant)
-    return {"items": [item.to_json() for item in items]}
+def list_items(query: PageQuery) -> dict[str, object]:
+    """The caller's tenant's items, oldest first, one page at a time."""
+    tenant = current_caller().tenant
+    items, following = page(query, partial(_store().list, tenant), lambda item: item.position)
+    return {"items": [item.to_json() for item in items], "next": following}
 
 
 @blueprint.post("")

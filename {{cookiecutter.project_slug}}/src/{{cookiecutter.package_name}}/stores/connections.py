@@ -1,17 +1,13 @@
-"""Items, always filtered by tenant, so one tenant can never read another's data; and SQLite
-kept off gevent's event loop, so a write that waits for the file's lock holds its own request,
-never the other connections of its worker.
+"""One worker's connections to the SQLite file, kept off gevent's event loop, so that a write
+waiting for the file's lock holds its own request, never the other connections of its worker.
 
-The interface is :class:`ItemStore`; :class:`SqliteItems` is the embedded implementation
-that every gunicorn worker shares through one file. Replace it with your own database by
-implementing the same methods, raising :class:`StoreUnavailable` when the database cannot
-answer. :class:`Database` is one worker's access to the file: another store of the same file
-takes the same object (``items.database``), so that the worker keeps a single writer.
+Every resource's store (``stores/<resource>.py``) takes the same :class:`Database`, so that the
+worker keeps a single writer. A store raises :class:`StoreUnavailable` when the database cannot
+answer in time (503 with ``Retry-After``); any other error is a bug, and stays a 500.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import fcntl
 import logging
 import os
@@ -19,10 +15,8 @@ import sqlite3
 import stat
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -43,35 +37,11 @@ BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 PRIVATE = 0o600  # the database holds every tenant's items: its owner alone reads it
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
-    id: str
-    name: str
-    created_at: str
-
-    def to_json(self) -> dict[str, str]:
-        return asdict(self)
-
-
-class ItemStore(Protocol):
-    def list(self, tenant: str, limit: int = 100) -> list[Item]: ...
-
-    def add(self, tenant: str, name: str) -> Item: ...
-
-    def get(self, tenant: str, item_id: str) -> Item | None: ...
-
-    def close(self) -> None: ...
-
-    def pool_usage(self) -> tuple[int, int, int] | None:
-        """Connections in use and idle, and requests waiting for one; None without a pool."""
-        ...
-
-
 class StoreUnavailable(Exception):
     """The database cannot answer now (down, unreachable, too slow): the client may retry."""
 
     def __init__(self, retry_after: int) -> None:
-        super().__init__(f"the items database is unavailable; retry after {retry_after} s")
+        super().__init__(f"the database is unavailable; retry after {retry_after} s")
         self.retry_after = retry_after
 
 
@@ -190,6 +160,9 @@ class Database:
         # for the lock (SQLite refuses it at once, its snapshot being stale).
         return self._call(self._writer, "BEGIN IMMEDIATE", change)
 
+    def pool_usage(self) -> None:
+        """A handful of kept connections per worker: nothing pooled to report."""
+
     def close(self) -> None:
         """Close every connection that no call holds; the database is unusable afterwards. One
         still in a thread's hands at exit is left to the process's end, which SQLite recovers
@@ -284,7 +257,8 @@ def apply_migrations(path: str) -> None:
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", f"{__package__}:migrations")
+    # The service's package holds the migrations (its top level, not this subpackage).
+    config.set_main_option("script_location", f"{__name__.split('.')[0]}:migrations")
     config.attributes["path"] = path
     command.upgrade(config, "head")
 
@@ -297,51 +271,3 @@ def exclusive(path: str) -> Iterator[None]:
     with open(descriptor, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
-
-
-class SqliteItems:
-    """Items in one SQLite file, which every worker of the host shares (WAL mode)."""
-
-    def __init__(self, database: Database | str) -> None:
-        # A path (a script, a benchmark): a database of its own, migrated now. The service
-        # passes its worker's, which the gunicorn master migrated (database.open_store).
-        if isinstance(database, str):
-            apply_migrations(database)
-            database = Database(database)
-        self.database = database
-
-    def list(self, tenant: str, limit: int = 100) -> list[Item]:
-        rows = self.database.read(
-            lambda db: db.execute(
-                "SELECT id, name, created_at FROM items WHERE tenant = ? ORDER BY created_at, id LIMIT ?",
-                (tenant, limit),
-            ).fetchall()
-        )
-        return [Item(*row) for row in rows]
-
-    def add(self, tenant: str, name: str) -> Item:
-        # Random ids: sequential ones would tell a tenant how many items others have.
-        item = Item(uuid.uuid4().hex, name, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
-
-        def insert(db: sqlite3.Connection) -> None:
-            db.execute(
-                "INSERT INTO items (id, tenant, name, created_at) VALUES (?, ?, ?, ?)",
-                (item.id, tenant, item.name, item.created_at),
-            )
-
-        self.database.write(insert)
-        return item
-
-    def get(self, tenant: str, item_id: str) -> Item | None:
-        row = self.database.read(
-            lambda db: db.execute(
-                "SELECT id, name, created_at FROM items WHERE tenant = ? AND id = ?", (tenant, item_id)
-            ).fetchone()
-        )
-        return Item(*row) if row else None
-
-    def close(self) -> None:
-        self.database.close()
-
-    def pool_usage(self) -> None:
-        return None  # a handful of kept connections per worker, not a pool worth watching

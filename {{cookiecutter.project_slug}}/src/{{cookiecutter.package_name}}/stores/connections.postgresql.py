@@ -1,23 +1,19 @@
-"""Items, filtered by tenant twice, so one tenant can never read another's data: every query
-names the tenant, and PostgreSQL's row-level security hides every other tenant's rows from a
-query that forgets to.
+"""One worker's pool of connections to PostgreSQL, which every worker and host shares, and the
+transactions that row-level security limits to one tenant: every query names its tenant, and
+the database hides every other tenant's rows from a query that forgets to.
 
-The interface is :class:`ItemStore`; :class:`PostgresItems` keeps it in PostgreSQL, which
-every worker and host shares, through a pool of psycopg connections. Replace it with your own
-database by implementing the same methods, raising :class:`StoreUnavailable` when the
-database cannot answer.
+Every resource's store (``stores/<resource>.py``) takes the same :class:`Database`. A store
+raises :class:`StoreUnavailable` when the database cannot answer in time (503 with
+``Retry-After``); any other error is a bug, and stays a 500.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
@@ -26,35 +22,11 @@ from psycopg_pool import ConnectionPool
 logging.getLogger("psycopg.pool").setLevel(logging.WARNING)
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
-    id: str
-    name: str
-    created_at: str
-
-    def to_json(self) -> dict[str, str]:
-        return asdict(self)
-
-
-class ItemStore(Protocol):
-    def list(self, tenant: str, limit: int = 100) -> list[Item]: ...
-
-    def add(self, tenant: str, name: str) -> Item: ...
-
-    def get(self, tenant: str, item_id: str) -> Item | None: ...
-
-    def close(self) -> None: ...
-
-    def pool_usage(self) -> tuple[int, int, int] | None:
-        """Connections in use and idle, and requests waiting for one; None without a pool."""
-        ...
-
-
 class StoreUnavailable(Exception):
     """The database cannot answer now (down, unreachable, too slow): the client may retry."""
 
     def __init__(self, retry_after: int) -> None:
-        super().__init__(f"the items database is unavailable; retry after {retry_after} s")
+        super().__init__(f"the database is unavailable; retry after {retry_after} s")
         self.retry_after = retry_after
 
 
@@ -66,7 +38,7 @@ def _session(statement_timeout: int, connection: psycopg.Connection[Any]) -> Non
     connection.commit()
 
 
-class PostgresItems:
+class Database:
     """A pool per worker, whose connections open on demand: a database that is down when the
     worker starts costs 503s until it is back, not the worker."""
 
@@ -89,12 +61,12 @@ class PostgresItems:
                 "keepalives_count": 3,
             },
             configure=lambda connection: _session(statement_timeout, connection),
-            name="items",
+            name="service",
         )
         self.pool.open(wait=False)
 
     @contextmanager
-    def _as_tenant(self, tenant: str) -> Iterator[psycopg.Cursor[Any]]:
+    def as_tenant(self, tenant: str) -> Iterator[psycopg.Cursor[Any]]:
         """A transaction whose rows row-level security limits to ``tenant``: the setting ends
         with the transaction, so a connection back in the pool sees no tenant's rows. Waits
         for a connection DATABASE_CONNECT_TIMEOUT seconds at most, then 503."""
@@ -129,32 +101,6 @@ class PostgresItems:
             else:
                 return connection
 
-    def list(self, tenant: str, limit: int = 100) -> list[Item]:
-        with self._as_tenant(tenant) as cursor:
-            rows = cursor.execute(
-                "SELECT id, name, created_at FROM items WHERE tenant = %s ORDER BY created_at, id LIMIT %s",
-                (tenant, limit),
-            ).fetchall()
-        return [_item(*row) for row in rows]
-
-    def add(self, tenant: str, name: str) -> Item:
-        # Random ids: sequential ones would tell a tenant how many items others have.
-        created = dt.datetime.now(dt.UTC).replace(microsecond=0)
-        item_id = uuid.uuid4().hex
-        with self._as_tenant(tenant) as cursor:
-            cursor.execute(
-                "INSERT INTO items (id, tenant, name, created_at) VALUES (%s, %s, %s, %s)",
-                (item_id, tenant, name, created),
-            )
-        return _item(item_id, name, created)
-
-    def get(self, tenant: str, item_id: str) -> Item | None:
-        with self._as_tenant(tenant) as cursor:
-            row = cursor.execute(
-                "SELECT id, name, created_at FROM items WHERE tenant = %s AND id = %s", (tenant, item_id)
-            ).fetchone()
-        return _item(*row) if row else None
-
     def close(self) -> None:
         self.pool.close()
 
@@ -163,7 +109,3 @@ class PostgresItems:
         stats = self.pool.get_stats()
         idle = stats.get("pool_available", 0)
         return stats.get("pool_size", 0) - idle, idle, stats.get("requests_waiting", 0)
-
-
-def _item(item_id: str, name: str, created_at: dt.datetime) -> Item:
-    return Item(item_id, name, created_at.isoformat(timespec="seconds"))
