@@ -20,6 +20,7 @@ OPTIONAL_PATHS = {
         "scripts/local_postgres.py",
         "tests/test_postgres.py",
         "tests/test_postgres_servers.py",
+        "tests/test_row_level_security.py",
     ),
 }
 DATABASE = "{{ cookiecutter.database }}"

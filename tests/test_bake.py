@@ -33,11 +33,17 @@ OPTIONAL_FILES = {
         "scripts/local_postgres.py",
         "tests/test_postgres.py",
         "tests/test_postgres_servers.py",
+        "tests/test_row_level_security.py",
     ),
 }
 # Modules with one version per database: the chosen one under the plain name, no other left.
-VARIANTS = ("src/acme_widgets_api/database.py", "src/acme_widgets_api/stores/connections.py",
-            "src/acme_widgets_api/stores/items.py", "tests/database.py", "scripts/local_database.py")  # fmt: skip
+VARIANTS = (
+    "src/acme_widgets_api/database.py",
+    "src/acme_widgets_api/stores/connections.py",
+    "src/acme_widgets_api/stores/items.py",
+    "tests/database.py",
+    "scripts/local_database.py",
+)
 VARIANT_MARK = {"sqlite": "sqlite3.Connection", "postgresql": "psycopg.Cursor"}
 COMBINATIONS = [dict(zip(CHOICES, values, strict=True)) for values in itertools.product(*CHOICES.values())]
 COMPOSE_SCHEMA = TEMPLATE / "tests" / "compose-spec.json"
@@ -91,9 +97,13 @@ def test_every_combination_bakes_lints_and_passes_its_fast_suite(bake: Bake, con
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_full_generated_suite_passes_with_real_processes(bake: Bake, database: str) -> None:
-    """With REQUIRE_POSTGRES=1: the PostgreSQL bake starts its own server (as root, through
-    runuser as the postgres user) and fails rather than skip where it cannot."""
+    """After `make resource NAME=orders`, as a team's first change: the suite holds the new
+    resource to every rule of the reference one. With REQUIRE_POSTGRES=1, the PostgreSQL bake
+    starts its own server (as root, through runuser as the postgres user) and fails rather than
+    skip where it cannot."""
     project = bake(database=database)
+    run_in(project, "make", "resource", "NAME=orders", f"PYTHON={sys.executable}")
+    assert (project / "tests" / "test_orders.py").is_file()
     output = run_in(project, *python("-m", "pytest", "-q", "-p", "no:cacheprovider"))
     assert " passed" in output and "skipped" not in output, output[-2000:]
 

@@ -48,7 +48,9 @@ def test_schemathesis_finds_no_server_error_and_no_departure_from_the_document(
     package = next(p.parent.parent.name for p in (default_bake / "src").glob("*/keys/__init__.py"))
     document = tmp_path / "openapi.json"
     run_in(
-        default_bake, *python("-m", f"{package}.openapi", "--output", str(document)), env={"PYTHONPATH": "src"}
+        default_bake,
+        *python("-m", f"{package}.openapi", "--output", str(document)),
+        env={"PYTHONPATH": "src"},
     )
     result = subprocess.run(
         [

@@ -151,7 +151,9 @@ def test_make_openapi_writes_a_document_that_passes_the_validator(written_docume
     assert json.loads(written_document.read_text())["openapi"] == "3.1.0"
 
 
-def test_openapi_validator_refuses_a_response_without_description(written_document: Path, tmp_path: Path) -> None:
+def test_openapi_validator_refuses_a_response_without_description(
+    written_document: Path, tmp_path: Path
+) -> None:
     document = json.loads(written_document.read_text())
     del document["paths"]["/v1/whoami"]["get"]["responses"]["200"]["description"]
     (tmp_path / "openapi.json").write_text(json.dumps(document))

@@ -266,88 +266,90 @@ def test_the_request_line_says_why_authentication_failed(
 
 def test_a_guarded_blueprint_gets_the_scopes_it_declares(make_app, keys: KeySet) -> None:
     """What a team does to add a resource: one line, and every route of it needs the scope."""
-    reports = guard(Blueprint("reports", __name__, url_prefix="/v1/reports"), read="reports:read")
+    reports = guard(Blueprint("test-reports", __name__, url_prefix="/test-only/reports"), read="reports:read")
     reports.add_url_rule("", "list_reports", lambda: {"reports": []})
     app = make_app()
     app.register_blueprint(reports)
     client = app.test_client()
-    assert_generic_401(client.get("/v1/reports"))
-    assert client.get("/v1/reports", headers=bearer(keys.reader)).status_code == 403
-    assert client.get("/v1/reports", headers=bearer(keys.no_scopes)).get_json() == {"reports": []}
+    assert_generic_401(client.get("/test-only/reports"))
+    assert client.get("/test-only/reports", headers=bearer(keys.reader)).status_code == 403
+    assert client.get("/test-only/reports", headers=bearer(keys.no_scopes)).get_json() == {"reports": []}
 
 
 def test_a_plain_blueprint_registered_after_the_start_is_closed(make_app, keys: KeySet) -> None:
     """A Blueprint as every Flask tutorial writes it, added after create_app(): no declaration,
     so no one gets in, with a key or without."""
-    plain = Blueprint("tutorial", __name__, url_prefix="/v1/tutorial")
+    plain = Blueprint("test-tutorial", __name__, url_prefix="/test-only/tutorial")
     plain.add_url_rule("", "read_everything", lambda: {"tenants": "all of them"})
     app = make_app()
     app.register_blueprint(plain)
     client = app.test_client()
-    assert_generic_401(client.get("/v1/tutorial"))
+    assert_generic_401(client.get("/test-only/tutorial"))
     for key in (keys.reader, keys.writer, keys.no_scopes):
-        response = client.get("/v1/tutorial", headers=bearer(key))
+        response = client.get("/test-only/tutorial", headers=bearer(key))
         assert response.status_code == 403
         assert "tenants" not in response.get_data(as_text=True)
 
 
 def test_a_plain_route_added_after_the_start_is_closed(make_app, keys: KeySet) -> None:
     app = make_app()
-    app.add_url_rule("/v1/late", "late", lambda: {"late": True}, methods=["GET", "POST"])
+    app.add_url_rule("/test-only/late", "late", lambda: {"late": True}, methods=["GET", "POST"])
     client = app.test_client()
-    assert_generic_401(client.get("/v1/late"))
-    assert client.post("/v1/late", headers=bearer(keys.writer)).status_code == 403
+    assert_generic_401(client.get("/test-only/late"))
+    assert client.post("/test-only/late", headers=bearer(keys.writer)).status_code == 403
 
 
 def test_a_route_declares_its_own_access_whenever_it_is_registered(make_app, keys: KeySet) -> None:
     app = make_app()
-    app.add_url_rule("/v1/open", "open", public(lambda: {"open": True}))
-    app.add_url_rule("/v1/signed", "signed", requires()(lambda: {"signed": True}))
-    app.add_url_rule("/v1/audit", "audit", requires("audit:read")(lambda: {"audit": []}))
+    app.add_url_rule("/test-only/open", "open", public(lambda: {"open": True}))
+    app.add_url_rule("/test-only/signed", "signed", requires()(lambda: {"signed": True}))
+    app.add_url_rule("/test-only/audit", "audit", requires("audit:read")(lambda: {"audit": []}))
     client = app.test_client()
-    assert client.get("/v1/open").status_code == 200
-    assert_generic_401(client.get("/v1/signed"))
-    assert client.get("/v1/signed", headers=bearer(keys.no_scopes)).status_code == 200
-    assert client.get("/v1/audit", headers=bearer(keys.writer)).status_code == 403
+    assert client.get("/test-only/open").status_code == 200
+    assert_generic_401(client.get("/test-only/signed"))
+    assert client.get("/test-only/signed", headers=bearer(keys.no_scopes)).status_code == 200
+    assert client.get("/test-only/audit", headers=bearer(keys.writer)).status_code == 403
 
 
 def test_a_view_declaration_wins_over_its_blueprints(make_app, keys: KeySet) -> None:
-    reports = guard(Blueprint("reports", __name__, url_prefix="/v1/reports"), read="reports:read")
+    reports = guard(Blueprint("test-reports", __name__, url_prefix="/test-only/reports"), read="reports:read")
     reports.add_url_rule("/status", "status", public(lambda: {"status": "ok"}))
     reports.add_url_rule("/secret", "secret", requires("reports:admin")(lambda: {"secret": 1}))
     app = make_app()
     app.register_blueprint(reports)
     client = app.test_client()
-    assert client.get("/v1/reports/status").status_code == 200
-    assert client.get("/v1/reports/secret", headers=bearer(keys.no_scopes)).status_code == 403
+    assert client.get("/test-only/reports/status").status_code == 200
+    assert client.get("/test-only/reports/secret", headers=bearer(keys.no_scopes)).status_code == 403
 
 
 def test_a_write_needs_the_write_scope_and_a_read_the_read_scope(make_app, keys: KeySet) -> None:
     orders = guard(
-        Blueprint("orders", __name__, url_prefix="/v1/orders"), read="items:read", write="items:write"
+        Blueprint("test-orders", __name__, url_prefix="/test-only/orders"),
+        read="items:read",
+        write="items:write",
     )
     orders.add_url_rule("", "orders", lambda: {"orders": []}, methods=["GET", "POST", "DELETE"])
     app = make_app()
     app.register_blueprint(orders)
     client = app.test_client()
-    assert client.get("/v1/orders", headers=bearer(keys.reader)).status_code == 200
-    assert client.post("/v1/orders", headers=bearer(keys.reader)).status_code == 403
-    assert client.delete("/v1/orders", headers=bearer(keys.reader)).status_code == 403
-    assert client.delete("/v1/orders", headers=bearer(keys.writer)).status_code == 200
+    assert client.get("/test-only/orders", headers=bearer(keys.reader)).status_code == 200
+    assert client.post("/test-only/orders", headers=bearer(keys.reader)).status_code == 403
+    assert client.delete("/test-only/orders", headers=bearer(keys.reader)).status_code == 403
+    assert client.delete("/test-only/orders", headers=bearer(keys.writer)).status_code == 200
 
 
 def test_an_undeclared_route_stops_the_start_naming_its_endpoint(
     make_app, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    plain = Blueprint("reports", __name__, url_prefix="/v1/reports")
+    plain = Blueprint("test-reports", __name__, url_prefix="/test-only/reports")
     plain.add_url_rule("", "list_reports", lambda: {"reports": []})
     monkeypatch.setattr("{{ cookiecutter.package_name }}.api.BLUEPRINTS", (*BLUEPRINTS, plain))
     with pytest.raises(UndeclaredRoute) as refused:
         make_app()
     message = str(refused.value)
     assert "\n" not in message
-    assert "reports.list_reports" in message
-    assert "/v1/reports" in message
+    assert "test-reports.list_reports" in message
+    assert "/test-only/reports" in message
 
 
 def test_every_route_of_the_service_declares_its_access(app: Flask) -> None:

@@ -27,7 +27,7 @@ def failing_app(make_app) -> Flask:
     def explode() -> str:
         raise RuntimeError(f"boom while reading {app.root_path}/secret.txt")
 
-    app.add_url_rule("/v1/explode", view_func=requires()(explode))
+    app.add_url_rule("/test-only/explode", view_func=requires()(explode))
     return app
 
 
@@ -73,7 +73,7 @@ def test_a_wrong_method_without_a_valid_key_is_a_401_that_maps_no_route(
 
 
 def test_unhandled_exception_is_a_500_problem_without_details(failing_app: Flask, keys: KeySet) -> None:
-    response = failing_app.test_client().get("/v1/explode", headers=bearer(keys.reader))
+    response = failing_app.test_client().get("/test-only/explode", headers=bearer(keys.reader))
     body = assert_problem(response, 500)
     text = response.get_data(as_text=True)
     assert "Traceback" not in text
@@ -86,7 +86,7 @@ def test_unhandled_exception_is_logged_once_with_its_traceback(
     failing_app: Flask, keys: KeySet, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.ERROR):
-        failing_app.test_client().get("/v1/explode", headers=bearer(keys.reader))
+        failing_app.test_client().get("/test-only/explode", headers=bearer(keys.reader))
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1
     assert "RuntimeError" in (errors[0].exc_text or "")
@@ -201,10 +201,12 @@ def test_a_doubled_or_encoded_slash_reaches_no_route(client, keys: KeySet, path:
 
 
 def test_a_route_with_a_trailing_slash_is_not_redirected_to(make_app, keys: KeySet) -> None:
-    """Werkzeug would answer "/v1/things" with a redirect to "/v1/things/", built from Host."""
+    """Werkzeug would answer "/test-only/things" with a redirect to "/test-only/things/", built from Host."""
     app = make_app()
-    app.add_url_rule("/v1/things/", "things", requires()(lambda: {"things": []}))
-    response = app.test_client().get("/v1/things", headers={**bearer(keys.reader), "Host": "evil.example"})
+    app.add_url_rule("/test-only/things/", "things", requires()(lambda: {"things": []}))
+    response = app.test_client().get(
+        "/test-only/things", headers={**bearer(keys.reader), "Host": "evil.example"}
+    )
     assert "Location" not in response.headers
     assert_problem(response, 404)
 
@@ -215,8 +217,8 @@ def test_an_http_error_without_a_fixed_text_gets_its_standard_description(make_a
     def gone() -> str:
         raise Gone
 
-    app.add_url_rule("/v1/gone", "gone", public(gone))
-    body = assert_problem(app.test_client().get("/v1/gone"), 410)
+    app.add_url_rule("/test-only/gone", "gone", public(gone))
+    body = assert_problem(app.test_client().get("/test-only/gone"), 410)
     assert body["detail"] == HTTPStatus.GONE.description
 
 
@@ -238,9 +240,11 @@ class BrokenStream(io.BytesIO):
 def test_a_body_that_breaks_http_framing_is_a_400_problem(make_app, keys: KeySet, error: Exception) -> None:
     """What gunicorn raises while a view reads such a body (the slow test below sends one)."""
     app = make_app()
-    app.add_url_rule("/v1/read", "read_body", requires()(lambda: {"body": json_body()}), methods=["POST"])
+    app.add_url_rule(
+        "/test-only/read", "read_body", requires()(lambda: {"body": json_body()}), methods=["POST"]
+    )
     response = app.test_client().post(
-        "/v1/read",
+        "/test-only/read",
         input_stream=BrokenStream(error),
         headers={**bearer(keys.reader), "Content-Type": "application/json", "Content-Length": "10"},
     )

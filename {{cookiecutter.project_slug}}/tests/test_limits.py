@@ -141,10 +141,10 @@ def test_requests_without_a_key_are_limited_per_address(make_app) -> None:
 
 def test_a_public_route_is_limited_per_address_without_a_key(make_app, keys: KeySet) -> None:
     app = make_app()
-    app.add_url_rule("/v1/open", "open", limit("2 per hour")(public(lambda: {"open": True})))
+    app.add_url_rule("/test-only/open", "open", limit("2 per hour")(public(lambda: {"open": True})))
     client = app.test_client()
-    assert statuses(client, 3, "/v1/open", **from_address("192.0.2.1")) == [200, 200, 429]
-    assert statuses(client, 1, "/v1/open", **from_address("192.0.2.2")) == [200]
+    assert statuses(client, 3, "/test-only/open", **from_address("192.0.2.1")) == [200, 200, 429]
+    assert statuses(client, 1, "/test-only/open", **from_address("192.0.2.2")) == [200]
 
 
 def test_failed_authentications_are_limited_but_valid_keys_are_not(make_app, keys: KeySet) -> None:

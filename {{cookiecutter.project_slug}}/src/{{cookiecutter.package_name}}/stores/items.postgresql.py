@@ -40,7 +40,8 @@ class ItemStore:
         self.database = database
 
     def list(self, tenant: str, limit: int, after: Position | None = None) -> list[Item]:
-        """Up to ``limit`` items, oldest first, after ``after`` (a previous page's last item)."""
+        """The tenant's items after ``after`` (where a previous page ended), oldest first: at
+        most ``limit`` of them."""
         with self.database.as_tenant(tenant) as cursor:
             if after is None:
                 rows = cursor.execute(
@@ -50,7 +51,8 @@ class ItemStore:
                 ).fetchall()
             else:
                 rows = cursor.execute(
-                    "SELECT id, name, created_at FROM items WHERE tenant = %s AND (created_at, id) > (%s, %s)"
+                    "SELECT id, name, created_at FROM items"
+                    " WHERE tenant = %s AND (created_at, id) > (%s, %s)"
                     " ORDER BY created_at, id LIMIT %s",
                     (tenant, dt.datetime.fromisoformat(after[0]), after[1], limit),
                 ).fetchall()
@@ -70,7 +72,8 @@ class ItemStore:
     def get(self, tenant: str, item_id: str) -> Item | None:
         with self.database.as_tenant(tenant) as cursor:
             row = cursor.execute(
-                "SELECT id, name, created_at FROM items WHERE tenant = %s AND id = %s", (tenant, item_id)
+                "SELECT id, name, created_at FROM items WHERE tenant = %s AND id = %s",
+                (tenant, item_id),
             ).fetchone()
         return _item(*row) if row else None
 

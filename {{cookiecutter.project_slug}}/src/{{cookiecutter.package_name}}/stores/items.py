@@ -39,11 +39,13 @@ class ItemStore:
         self.database = database
 
     def list(self, tenant: str, limit: int, after: Position | None = None) -> list[Item]:
-        """Up to ``limit`` items, oldest first, after ``after`` (a previous page's last item)."""
+        """The tenant's items after ``after`` (where a previous page ended), oldest first: at
+        most ``limit`` of them."""
         created_at, item_id = after if after is not None else ("", "")
         rows = self.database.read(
             lambda db: db.execute(
-                "SELECT id, name, created_at FROM items WHERE tenant = ? AND (created_at, id) > (?, ?)"
+                "SELECT id, name, created_at FROM items"
+                " WHERE tenant = ? AND (created_at, id) > (?, ?)"
                 " ORDER BY created_at, id LIMIT ?",
                 (tenant, created_at, item_id, limit),
             ).fetchall()
@@ -66,7 +68,8 @@ class ItemStore:
     def get(self, tenant: str, item_id: str) -> Item | None:
         row = self.database.read(
             lambda db: db.execute(
-                "SELECT id, name, created_at FROM items WHERE tenant = ? AND id = ?", (tenant, item_id)
+                "SELECT id, name, created_at FROM items WHERE tenant = ? AND id = ?",
+                (tenant, item_id),
             ).fetchone()
         )
         return Item(*row) if row else None
