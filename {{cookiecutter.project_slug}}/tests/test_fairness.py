@@ -267,7 +267,7 @@ def make_worker(
         worker.tmp.close()
 
 
-def serve(worker: FairGeventWorker, data: bytes, peer: str = "192.0.2.7", read: bool = True) -> bytes:
+def serve(worker: FairGeventWorker, data: bytes, peer: str = "192.0.2.7") -> bytes:
     """One connection carrying ``data`` (then the client's end of sending), handled by the worker
     here and now; what the client received until the server closed."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
@@ -279,7 +279,7 @@ def serve(worker: FairGeventWorker, data: bytes, peer: str = "192.0.2.7", read: 
             worker.handle(listener, connection, (peer, 40000))
             received = b""
             try:
-                while read and (chunk := client.recv(65536)):
+                while chunk := client.recv(65536):
                     received += chunk
             except ConnectionResetError:
                 pass  # closed with requests unread: the kernel resets, after what was sent
@@ -343,6 +343,30 @@ def test_the_open_connections_are_reported_as_they_open_and_close(
     assert SERIES.get_sample_value("api_connections_open") == 0
 
 
+def test_pipelined_requests_take_turns_with_the_other_connections(
+    make_worker: Callable[..., FairGeventWorker],
+) -> None:
+    """Requests a client pipelined are all in the buffer: no read or write waits between them,
+    and without a turn for the others they would be served back to back."""
+    order: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        order.append("pipelined")
+        start_response("200 OK", [("Content-Length", "0")])
+        return [b""]
+
+    def other() -> None:
+        for _ in range(6):
+            order.append("other")
+            gevent.sleep(0)
+
+    worker = make_worker(wsgi=app)
+    greenlets = [gevent.spawn(serve, worker, HEALTH * 4), gevent.spawn(other)]
+    gevent.joinall(greenlets, timeout=10, raise_error=True)
+    assert order.count("pipelined") == 4
+    assert "pipelined,pipelined" not in ",".join(order), order
+
+
 @pytest.mark.parametrize(
     ("request_bytes", "status"),
     [
@@ -385,9 +409,17 @@ def test_a_client_that_stops_reading_is_cut_off_by_the_write_deadline_in_one_lin
         return [b"x" * (64 << 20)]
 
     worker = make_worker(wsgi=large, WRITE_TIMEOUT="1")
-    started = time.monotonic()
-    serve(worker, HEALTH, read=False)
-    assert time.monotonic() - started < 20  # never reading, the client would hold it forever
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname(), timeout=10)
+        connection, _ = listener.accept()
+        with client, connection:
+            client.sendall(HEALTH)
+            serving = threading.Thread(target=worker.handle, args=(listener, connection, ("192.0.2.7", 40000)))
+            serving.start()
+            serving.join(20)
+            held = serving.is_alive()  # the client never reads: without a deadline, forever
+    serving.join(10)  # the client's socket is closed now, which ends a held write too
+    assert not held
     assert gunicorn_lines == ["Connection from ip=192.0.2.7 cut off: an answer not taken in 1 s (WRITE_TIMEOUT)"]
     assert worker.door.total == 0
 
