@@ -26,7 +26,7 @@ from {{ cookiecutter.package_name }}.serving import (
     worker_exited,
 )
 from {{ cookiecutter.package_name }}.settings import ConfigError
-from {{ cookiecutter.package_name }}.worker import deferred_tls
+from {{ cookiecutter.package_name }}.worker import check_worker_class, deferred_tls
 
 # Mozilla "intermediate": TLS 1.2 only with ECDHE and AEAD; TLS 1.3 suites are all AEAD.
 TLS12_CIPHERS = ":".join(
@@ -98,6 +98,7 @@ def on_starting(server: Any) -> None:
     try:
         check_workers(settings, server.cfg.workers)
         check_deadlines(server.cfg.keepalive)
+        check_worker_class(server.cfg.worker_class, settings.tls)
         start_metrics()
         prepare_database(settings, server.cfg.workers, server.cfg.worker_connections)
     except ConfigError as error:

@@ -41,6 +41,7 @@ from {{ cookiecutter.package_name }}.worker import (
     FairGeventWorker,
     PendingTLS,
     Throttle,
+    check_worker_class,
     client_of,
     deferred_tls,
     security_headers,
@@ -256,7 +257,8 @@ def make_worker(
         if tls:
             cfg.set("certfile", str(tls_files[0]))
             cfg.set("keyfile", str(tls_files[1]))
-        worker = FairGeventWorker(0, os.getppid(), [], None, 30, cfg, Logger(cfg))
+        listener = socket.create_server(("127.0.0.1", 0))
+        worker = FairGeventWorker(0, os.getppid(), [listener], None, 30, cfg, Logger(cfg))
         worker.wsgi = make_app() if wsgi is None else wsgi
         worker.prepare(settings_from({**env, **more}))
         workers.append(worker)
@@ -265,25 +267,25 @@ def make_worker(
     yield build
     for worker in workers:
         worker.tmp.close()
+        worker.sockets[0].close()
 
 
 def serve(worker: FairGeventWorker, data: bytes, peer: str = "192.0.2.7") -> bytes:
     """One connection carrying ``data`` (then the client's end of sending), handled by the worker
     here and now; what the client received until the server closed."""
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        client = socket.create_connection(listener.getsockname(), timeout=10)
-        connection, _ = listener.accept()
-        with client, connection:
-            client.sendall(data)
-            client.shutdown(socket.SHUT_WR)
-            worker.handle(listener, connection, (peer, 40000))
-            received = b""
-            try:
-                while chunk := client.recv(65536):
-                    received += chunk
-            except ConnectionResetError:
-                pass  # closed with requests unread: the kernel resets, after what was sent
-            return received
+    listener = worker.sockets[0]
+    client = socket.create_connection(listener.getsockname(), timeout=10)
+    connection, _ = listener.accept()
+    with client, connection:
+        client.sendall(data)
+        client.shutdown(socket.SHUT_WR)
+        worker.handle(listener, connection, (peer, 40000))
+        received = b""
+        # Closed with requests unread, the connection is reset by the kernel, after what was sent.
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := client.recv(65536):
+                received += chunk
+        return received
 
 
 def test_the_last_request_a_connection_may_carry_is_answered_connection_close(
@@ -409,19 +411,27 @@ def test_a_client_that_stops_reading_is_cut_off_by_the_write_deadline_in_one_lin
         return [b"x" * (64 << 20)]
 
     worker = make_worker(wsgi=large, WRITE_TIMEOUT="1")
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        client = socket.create_connection(listener.getsockname(), timeout=10)
-        connection, _ = listener.accept()
-        with client, connection:
-            client.sendall(HEALTH)
-            serving = threading.Thread(target=worker.handle, args=(listener, connection, ("192.0.2.7", 40000)))
-            serving.start()
-            serving.join(20)
-            held = serving.is_alive()  # the client never reads: without a deadline, forever
+    listener = worker.sockets[0]
+    client = socket.create_connection(listener.getsockname(), timeout=10)
+    connection, _ = listener.accept()
+    with client, connection:
+        client.sendall(HEALTH)
+        serving = threading.Thread(target=worker.handle, args=(listener, connection, ("192.0.2.7", 40000)))
+        serving.start()
+        serving.join(20)
+        held = serving.is_alive()  # the client never reads: without a deadline, forever
     serving.join(10)  # the client's socket is closed now, which ends a held write too
     assert not held
     assert gunicorn_lines == ["Connection from ip=192.0.2.7 cut off: an answer not taken in 1 s (WRITE_TIMEOUT)"]
     assert worker.door.total == 0
+
+
+def test_tls_is_served_only_by_the_worker_that_secures_deferred_connections() -> None:
+    check_worker_class(FairGeventWorker, tls=True)
+    check_worker_class(GeventWorker, tls=False)
+    with pytest.raises(ConfigError) as refused:
+        check_worker_class(GeventWorker, tls=True)
+    assert refused.value.variable == "worker_class"
 
 
 @pytest.mark.parametrize(
@@ -442,28 +452,52 @@ def test_gunicorn_calls_the_methods_the_worker_overrides_with_the_arguments_it_t
 # --- gevent's server and the TLS handshake, in this process ---------------------------------------
 
 
-def through_gevent(worker: FairGeventWorker, tls_files: tuple[Path, Path], client: Callable[[int], Any]) -> Any:
+def through_gevent(
+    worker: FairGeventWorker,
+    tls_files: tuple[Path, Path],
+    client: Callable[[int], Any],
+    stop_after: float | None = None,
+) -> Any:
     """gevent's server, as gunicorn's gevent worker starts it (the ``ssl_context`` hook's context,
-    and the worker's ``handle``), serving one client that runs in a thread; its result."""
+    and the worker's ``handle``), serving one client that runs in a thread; its result. With
+    ``stop_after``, the server closes its listening socket then, as a graceful stop does."""
     context = gevent.ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(*tls_files)
+    listener = worker.sockets[0]
+    listener.setblocking(False)  # as gunicorn's listeners are underneath, once gevent patched them
 
     def handle(connection: Any, addr: Any) -> None:
-        worker.handle(server.socket, connection, addr)
+        worker.handle(listener, connection, addr)
 
-    server = StreamServer(("127.0.0.1", 0), handle, ssl_context=deferred_tls(context))
+    server = StreamServer(listener, handle, ssl_context=deferred_tls(context))
     server.start()
+    port = listener.getsockname()[1]
     result: list[Any] = []
-    thread = threading.Thread(target=lambda: result.append(client(server.server_port)), daemon=True)
+    thread = threading.Thread(target=lambda: result.append(client(port)), daemon=True)
     try:
         thread.start()
-        deadline = time.monotonic() + 20
-        while thread.is_alive() and time.monotonic() < deadline:
+        started = time.monotonic()
+        while thread.is_alive() and time.monotonic() - started < 20:
+            if stop_after is not None and time.monotonic() - started > stop_after and not server.closed:
+                server.close()
             gevent.sleep(0.02)
     finally:
         server.stop()
     assert result, "the client did not finish"
     return result[0]
+
+
+def https_exchange(port: int, context: ssl.SSLContext, pause: float = 0) -> bytes:
+    """A request on a new TLS connection from 127.0.0.3 (its handshake ``pause`` seconds after the
+    TCP connection), read until the server closes."""
+    with connect_from(CLIENT, port) as raw:
+        time.sleep(pause)
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(HEALTH.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+            received = b""
+            while chunk := tls.recv(65536):
+                received += chunk
+            return received
 
 
 def test_gevents_server_hands_the_worker_the_connection_untouched_and_the_worker_secures_it(
@@ -482,21 +516,22 @@ def test_gevents_server_hands_the_worker_the_connection_untouched_and_the_worker
         handle(listener, connection, addr)
 
     worker.handle = spy
-
-    def client(port: int) -> bytes:
-        with (
-            connect_from(CLIENT, port) as raw,
-            client_context.wrap_socket(raw, server_hostname="localhost") as tls,
-        ):
-            tls.sendall(HEALTH.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
-            received = b""
-            while chunk := tls.recv(65536):
-                received += chunk
-            return received
-
-    received = answers(through_gevent(worker, tls_files, client))
+    received = answers(through_gevent(worker, tls_files, lambda port: https_exchange(port, client_context)))
     assert [status for status, _, _ in received] == [200]
     assert [type(connection) for connection in handed] == [PendingTLS]
+
+
+def test_a_connection_in_its_handshake_when_a_graceful_stop_begins_is_still_served(
+    make_worker: Callable[..., FairGeventWorker], tls_files: tuple[Path, Path], client_context: ssl.SSLContext
+) -> None:
+    """A graceful stop closes the listening socket, then waits for the connections in progress:
+    one still in its TLS handshake is served to the end, although gunicorn asks for the address
+    of a listener that is closed by then."""
+    worker = make_worker(tls=True)
+    exchange = through_gevent(
+        worker, tls_files, lambda port: https_exchange(port, client_context, pause=1.0), stop_after=0.3
+    )
+    assert [status for status, _, _ in answers(exchange)] == [200]
 
 
 def test_a_handshake_that_stalls_is_closed_at_the_deadline(

@@ -391,6 +391,11 @@ def _no_header_deadline(given: Inputs) -> dict[str, str]:
     return {**given.env, "GUNICORN_CMD_ARGS": "--keep-alive 0"}
 
 
+def _tls_with_the_stock_gevent_worker(given: Inputs) -> dict[str, str]:
+    tls = {"TLS_CERT_FILE": str(given.cert), "TLS_KEY_FILE": str(given.key)}
+    return {**given.env, **tls, "GUNICORN_CMD_ARGS": "--worker-class gevent"}
+
+
 def _trust_every_address(given: Inputs) -> dict[str, str]:
     return {**given.env, "FORWARDED_ALLOW_IPS": "10.0.0.5, 0.0.0.0/0"}
 
@@ -431,6 +436,7 @@ def _storage_password_with_a_hash(given: Inputs) -> dict[str, str]:
         pytest.param("RATELIMIT_DEFAULT", _zero_window, id="zero-window-RATELIMIT_DEFAULT"),
         pytest.param("RATELIMIT_STORAGE_URI", _memory_limits_with_two_workers, id="memory-with-2-workers"),
         pytest.param("keepalive", _no_header_deadline, id="keep-alive-0"),
+        pytest.param("worker_class", _tls_with_the_stock_gevent_worker, id="tls-with-another-worker-class"),
     ],
 )
 def test_bad_configuration_stops_gunicorn_with_one_line_naming_the_variable(

@@ -29,7 +29,7 @@ import gevent.socket
 from gunicorn.workers.ggevent import GeventWorker
 
 from .serving import serving_settings
-from .settings import Network, Settings
+from .settings import ConfigError, Network, Settings
 
 # Past this share of worker_connections, every answer closes its connection, so that kept-alive
 # clients make room for new ones before the worker is full.
@@ -278,6 +278,29 @@ def deferred_tls(context: ssl.SSLContext) -> ssl.SSLContext:
     return context
 
 
+@dataclass(frozen=True)
+class Listener:
+    """Stands in for a listening socket while gunicorn serves one of its connections: gunicorn
+    asks it only for its address, which the real socket no longer knows once a graceful stop has
+    closed it, as happens to a connection still in its TLS handshake at that moment."""
+
+    address: Any
+
+    def getsockname(self) -> Any:
+        return self.address
+
+
+def check_worker_class(worker_class: type, tls: bool) -> None:
+    """Refuse to serve TLS with another worker class: the ``ssl_context`` hook's context hands
+    each connection over untouched (:func:`deferred_tls`), which only this worker secures."""
+    if tls and not issubclass(worker_class, FairGeventWorker):
+        raise ConfigError(
+            "worker_class",
+            f"TLS at gunicorn needs {FairGeventWorker.__module__}.{FairGeventWorker.__name__}, "
+            "which runs each handshake under a deadline",
+        )
+
+
 def lacks_host(req: Any) -> bool:
     """An HTTP/1.1 request without Host, which RFC 9112 (3.2) says to answer with 400 and gunicorn
     serves. gunicorn's request holds its version as a tuple and header names in capitals."""
@@ -311,6 +334,7 @@ class FairGeventWorker(GeventWorker):  # type: ignore[misc]
         from . import metrics
 
         self.metrics = metrics
+        self.listeners = {sock: Listener(sock.getsockname()) for sock in self.sockets}
         self.door = Door(settings, self.cfg.worker_connections)
         self.lives: dict[Any, Life] = {}  # by the socket gunicorn serves each connection on
         self.warn = Throttle(WARN_EVERY)
@@ -333,7 +357,9 @@ class FairGeventWorker(GeventWorker):  # type: ignore[misc]
             connection = self.secured(client, addr)
             if connection is not None:
                 self.lives[connection] = life
-                super().handle(listener, connection, addr)
+                # gunicorn asks the listener for its address only now, after the handshake: a
+                # graceful stop may have closed it meanwhile (the stand-in still knows).
+                super().handle(self.listeners[listener], connection, addr)
         finally:
             self.lives.pop(connection, None)
             self.door.leave(life)
