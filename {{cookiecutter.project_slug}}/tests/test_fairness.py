@@ -219,7 +219,9 @@ def test_connection_settings_have_defaults_and_refuse_what_is_not_a_positive_num
 def test_gunicorns_own_answers_carry_the_headers_the_app_sends(
     make_app: Callable[..., Flask], preload: str
 ) -> None:
-    app_headers = make_app(HSTS_PRELOAD=preload).test_client().get("/healthz", base_url="https://localhost").headers
+    app_headers = (
+        make_app(HSTS_PRELOAD=preload).test_client().get("/healthz", base_url="https://localhost").headers
+    )
     lines = security_headers(tls=True, preload=preload == "true").strip().split("\r\n")
     ours = {name.lower(): value for name, _, value in (line.partition(": ") for line in lines)}
     assert ours == {name: app_headers[name] for name in SECURITY_HEADERS}
@@ -242,7 +244,10 @@ def gunicorn_lines() -> Iterator[list[str]]:
 
 @pytest.fixture
 def make_worker(
-    env: dict[str, str], make_app: Callable[..., Flask], tls_files: tuple[Path, Path], gunicorn_lines: list[str]
+    env: dict[str, str],
+    make_app: Callable[..., Flask],
+    tls_files: tuple[Path, Path],
+    gunicorn_lines: list[str],
 ) -> Iterator[Callable[..., FairGeventWorker]]:
     """The worker class as gunicorn builds it (its own constructor, configuration and logger),
     serving the app; ``tls=True`` sets the certificate, as gunicorn.conf.py does."""
@@ -422,7 +427,9 @@ def test_a_client_that_stops_reading_is_cut_off_by_the_write_deadline_in_one_lin
         held = serving.is_alive()  # the client never reads: without a deadline, forever
     serving.join(10)  # the client's socket is closed now, which ends a held write too
     assert not held
-    assert gunicorn_lines == ["Connection from ip=192.0.2.7 cut off: an answer not taken in 1 s (WRITE_TIMEOUT)"]
+    assert gunicorn_lines == [
+        "Connection from ip=192.0.2.7 cut off: an answer not taken in 1 s (WRITE_TIMEOUT)"
+    ]
     assert worker.door.total == 0
 
 
@@ -568,7 +575,9 @@ def refused_at_once(port: int, context: ssl.SSLContext, source: str) -> bool:
     return False
 
 
-def https_get(port: int, context: ssl.SSLContext, path: str, source: str, **headers: str) -> tuple[int, bytes]:
+def https_get(
+    port: int, context: ssl.SSLContext, path: str, source: str, **headers: str
+) -> tuple[int, bytes]:
     connection = http.client.HTTPSConnection(
         "localhost", port, timeout=10, context=context, source_address=(source, 0)
     )
