@@ -112,7 +112,9 @@ def test_clients_are_counted_per_ipv4_address_and_per_ipv6_64(peer: str, key: st
     assert client_of(peer)[0] == key
 
 
-def door(env: dict[str, str], capacity: int = 1000, clock: Callable[[], float] = time.monotonic, **more: str):
+def door(
+    env: dict[str, str], capacity: int = 1000, clock: Callable[[], float] = time.monotonic, **more: str
+) -> Door:
     return Door(settings_from({**env, **more}), capacity, clock)
 
 

@@ -8,11 +8,12 @@ such a client (the worker class is worker.py's):
 * the TLS handshake: ``keepalive`` seconds (the worker runs it, after the per-address cap);
 * the request line and headers: ``keepalive`` seconds again (gunicorn's own deadline);
 * the body: :mod:`.body` reads it under a deadline of its own;
-* each write: ``WRITE_TIMEOUT`` seconds without progress, then the connection is reset;
+* an answer the client does not take: ``WRITE_TIMEOUT`` seconds, then the connection is reset;
 * a kept-alive connection: ``CONNECTION_MAX_REQUESTS`` requests or ``CONNECTION_MAX_AGE`` seconds;
 * the number of connections: ``CONNECTIONS_PER_ADDRESS`` per client address (an IPv6 /64) and
-  ``worker_connections`` in all, per worker; past the cap a new connection is closed at once,
-  past ``worker_connections`` it waits in the listen backlog until a slot frees.
+  ``worker_connections`` in all, per worker; past the cap a new connection is reset at once,
+  from 90 % of ``worker_connections`` every answer closes its connection, and past it a new
+  connection waits in the listen backlog until a slot frees.
 
 Metrics: each worker writes its series to one directory (prometheus_client's multiprocess
 mode), which the master prepares before the first fork and tidies as workers exit; a scrape

@@ -271,7 +271,7 @@ class Settings:
         metadata=read("CONNECTION_MAX_REQUESTS", whole(1, 1_000_000), "1000")
     )
     connection_max_age: int = field(metadata=read("CONNECTION_MAX_AGE", whole(1, 86_400), "300"))
-    # Seconds a write may make no progress (a client that stopped reading) before the cut-off.
+    # Seconds an answer may wait for the client to take it (one that stopped reading) before a reset.
     write_timeout: int = field(metadata=read("WRITE_TIMEOUT", whole(1, 3_600), "30"))
     metrics_dir: Path | None = field(metadata=read(METRICS_DIR, directory, show=_show_optional))
     database: DatabaseSettings = field(metadata={"table": "database"})
