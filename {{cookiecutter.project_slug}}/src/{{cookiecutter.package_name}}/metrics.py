@@ -203,3 +203,28 @@ def database_pool(in_use: int, idle: int, waiting: int) -> None:
 def database_unavailable() -> None:
     """For a store whose database did not answer: one more request answered 503."""
     _database()[1].inc()
+
+
+# --- Connections: reported by the gunicorn worker (worker.py), not by the request hooks --------
+
+CONNECTIONS_OPEN = Gauge(
+    "api_connections_open",
+    "Client connections open, summed over the live workers (each holds at most worker_connections).",
+    multiprocess_mode="livesum",
+    registry=SERIES,
+)
+CONNECTIONS_REFUSED = Counter(
+    "api_connections_refused",
+    "Connections closed at once because their client address (or proxy) held its cap.",
+    registry=SERIES,
+)
+
+
+def connections_open(count: int) -> None:
+    """For the worker: the connections it holds now."""
+    CONNECTIONS_OPEN.set(count)
+
+
+def connection_refused() -> None:
+    """For the worker: one more connection closed at once by a per-address cap."""
+    CONNECTIONS_REFUSED.inc()
