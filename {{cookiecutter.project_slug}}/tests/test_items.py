@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 
 import pytest
 from flask.testing import FlaskClient
@@ -50,6 +51,30 @@ def test_sql_in_an_id_is_just_an_unknown_id(client: FlaskClient, keys: KeySet) -
     create(client, keys.other_tenant)
     response = client.get("/v1/items/x' OR '1'='1", headers=bearer(keys.reader))
     assert response.status_code == 404
+
+
+@pytest.mark.parametrize("path", ["/v1/items/x%00", "/v1/items/%00", "/v1/items/0123456789abcdef%000123"])
+def test_an_id_holding_a_nul_byte_is_not_found(
+    client: FlaskClient, keys: KeySet, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    """PostgreSQL's driver refuses a NUL byte in a parameter (DataError): that was a 500."""
+    create(client, keys.writer)
+    response = client.get(path, headers=bearer(keys.reader))
+    assert response.status_code == 404
+    assert response.content_type == "application/problem+json"
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR or record.exc_info]
+
+
+@pytest.mark.parametrize("name", ["a\u0000b", "\u0000", "widget\u0000"])
+def test_a_name_holding_a_nul_byte_is_refused_naming_the_field(
+    client: FlaskClient, keys: KeySet, caplog: pytest.LogCaptureFixture, name: str
+) -> None:
+    response = client.post("/v1/items", headers=bearer(keys.writer), json={"name": name})
+    assert response.status_code == 422
+    assert response.content_type == "application/problem+json"
+    assert [error["pointer"] for error in response.get_json()["errors"]] == ["#/name"]
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR or record.exc_info]
+    assert client.get("/v1/items", headers=bearer(keys.reader)).get_json() == {"items": []}
 
 
 @pytest.mark.parametrize(

@@ -53,8 +53,12 @@ def prepare_database(settings: Settings, workers: int, worker_connections: int) 
 def run_migrations(context: Any) -> None:
     """The body of ``migrations/env.py``: the file that ITEMS_DB names (or that
     ``apply_migrations`` passed), one process at a time, with SQLite's batch mode for the
-    table changes that SQLite's ALTER TABLE cannot make."""
+    table changes that SQLite's ALTER TABLE cannot make. A file it cannot open is one
+    ConfigError; an error in a migration itself stays the migration's own."""
+    from contextlib import ExitStack
+
     from sqlalchemy import create_engine
+    from sqlalchemy.exc import DBAPIError
     from sqlalchemy.pool import NullPool
 
     from .settings import load_database_settings
@@ -62,7 +66,12 @@ def run_migrations(context: Any) -> None:
 
     path = context.config.attributes.get("path") or load_database_settings().items_db
     engine = create_engine(f"sqlite:///{path}", poolclass=NullPool)
-    with exclusive(path), engine.connect() as connection:
+    with ExitStack() as opened:
+        try:
+            opened.enter_context(exclusive(path))
+            connection = opened.enter_context(engine.connect())
+        except (OSError, DBAPIError) as error:
+            raise ConfigError("ITEMS_DB", f"cannot be migrated ({type(error).__name__})") from None
         context.configure(connection=connection, render_as_batch=True)
         with context.begin_transaction():
             context.run_migrations()

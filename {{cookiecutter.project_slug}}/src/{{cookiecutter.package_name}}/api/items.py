@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from flask import Blueprint, Response, current_app
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
 
 from ..access import guard
 from ..auth import current_caller
@@ -29,6 +29,15 @@ class NewItem(BaseModel):
     """What a client sends to create an item; a tenant or an id it sends is ignored."""
 
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME)]
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: object) -> object:
+        # No database text holds a NUL byte (PostgreSQL refuses it; C code reading SQLite's
+        # stops at it): refused here, by name, for every text field.
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain a NUL character (U+0000)")
+        return value
 
 
 class Item(BaseModel):
