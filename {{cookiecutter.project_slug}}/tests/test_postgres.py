@@ -83,6 +83,13 @@ def test_make_settings_shows_the_database_url_without_any_password(env: dict[str
     assert shown == "postgresql://***@db.internal/items?sslmode=verify-full&password=***"
 
 
+def test_make_settings_shows_the_migration_url_without_its_password(env: dict[str, str]) -> None:
+    env["DATABASE_MIGRATION_URL"] = f"postgresql://items_owner:{PASSWORD}@db.internal/items"
+    shown = settings_from(env).describe()
+    assert shown["DATABASE_MIGRATION_URL"] == "postgresql://***@db.internal/items"
+    assert PASSWORD not in str(shown)
+
+
 def test_make_settings_prints_no_password(env: dict[str, str], tmp_path: Path) -> None:
     secret_file = tmp_path / "database-url"
     secret_file.write_text(f"postgresql://items:{PASSWORD}@127.0.0.1:5432/items\n")
@@ -98,6 +105,20 @@ def test_make_settings_prints_no_password(env: dict[str, str], tmp_path: Path) -
     )
     assert '"DATABASE_URL": "postgresql://***@127.0.0.1:5432/items"' in result.stdout
     assert PASSWORD not in result.stdout + result.stderr
+
+
+def test_production_warns_when_the_service_holds_the_owners_url(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only alembic reads it: a service that has it could become the tables' owner."""
+    production = {"APP_ENV": "production", "FORWARDED_ALLOW_IPS": "10.0.0.1"}
+    owner = f"postgresql://items_owner:{PASSWORD}@127.0.0.1:{free_port()}/items"
+    prepare_database(settings_from({**env, **production, "DATABASE_MIGRATION_URL": owner}), 1, 1000)
+    warning = capsys.readouterr().err
+    assert warning.startswith("warning: DATABASE_MIGRATION_URL: the service never uses it")
+    assert PASSWORD not in warning
+    prepare_database(settings_from({**env, **production}), 1, 1000)
+    assert capsys.readouterr().err == ""
 
 
 # --- the pool ------------------------------------------------------------------------------------
@@ -397,6 +418,20 @@ def test_a_refused_connection_is_named_without_quoting_the_url(
     assert problem is not None
     assert problem.startswith("cannot connect: ")
     assert not any(part in problem for part in (PASSWORD, "items_service", "no_such_database", "127.0.0.1"))
+
+
+def test_the_readme_compose_and_make_db_set_up_the_same_roles() -> None:
+    """One set of statements in three places: what an administrator runs (README), what the
+    compose server runs at its first start, and what make db and the tests run."""
+
+    def statements(text: str) -> str:
+        return " ".join(text.split("<<'SQL'\n", 1)[1].split("\nSQL\n", 1)[0].split())
+
+    readme = statements((PROJECT / "README.md").read_text())
+    initdb = statements((PROJECT / "compose" / "initdb.sh").read_text())
+    assert readme == initdb
+    for statement, roles in local_postgres.PRIVILEGES:
+        assert " ".join(statement.format(*roles).split()) + ";" in initdb
 
 
 def test_make_db_runs_the_local_server_script() -> None:
