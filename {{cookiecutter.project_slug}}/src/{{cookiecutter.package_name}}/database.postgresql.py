@@ -16,6 +16,8 @@ import logging
 import multiprocessing
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
@@ -23,6 +25,9 @@ from urllib.parse import parse_qsl, urlsplit
 from .settings import UNPARSABLE_URI, ConfigError, Invalid, read, redacted_uri, whole
 
 if TYPE_CHECKING:
+    import psycopg
+    from sqlalchemy.engine import Connection
+
     from .settings import Settings
     from .store import ItemStore
 
@@ -34,6 +39,7 @@ DEFAULT_CONCURRENCY = 1000
 # Any fixed 64-bit number, the same for every host: `alembic upgrade head` runs one at a time.
 MIGRATION_LOCK = 0x6974656D735F6462
 BEHIND = "the database schema is older than this code: run `alembic upgrade head`"
+NO_SCHEMA = "the database has no schema yet: run `alembic upgrade head`"
 MIGRATION_URL = "DATABASE_MIGRATION_URL"
 # How long a caller of Alembic's API that passes its own URL waits for the server.
 API_CONNECT_TIMEOUT = 10
@@ -116,9 +122,11 @@ class DatabaseSettings:
             show=show_url,
         )
     )
-    # The longest a request waits for a connection: to open one, or for one to come free.
+    # The longest a request waits for a connection that answers: to open one, or for one to
+    # come free, and for its first statement.
     connect_timeout: int = field(metadata=read("DATABASE_CONNECT_TIMEOUT", whole(2, 60), "2"))
-    # The longest one statement runs on the server before it is cancelled.
+    # The longest one statement runs on the server before it is cancelled (a server that cannot
+    # cancel it, being stopped, is given up a second later: store.ANSWER_SLACK).
     statement_timeout: int = field(metadata=read("DATABASE_STATEMENT_TIMEOUT", whole(1, 300), "5"))
     # Connections this host may open in all: each worker gets its share.
     max_connections: int = field(metadata=read("DATABASE_MAX_CONNECTIONS", whole(1, 10_000), "10"))
@@ -202,7 +210,7 @@ def schema_problem(database: DatabaseSettings) -> str | None:
                 return problem
             found = db.execute("SELECT to_regclass('alembic_version') IS NOT NULL").fetchone()
             if found != (True,):
-                return "the database has no schema yet: run `alembic upgrade head`"
+                return NO_SCHEMA
             if db.execute("SELECT has_table_privilege('alembic_version', 'SELECT')").fetchone() != (True,):
                 return f"its role cannot read alembic_version: grant it SELECT ({ROLES})"
             current = {row[0] for row in db.execute("SELECT version_num FROM alembic_version")}
@@ -214,7 +222,7 @@ def schema_problem(database: DatabaseSettings) -> str | None:
     return _revision_problem(current)
 
 
-def _role_problem(db: Any) -> str | None:
+def _role_problem(db: psycopg.Connection[Any]) -> str | None:
     """Why row-level security would not bind the service's role (``db`` is connected as it)."""
     if db.execute(ABOVE_THE_POLICY).fetchone() != (False,):
         return (
@@ -249,7 +257,7 @@ def _revision_problem(current: set[str]) -> str | None:
 
     scripts = ScriptDirectory.from_config(_alembic_config())
     if not current:
-        return "the database has no schema yet: run `alembic upgrade head`"
+        return NO_SCHEMA
     if current == set(scripts.get_heads()):
         return None
     known = {script.revision for script in scripts.walk_revisions()}
@@ -269,13 +277,33 @@ def _alembic_config() -> Any:
 def run_migrations(context: Any) -> None:
     """The body of ``migrations/env.py``: the database of DATABASE_MIGRATION_URL (the tables'
     owner; DATABASE_URL when unset, or the ``url`` attribute, for callers of Alembic's API), in
-    one transaction, one host at a time. A database it cannot reach is one ConfigError."""
+    one transaction, one host at a time."""
+    from sqlalchemy import text
+
+    url = context.config.attributes.get("url")
+    variable, url, timeout = _migration_target() if url is None else (MIGRATION_URL, url, API_CONNECT_TIMEOUT)
+    with _owners_connection(variable, url, timeout) as connection:
+        # Hosts that migrate at once queue here; each later one finds nothing left to do.
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+        # A table lock that the service holds makes the migration fail, rather than queue every
+        # request behind it.
+        connection.execute(text("SET LOCAL lock_timeout = '10s'"))
+        context.configure(connection=connection, transaction_per_migration=False)
+        with context.begin_transaction():
+            context.run_migrations()
+        connection.execute(text(VERSION_TABLE_READ_ONLY))
+        connection.commit()
+
+
+@contextmanager
+def _owners_connection(variable: str, url: str, timeout: int) -> Iterator[Connection]:
+    """A connection as a role that may create tables, or a ConfigError naming ``variable``: a
+    server it cannot reach, or a role that cannot create (the service's, most often, when
+    DATABASE_MIGRATION_URL is unset), is one line, not a traceback from the first CREATE TABLE."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.exc import OperationalError
     from sqlalchemy.pool import NullPool
 
-    url = context.config.attributes.get("url")
-    variable, url, timeout = _migration_target() if url is None else (MIGRATION_URL, url, API_CONNECT_TIMEOUT)
     engine = create_engine(
         "postgresql+psycopg://" + url.partition("://")[2],
         poolclass=NullPool,
@@ -287,21 +315,10 @@ def run_migrations(context: Any) -> None:
         raise ConfigError(variable, _connection_problem(timeout)) from None
     with connection:
         if not connection.execute(text("SELECT has_schema_privilege(current_schema(), 'CREATE')")).scalar():
-            # The service's role, most often (DATABASE_URL, when DATABASE_MIGRATION_URL is unset):
-            # one line now, rather than a traceback from the first CREATE TABLE.
             raise ConfigError(
                 variable, f"its role cannot create tables: migrate as the tables' owner ({MIGRATION_URL})"
             )
-        # Hosts that migrate at once queue here; each later one finds nothing left to do.
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
-        # A table lock that the service holds makes the migration fail, rather than queue every
-        # request behind it.
-        connection.execute(text("SET LOCAL lock_timeout = '10s'"))
-        context.configure(connection=connection, transaction_per_migration=False)
-        with context.begin_transaction():
-            context.run_migrations()
-        connection.execute(text(VERSION_TABLE_READ_ONLY))
-        connection.commit()
+        yield connection
 
 
 def _migration_target() -> tuple[str, str, int]:

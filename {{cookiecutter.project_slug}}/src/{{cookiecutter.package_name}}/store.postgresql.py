@@ -5,7 +5,9 @@ query that forgets to.
 The interface is :class:`ItemStore`; :class:`PostgresItems` keeps it in PostgreSQL, which
 every worker and host shares, through a pool of psycopg connections. Replace it with your own
 database by implementing the same methods, raising :class:`StoreUnavailable` when the
-database cannot answer.
+database cannot answer. No wait for the database is unbounded, a server that stopped without
+closing its connections included: that last bound is gevent's (``_answered_by``), since the
+service runs in gevent's worker and no socket option can give it.
 """
 
 from __future__ import annotations
