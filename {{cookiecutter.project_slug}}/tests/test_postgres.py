@@ -302,16 +302,17 @@ def test_a_table_a_later_migration_creates_is_usable_by_the_services_role_withou
     databases: Databases,
 ) -> None:
     """The owner's default privileges: a resource's migration copied from the items one needs
-    no GRANT of its own, and the version table stays the owner's to write."""
+    no GRANT of its own, and the version table stays the owner's to write. (A name no resource
+    would take: `make resource` may have made any plural already.)"""
     env = databases.new()
     try:
         with psycopg.connect(databases.migrating(env)["DATABASE_MIGRATION_URL"], autocommit=True) as owner:
-            owner.execute("CREATE TABLE orders (id text PRIMARY KEY, tenant text NOT NULL)")
+            owner.execute("CREATE TABLE later_table (id text PRIMARY KEY, tenant text NOT NULL)")
         with psycopg.connect(env["DATABASE_URL"], autocommit=True) as service:
-            service.execute("INSERT INTO orders VALUES ('o1', 'acme')")
-            assert service.execute("SELECT tenant FROM orders").fetchall() == [("acme",)]
+            service.execute("INSERT INTO later_table VALUES ('o1', 'acme')")
+            assert service.execute("SELECT tenant FROM later_table").fetchall() == [("acme",)]
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                service.execute("TRUNCATE orders")
+                service.execute("TRUNCATE later_table")
     finally:
         databases.drop(env)
 
