@@ -437,7 +437,7 @@ def test_the_readme_compose_and_make_db_set_up_the_same_roles() -> None:
 
 def test_make_db_runs_the_local_server_script() -> None:
     commands = subprocess.run(
-        ["make", "-n", "db", "db-stop", "DB_PORT=5433", f"PYTHON={sys.executable}"],
+        ["make", "--no-print-directory", "-n", "db", "db-stop", "DB_PORT=5433", f"PYTHON={sys.executable}"],
         cwd=PROJECT,
         capture_output=True,
         text=True,
