@@ -7,13 +7,15 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import json
+import logging
+import os
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import pytest
@@ -54,10 +56,11 @@ def this_minute() -> dt.datetime:
 
 def test_a_revocation_is_recorded_once_and_the_first_record_stays(records: KeyRecords) -> None:
     at = dt.datetime(2026, 12, 1, 9, 30, 15, tzinfo=UTC)
-    assert records.revoke("ci", reason="leaked in a CI log", revoked_by="cli", at=at) is True
-    assert records.revoke("ci", reason="again", revoked_by="holder", at=at + dt.timedelta(hours=1)) is False
-    found = records.revocations()["ci"]
-    assert (found.reason, found.revoked_by, found.revoked_at) == ("leaked in a CI log", "cli", at)
+    assert records.revoke("ci", reason="leaked in a CI log", revoked_by="cli", at=at) is None
+    earlier = records.revoke("ci", reason="again", revoked_by="holder", at=at + dt.timedelta(hours=1))
+    assert earlier is not None
+    assert (earlier.reason, earlier.revoked_by, earlier.revoked_at) == ("leaked in a CI log", "cli", at)
+    assert records.revocations() == {"ci": earlier}
     assert records.revoked_ids() == frozenset({"ci"})
     assert records.unrevoke("ci") is True
     assert records.unrevoke("ci") is False
@@ -98,7 +101,7 @@ class Counting:
     def revoked_ids(self) -> frozenset[str]:
         return self.real.revoked_ids()
 
-    def revoke(self, key_id: str, *, reason: str | None, revoked_by: str, at: dt.datetime) -> bool:
+    def revoke(self, key_id: str, *, reason: str | None, revoked_by: str, at: dt.datetime) -> object:
         return self.real.revoke(key_id, reason=reason, revoked_by=revoked_by, at=at)
 
     def record_uses(self, uses: dict[str, dt.datetime]) -> None:
@@ -362,3 +365,211 @@ def test_a_database_the_command_cannot_use_is_one_line_naming_its_setting(
 def test_revoke_unrevoke_and_report_need_the_services_settings(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report"]) == 2
     assert "needs the service's settings" in capsys.readouterr().err
+
+
+def test_keys_report_lines_say_never_and_who_revoked_and_why(
+    env: dict[str, str], records: KeyRecords, keys: KeySet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    at = dt.datetime(2026, 12, 1, 9, 30, 5, tzinfo=UTC)
+    records.revoke("reader", reason="in a paste", revoked_by="cli", at=at)
+    records.revoke("writer", reason=None, revoked_by="holder", at=at)
+    assert main(["report"], service=service_of(env)) == 0
+    lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
+    assert lines["reader"] == (
+        "tenant=acme scopes=items:read expires=never last_used=never"
+        " revoked 2026-12-01T09:30:05Z by cli (in a paste)"
+    )
+    assert lines["writer"].endswith("revoked 2026-12-01T09:30:05Z by holder")
+    assert (
+        lines["expired"] == "tenant=default scopes=items:read expires=2020-01-01 last_used=never not revoked"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "accepted"),
+    [
+        (("report", "--stale", "36500"), True),
+        (("report", "--stale", "1"), True),
+        (("report", "--stale", "0"), False),
+        (("report", "--stale", "36501"), False),
+        (("report", "--stale", "-3"), False),
+        (("report", "--stale", "a week"), False),
+        (("revoke", "--id", "ci", "--reason", "r" * 200), True),
+        (("revoke", "--id", "ci", "--reason", "r" * 201), False),
+        (("revoke", "--id", "ci", "--reason", "two\nlines"), False),
+        (("revoke", "--id", "not an id"), False),
+        (("revoke", "--id", "ci~2"), True),
+        (("unrevoke", "--id", ""), False),
+    ],
+)
+def test_the_records_commands_take_what_they_document_and_refuse_the_rest(
+    env: dict[str, str],
+    records: KeyRecords,
+    capsys: pytest.CaptureFixture[str],
+    args: tuple[str, ...],
+    accepted: bool,
+) -> None:
+    if accepted:
+        assert main(list(args), service=service_of(env)) == 0
+    else:
+        with pytest.raises(SystemExit) as stopped:
+            main(list(args), service=service_of(env))
+        assert stopped.value.code == 2
+        assert "error:" in capsys.readouterr().err
+
+
+def test_keys_revoke_says_when_the_services_keys_cannot_be_read_here(
+    env: dict[str, str], records: KeyRecords, capsys: pytest.CaptureFixture[str]
+) -> None:
+    unset = {k: v for k, v in env.items() if k != "API_KEYS"}
+    assert main(["revoke", "--id", "ci"], service=service_of(unset)) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "revoked ci: every worker of every server refuses it within 2 s, across restarts",
+        "note: the service's keys cannot be read here, so ci was not checked; recorded anyway",
+        "undo with: keys unrevoke --id ci",
+    ]
+    assert records.revoked_ids() == frozenset({"ci"})
+
+
+def test_keys_revoke_logs_the_account_id_where_there_is_no_login_name(
+    env: dict[str, str],
+    records: KeyRecords,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def nameless() -> str:
+        raise OSError("no login name")
+
+    monkeypatch.setattr(getpass, "getuser", nameless)
+    with caplog.at_level(logging.INFO):
+        assert main(["revoke", "--id", "reader"], service=service_of(env)) == 0
+    (line,) = [r for r in caplog.records if r.getMessage() == "key revoked"]
+    assert (line.user, line.host, line.configured) == (str(os.getuid()), socket.gethostname(), True)
+
+
+class Broken:
+    """Records whose every call fails as a driver would, its message holding what it must not show."""
+
+    variable = "THE_DATABASE"
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        def fail(*args: object, **kwargs: object) -> None:
+            raise LookupError("relation key_revocations at db.internal, password hunter2")
+
+        return fail
+
+
+def test_a_failing_database_is_one_line_with_its_setting_and_the_errors_type_only(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    @contextmanager
+    def broken() -> Iterator[Records]:
+        yield Broken()  # type: ignore[misc]
+
+    service = Service(service_of(env).keys, broken)
+    for command in (["revoke", "--id", "ci"], ["unrevoke", "--id", "ci"], ["report"]):
+        assert main(command, service=service) == 1
+        printed = capsys.readouterr()
+        assert printed.out == ""
+        assert printed.err == (
+            "error: THE_DATABASE: the key records could not be read or written (LookupError); "
+            "check that the database answers and that its schema is current (make migrate)\n"
+        )
+
+
+def logged(caplog: pytest.LogCaptureFixture, message: str) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if record.getMessage() == message]
+
+
+def test_keys_revoke_and_unrevoke_say_what_they_did_and_log_each_change_once(
+    env: dict[str, str],
+    records: KeyRecords,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    service = service_of(env)
+    with caplog.at_level(logging.INFO):
+        assert main(["revoke", "--id", "reader", "--reason", "in a paste"], service=service) == 0
+        assert capsys.readouterr().out.splitlines() == [
+            "revoked reader: every worker of every server refuses it within 2 s, across restarts",
+            "undo with: keys unrevoke --id reader",
+        ]
+        (line,) = logged(caplog, "key revoked")
+        assert (line.key_id, line.reason, line.revoked_by, line.configured) == (
+            "reader",
+            "in a paste",
+            "cli",
+            True,
+        )
+        found = records.revocations()["reader"]
+        assert (found.reason, found.revoked_by) == ("in a paste", "cli")
+        assert abs(found.revoked_at - dt.datetime.now(UTC)) < dt.timedelta(minutes=5)
+
+        assert main(["revoke", "--id", "reader"], service=service) == 0
+        at = found.revoked_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        assert capsys.readouterr().out == f"reader was revoked already, on {at} by cli: nothing changed\n"
+        assert len(logged(caplog, "key revoked")) == 1
+
+        assert main(["revoke", "--id", "ghost"], service=service) == 0
+        assert (
+            "note: no entry of the service's keys has the id ghost; recorded anyway\n"
+            in capsys.readouterr().out
+        )
+
+        assert main(["unrevoke", "--id", "reader"], service=service) == 0
+        assert capsys.readouterr().out == "unrevoked reader: every worker accepts it again within 2 s\n"
+        (line,) = logged(caplog, "key unrevoked")
+        assert (line.key_id, line.unrevoked_by) == ("reader", "cli")
+        assert (line.user, line.host) == (getpass.getuser(), socket.gethostname())
+        assert records.revoked_ids() == frozenset({"ghost"})
+
+        assert main(["unrevoke", "--id", "reader"], service=service) == 0
+        assert capsys.readouterr().out == "reader was not revoked: nothing changed\n"
+        assert len(logged(caplog, "key unrevoked")) == 1
+
+
+class Recording:
+    """Records that keep what they are asked to write."""
+
+    variable = "THE_DATABASE"
+
+    def __init__(self) -> None:
+        self.revoked: list[tuple[str, str | None, str, dt.datetime]] = []
+
+    def revoke(self, key_id: str, *, reason: str | None, revoked_by: str, at: dt.datetime) -> None:
+        self.revoked.append((key_id, reason, revoked_by, at))
+
+
+def test_keys_revoke_records_an_instant_in_utc(env: dict[str, str]) -> None:
+    recording = Recording()
+
+    @contextmanager
+    def records() -> Iterator[Records]:
+        yield recording  # type: ignore[misc]
+
+    assert main(["revoke", "--id", "ci"], service=Service(service_of(env).keys, records)) == 0
+    ((key_id, reason, by, at),) = recording.revoked
+    assert (key_id, reason, by, at.utcoffset()) == ("ci", None, "cli", dt.timedelta(0))
+
+
+@pytest.fixture
+def far_from_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The process's local time zone nine hours ahead of UTC, as on a host set to Tokyo."""
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_keys_report_shows_utc_whatever_the_hosts_time_zone(
+    far_from_utc: None, env: dict[str, str], records: KeyRecords, capsys: pytest.CaptureFixture[str]
+) -> None:
+    at = dt.datetime(2026, 12, 1, 23, 30, 5, tzinfo=dt.timezone(dt.timedelta(hours=9)))
+    records.revoke("writer", reason=None, revoked_by="cli", at=at)
+    assert main(["report"], service=service_of(env)) == 0
+    lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
+    assert lines["writer"] == (
+        "tenant=acme scopes=items:read,items:write expires=never last_used=never"
+        " revoked 2026-12-01T14:30:05Z by cli"
+    )

@@ -317,8 +317,10 @@ def test_a_report_makes_the_same_calls_for_a_configured_and_an_unknown_key(
     origin = Origin("test", "192.0.2.1")
     configured = calls_made(lambda: watch.report(keys.reader.secret, origin))
     unknown = calls_made(lambda: watch.report(keys.unconfigured.secret, origin))
-    assert ("call", "KeyRing.verify") in configured
-    assert ("call", "Loop.wake") in configured
+    # Not vacuous: both verified the key and woke the writer (by name: a mutation run wraps them).
+    called = " ".join(name for event, name in configured if event == "call")
+    assert "verify" in called
+    assert "wake" in called
     assert configured == unknown
 
 

@@ -34,6 +34,10 @@ from .metrics import revocations_read, revoked_by_holder
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
+# After a holder's report wakes the writer, it waits this long before it writes: the request that
+# woke it has answered by then, so the write, done for a configured key only, never competes with
+# that answer for the worker (a thread for the GIL, or a greenlet for the event loop).
+SETTLE_SECONDS = 0.05
 HOLDER = "holder"
 
 
@@ -42,7 +46,8 @@ class Records(Protocol):
 
     def revoked_ids(self) -> frozenset[str]: ...
 
-    def revoke(self, key_id: str, *, reason: str | None, revoked_by: str, at: dt.datetime) -> bool: ...
+    def revoke(self, key_id: str, *, reason: str | None, revoked_by: str, at: dt.datetime) -> object:
+        """None when this call recorded the revocation; else the one already in force."""
 
     def record_uses(self, uses: dict[str, dt.datetime]) -> None: ...
 
@@ -56,12 +61,12 @@ class Origin:
 
 
 class Loop:
-    """``task`` every ``seconds``, or at once after ``wake``, in a daemon thread until ``close``.
-    A task that fails is logged when it starts failing and when it works again, no more often:
-    a database that is down for an hour writes two lines per worker, not 3,600."""
+    """``task`` every ``seconds``, or ``settle`` seconds after ``wake``, in a daemon thread until
+    ``close``. A task that fails is logged when it starts failing and when it works again, no
+    more often: a database that is down for an hour writes two lines per worker, not 3,600."""
 
-    def __init__(self, name: str, seconds: float, task: Callable[[], None]) -> None:
-        self.name, self.seconds, self.task = name, seconds, task
+    def __init__(self, name: str, seconds: float, task: Callable[[], None], settle: float = 0.0) -> None:
+        self.name, self.seconds, self.task, self.settle = name, seconds, task, settle
         self._woken = threading.Event()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -95,7 +100,8 @@ class Loop:
                 if failing:
                     logger.info("%s works again", self.name)
                 failing = False
-            self._woken.wait(self.seconds)
+            if self._woken.wait(self.seconds) and not self._closed:
+                time.sleep(self.settle)
 
 
 class KeyWatch:
@@ -114,7 +120,7 @@ class KeyWatch:
         self._marked: dict[str, int] = {}  # the minute of each key id's last use, as marked here
         self._uses: dict[str, int] = {}  # minutes not written yet
         self._poller = Loop("reading key revocations", poll_seconds, self._poll)
-        self._writer = Loop("writing key records", poll_seconds, self._write)
+        self._writer = Loop("writing key records", poll_seconds, self._write, settle=SETTLE_SECONDS)
 
     @classmethod
     def started(cls, records: Records, ring: KeyRing) -> KeyWatch:
@@ -191,10 +197,10 @@ class KeyWatch:
         self._write_uses()
 
     def _record_report(self, key_id: str, origin: Origin) -> None:
-        revoked_now = self.records.revoke(key_id, reason=None, revoked_by=HOLDER, at=dt.datetime.now(dt.UTC))
+        earlier = self.records.revoke(key_id, reason=None, revoked_by=HOLDER, at=dt.datetime.now(dt.UTC))
         with self._lock:
             self._recorded[key_id] = time.monotonic()
-        if revoked_now:
+        if earlier is None:
             revoked_by_holder()
             logger.warning(
                 "key revoked by its holder",

@@ -51,7 +51,9 @@ class Records(Protocol):
     def variable(self) -> str:
         """The setting that names the database (ITEMS_DB, DATABASE_URL), for messages."""
 
-    def revoke(self, key_id: str, *, reason: str | None, revoked_by: str, at: dt.datetime) -> bool: ...
+    def revoke(
+        self, key_id: str, *, reason: str | None, revoked_by: str, at: dt.datetime
+    ) -> Revocation | None: ...
 
     def unrevoke(self, key_id: str) -> bool: ...
 
@@ -77,9 +79,7 @@ def add_commands(add_parser: Callable[..., argparse.ArgumentParser]) -> None:
     """Add the three commands with ``add_parser`` (the ``add_parser`` of argparse's subparsers)."""
     revoke = add_parser("revoke", help="refuse a key id on every server within 2 s")
     revoke.add_argument("--id", required=True, type=_key_id, help="the key's id (never the key)")
-    revoke.add_argument(
-        "--reason", type=_reason, help=f"why, for the log and the report (≤ {LONGEST_REASON})"
-    )
+    revoke.add_argument("--reason", type=_reason, help="why, for the log and the report (200 characters)")
     unrevoke = add_parser("unrevoke", help="accept a revoked key id again")
     unrevoke.add_argument("--id", required=True, type=_key_id, help="the key's id")
     report = add_parser("report", help="every configured key: tenant, scopes, expiry, last use, revocation")
@@ -160,10 +160,10 @@ def _origin() -> dict[str, str]:
 
 def _revoke(records: Records, service: Service, key_id: str, reason: str | None) -> int:
     configured = _is_configured(service, key_id)
-    if not records.revoke(key_id, reason=reason, revoked_by=CLI, at=dt.datetime.now(dt.UTC)):
-        found = records.revocations().get(key_id)
-        when = f" on {found.revoked_at.strftime(SECONDS)} by {found.revoked_by}" if found else ""
-        print(f"{key_id} was revoked already{when}: nothing changed")
+    earlier = records.revoke(key_id, reason=reason, revoked_by=CLI, at=dt.datetime.now(dt.UTC))
+    if earlier is not None:
+        when = f"on {_seconds(earlier.revoked_at)} by {earlier.revoked_by}"
+        print(f"{key_id} was revoked already, {when}: nothing changed")
         return 0
     logger.info(
         "key revoked",

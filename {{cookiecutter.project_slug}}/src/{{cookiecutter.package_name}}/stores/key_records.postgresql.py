@@ -47,15 +47,27 @@ class KeyRecords:
             rows = cursor.execute("SELECT key_id FROM key_revocations").fetchall()
         return frozenset(key_id for (key_id,) in rows)
 
-    def revoke(self, key_id: str, *, reason: str | None, revoked_by: str, at: dt.datetime) -> bool:
-        """Record a revocation; False when the id was revoked already (the first record stays)."""
+    def revoke(
+        self, key_id: str, *, reason: str | None, revoked_by: str, at: dt.datetime
+    ) -> Revocation | None:
+        """Record a revocation. None when this call recorded it; else the revocation already in
+        force, which stays as it was (its reason, author and time)."""
         with self.database.as_tenant(NO_TENANT) as cursor:
-            cursor.execute(
-                "INSERT INTO key_revocations (key_id, reason, revoked_by, revoked_at)"
-                " VALUES (%s, %s, %s, %s) ON CONFLICT (key_id) DO NOTHING",
-                (key_id, reason, revoked_by, at),
-            )
-            return cursor.rowcount == 1
+            while True:
+                cursor.execute(
+                    "INSERT INTO key_revocations (key_id, reason, revoked_by, revoked_at)"
+                    " VALUES (%s, %s, %s, %s) ON CONFLICT (key_id) DO NOTHING",
+                    (key_id, reason, revoked_by, at),
+                )
+                if cursor.rowcount == 1:
+                    return None
+                earlier = cursor.execute(
+                    "SELECT reason, revoked_by, revoked_at FROM key_revocations WHERE key_id = %s FOR SHARE",
+                    (key_id,),
+                ).fetchone()
+                if earlier is not None:
+                    return Revocation(*earlier)
+                # Unrevoked between the two statements (each reads what is committed): again.
 
     def unrevoke(self, key_id: str) -> bool:
         """Remove a revocation; False when the id was not revoked."""

@@ -44,16 +44,24 @@ class KeyRecords:
         rows = self.database.read(lambda db: db.execute("SELECT key_id FROM key_revocations").fetchall())
         return frozenset(key_id for (key_id,) in rows)
 
-    def revoke(self, key_id: str, *, reason: str | None, revoked_by: str, at: dt.datetime) -> bool:
-        """Record a revocation; False when the id was revoked already (the first record stays)."""
+    def revoke(
+        self, key_id: str, *, reason: str | None, revoked_by: str, at: dt.datetime
+    ) -> Revocation | None:
+        """Record a revocation. None when this call recorded it; else the revocation already in
+        force, which stays as it was (its reason, author and time)."""
 
-        def insert(db: sqlite3.Connection) -> bool:
-            cursor = db.execute(
+        def insert(db: sqlite3.Connection) -> Revocation | None:
+            inserted = db.execute(
                 "INSERT INTO key_revocations (key_id, reason, revoked_by, revoked_at) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (key_id) DO NOTHING",
                 (key_id, reason, revoked_by, _text(at)),
-            )
-            return cursor.rowcount == 1
+            ).rowcount
+            if inserted:
+                return None
+            earlier = db.execute(
+                "SELECT reason, revoked_by, revoked_at FROM key_revocations WHERE key_id = ?", (key_id,)
+            ).fetchone()
+            return Revocation(earlier[0], earlier[1], _instant(earlier[2]))
 
         return self.database.write(insert)
 
