@@ -11,17 +11,20 @@ import logging
 import random
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
 import pytest
-from flask import Flask
+from flask import Blueprint, Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from {{ cookiecutter.package_name }} import requestlog
+from {{ cookiecutter.package_name }}.access import UndeclaredRoute
+from {{ cookiecutter.package_name }}.api import BLUEPRINTS
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, MintedKey, mint
 from {{ cookiecutter.package_name }}.keywatch import KeyWatch, Origin
 from {{ cookiecutter.package_name }}.stores.key_records import KeyRecords
@@ -358,3 +361,23 @@ def test_a_report_takes_the_same_time_for_a_configured_an_unknown_and_a_malforme
     medians = {kind: statistics.median(values) for kind, values in differences.items()}
     print({f"{kind} - unknown": f"{median * 1e6:+.0f} us" for kind, median in medians.items()})
     assert all(abs(median) < 150e-6 for median in medians.values()), medians
+
+
+def test_an_app_that_fails_to_build_leaves_no_loop_reading_the_database(
+    make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loops = {"reading key revocations", "writing key records"}
+
+    def running() -> int:
+        return sum(thread.name in loops for thread in threading.enumerate())
+
+    before = running()
+    plain = Blueprint("test-undeclared", __name__, url_prefix="/test-only/undeclared")
+    plain.add_url_rule("", "undeclared", lambda: {})
+    monkeypatch.setattr("{{ cookiecutter.package_name }}.api.BLUEPRINTS", (*BLUEPRINTS, plain))
+    with pytest.raises(UndeclaredRoute):
+        make_app()
+    assert running() == before
+    monkeypatch.undo()
+    make_app()
+    assert running() == before + 2

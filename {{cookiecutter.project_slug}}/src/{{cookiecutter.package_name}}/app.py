@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         PROPAGATE_EXCEPTIONS=False,
     )
     app.extensions["stores"] = stores = open_stores(settings)
-    app.extensions["keywatch"] = watch = KeyWatch.started(KeyRecords(stores.database), settings.keys)
+    app.extensions["keywatch"] = watch = KeyWatch(KeyRecords(stores.database), settings.keys)
 
     install_errors(app)
     install_gate(
@@ -59,4 +59,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     install_headers(app, settings)
     Declarations(app).check()
     app.wsgi_app = TrustedProxies(app.wsgi_app, settings.forwarded_allow_ips)  # type: ignore[method-assign]
+    # Last: an app that failed to build leaves no loop reading the database behind.
+    watch.start()
     return app

@@ -122,14 +122,8 @@ class KeyWatch:
         self._poller = Loop("reading key revocations", poll_seconds, self._poll)
         self._writer = Loop("writing key records", poll_seconds, self._write, settle=SETTLE_SECONDS)
 
-    @classmethod
-    def started(cls, records: Records, ring: KeyRing) -> KeyWatch:
-        """A watch whose loops run from now until the process exits (or ``close``)."""
-        watch = cls(records, ring)
-        watch.start()
-        return watch
-
     def start(self) -> None:
+        """Run the loops from now until the process exits (or ``close``)."""
         self._poller.start()
         self._writer.start()
         # Registered after the stores' own (open_stores): atexit runs it first, while the
