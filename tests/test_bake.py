@@ -98,6 +98,10 @@ def test_every_combination_bakes_lints_and_passes_its_fast_suite(bake: Bake, con
     run_in(project, *python("-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow"))
 
 
+# One at a time, and never beside the load tests: each runs attacks with processes of their own
+# (thousands of connections from one address) against a server whose latency it bounds, and two
+# at once on two cores measure each other, not the service.
+@pytest.mark.xdist_group("heavy")
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_full_generated_suite_passes_with_real_processes(bake: Bake, database: str) -> None:
     """After `make resource NAME=orders`, as a team's first change: the suite holds the new

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from .conftest import TEMPLATE, Bake, python, run_in
 
@@ -73,6 +74,18 @@ def test_zizmor_flags_an_action_pinned_by_tag(default_bake: Path, tmp_path: Path
     broken = broken_copy(workflow, tmp_path / WORKFLOW, f"checkout@{sha}", "checkout@v4")
     status, output = attempt(tmp_path, tool("zizmor"), "--offline", str(broken))
     assert status != 0 and "unpinned-uses" in output, output
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_the_workflow_installs_postgresql_only_for_a_postgresql_bake(bake: Bake, database: str) -> None:
+    project = bake(database=database)
+    steps = yaml.safe_load((project / WORKFLOW).read_text())["jobs"]["test"]["steps"]
+    (install,) = [step["run"] for step in steps if "apt-get" in step.get("run", "")]
+    (test,) = [step for step in steps if step.get("name") == "Test"]
+    assert ("postgresql" in install) == (database == "postgresql")
+    assert ("REQUIRE_POSTGRES" in test["env"]) == (database == "postgresql")
+    check = python("-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows")
+    run_in(project, *check, WORKFLOW)
 
 
 def test_workflow_matches_the_github_workflow_schema(default_bake: Path) -> None:

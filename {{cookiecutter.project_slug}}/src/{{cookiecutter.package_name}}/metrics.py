@@ -232,4 +232,30 @@ def revocations_read(revoked: int, at: float) -> None:
 
 
 def revoked_by_holder() -> None:
+    """A holder's report revoked a configured key (recorded by this worker)."""
     HOLDER_REVOCATIONS.inc()
+
+
+# --- Connections: reported by the gunicorn worker (worker.py), not by the request hooks --------
+
+CONNECTIONS_OPEN = Gauge(
+    "api_connections_open",
+    "Client connections open, summed over the live workers (each holds at most worker_connections).",
+    multiprocess_mode="livesum",
+    registry=SERIES,
+)
+CONNECTIONS_REFUSED = Counter(
+    "api_connections_refused",
+    "Connections closed at once because their client address (or proxy) held its cap.",
+    registry=SERIES,
+)
+
+
+def connections_open(count: int) -> None:
+    """For the worker: the connections it holds now."""
+    CONNECTIONS_OPEN.set(count)
+
+
+def connection_refused() -> None:
+    """For the worker: one more connection closed at once by a per-address cap."""
+    CONNECTIONS_REFUSED.inc()

@@ -287,6 +287,16 @@ class Settings:
     log_level: str = field(metadata=read("LOG_LEVEL", choice(*LOG_LEVELS), "INFO"))
     bind: str = field(metadata=read("BIND", str, "127.0.0.1:8443"))
     workers: int = field(metadata=read("WEB_CONCURRENCY", whole(1, 64), _default_workers))
+    # Per gunicorn worker (worker.py): what one client address, or one trusted proxy, may hold.
+    connections_per_address: int = field(metadata=read("CONNECTIONS_PER_ADDRESS", whole(1, 100_000), "64"))
+    connections_per_proxy: int = field(metadata=read("CONNECTIONS_PER_PROXY", whole(1, 100_000), "1000"))
+    # A kept-alive connection ends after this many requests or seconds, so none is held forever.
+    connection_max_requests: int = field(
+        metadata=read("CONNECTION_MAX_REQUESTS", whole(1, 1_000_000), "1000")
+    )
+    connection_max_age: int = field(metadata=read("CONNECTION_MAX_AGE", whole(1, 86_400), "300"))
+    # Seconds an answer may wait for the client to take it (one that stopped reading) before a reset.
+    write_timeout: int = field(metadata=read("WRITE_TIMEOUT", whole(1, 3_600), "30"))
     metrics_dir: Path | None = field(metadata=read(METRICS_DIR, directory, show=_show_optional))
     database: DatabaseSettings = field(metadata={"table": "database"})
 

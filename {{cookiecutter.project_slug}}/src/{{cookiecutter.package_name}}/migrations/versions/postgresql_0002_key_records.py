@@ -5,9 +5,13 @@ Revises: 0001
 Created: 2026-12-07
 
 Keyed by key id alone: ids are unique across tenants (one keys configuration), and these rows
-belong to the operator, not to a tenant, so no row-level security applies: no route reads them
-for a tenant, and the service writes a revocation only for the key a request presented. The
-service's role reads and writes both tables (SELECT, INSERT, UPDATE, DELETE).
+belong to the operator, not to a tenant, so no row-level security applies (and no ``tenant``
+column, which would put them under the forced policy that items have): every worker reads every
+revocation whichever tenant its request serves, no route shows them to a tenant, and the
+service writes a revocation only for the key a request presented.
+
+No GRANT here: the owner's default privileges (README, "Roles") give the service's role
+SELECT, INSERT, UPDATE and DELETE on both tables, which the start check requires.
 """
 
 from collections.abc import Sequence
