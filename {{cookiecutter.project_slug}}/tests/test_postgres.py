@@ -328,6 +328,21 @@ def test_a_table_a_later_migration_creates_is_usable_by_the_services_role_withou
         databases.drop(env)
 
 
+def test_the_services_role_reads_and_writes_the_key_records_without_a_tenant(env: dict[str, str]) -> None:
+    """Revocations are the operator's: every worker reads every one of them whatever tenant its
+    requests serve, so no tenant policy may hide them (a revoked key would be let in)."""
+    with psycopg.connect(env["DATABASE_URL"], autocommit=True) as service:
+        service.execute(
+            "INSERT INTO key_revocations (key_id, reason, revoked_by, revoked_at)"
+            " VALUES ('k1', NULL, 'cli', now())"
+        )
+        service.execute("INSERT INTO key_uses (key_id, last_used) VALUES ('k1', now())")
+        service.execute("UPDATE key_uses SET last_used = now() WHERE key_id = 'k1'")
+        assert service.execute("SELECT key_id FROM key_revocations").fetchall() == [("k1",)]
+        service.execute("DELETE FROM key_revocations WHERE key_id = 'k1'")
+        service.execute("DELETE FROM key_uses WHERE key_id = 'k1'")
+
+
 def test_no_request_can_choose_the_tenant_its_transaction_reads(
     client, keys: KeySet, env: dict[str, str], databases: Databases
 ) -> None:

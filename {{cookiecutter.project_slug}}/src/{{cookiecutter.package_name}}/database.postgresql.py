@@ -237,7 +237,8 @@ def schema_problem(database: DatabaseSettings) -> str | None:
         # Anything else the server refused: named by its SQLSTATE, never by its text.
         return f"the start check failed (SQLSTATE {error.sqlstate})"
     if table is not None:
-        return f"its role cannot read and write {table[0]}: grant it {', '.join(SERVICE_PRIVILEGES)} ({ROLES})"
+        privileges = ", ".join(SERVICE_PRIVILEGES)
+        return f"its role cannot read and write {table[0]}: grant it {privileges} ({ROLES})"
     return None
 
 
