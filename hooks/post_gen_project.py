@@ -12,11 +12,16 @@ PACKAGE = "{{ cookiecutter.package_name }}"
 OPTIONAL_PATHS = {
     "container": ("Dockerfile", ".dockerignore"),
     "github_actions": (".github",),
-    "sqlite": (f"src/{PACKAGE}/migrations/versions/sqlite_0001_items.py", "tests/test_sqlite.py"),
+    "sqlite": (
+        f"src/{PACKAGE}/migrations/versions/sqlite_0001_items.py",
+        f"src/{PACKAGE}/migrations/versions/sqlite_0002_key_records.py",
+        "tests/test_sqlite.py",
+    ),
     "postgresql": (
         "compose.yaml",
         "compose",
         f"src/{PACKAGE}/migrations/versions/postgresql_0001_items.py",
+        f"src/{PACKAGE}/migrations/versions/postgresql_0002_key_records.py",
         "scripts/local_postgres.py",
         "tests/test_postgres.py",
         "tests/test_postgres_servers.py",
@@ -36,6 +41,7 @@ VARIANTS = (
     f"src/{PACKAGE}/database.py",
     f"src/{PACKAGE}/stores/connections.py",
     f"src/{PACKAGE}/stores/items.py",
+    f"src/{PACKAGE}/stores/key_records.py",
     "tests/database.py",
     "scripts/local_database.py",
 )

@@ -24,12 +24,14 @@ OPTIONAL_FILES = {
     ("github_actions", "yes"): (".github",),
     ("database", "sqlite"): (
         "src/acme_widgets_api/migrations/versions/sqlite_0001_items.py",
+        "src/acme_widgets_api/migrations/versions/sqlite_0002_key_records.py",
         "tests/test_sqlite.py",
     ),
     ("database", "postgresql"): (
         "compose.yaml",
         "compose/initdb.sh",
         "src/acme_widgets_api/migrations/versions/postgresql_0001_items.py",
+        "src/acme_widgets_api/migrations/versions/postgresql_0002_key_records.py",
         "scripts/local_postgres.py",
         "tests/test_postgres.py",
         "tests/test_postgres_servers.py",
@@ -41,6 +43,7 @@ VARIANTS = (
     "src/acme_widgets_api/database.py",
     "src/acme_widgets_api/stores/connections.py",
     "src/acme_widgets_api/stores/items.py",
+    "src/acme_widgets_api/stores/key_records.py",
     "tests/database.py",
     "scripts/local_database.py",
 )

@@ -18,6 +18,7 @@ from {{ cookiecutter.package_name }}.logging import logging_config
 from {{ cookiecutter.package_name }}.serving import (
     check_deadlines,
     check_workers,
+    log_reload,
     reload_settings,
     reserve_descriptors,
     start_metrics,
@@ -41,13 +42,11 @@ TLS12_CIPHERS = ":".join(
 )
 
 try:
-    settings, refused = reload_settings()
+    # On SIGHUP, a broken configuration keeps the one that worked; on_reload logs which it was.
+    settings, _refused = reload_settings()
 except ConfigError as error:
     # One line naming the variable; SystemExit passes through gunicorn's config loader.
     sys.exit(f"error: {error}")
-if refused is not None:
-    # SIGHUP with a broken configuration: keep serving the one that worked, say why once.
-    print(f"error: {refused}; reload refused, still serving the previous configuration", file=sys.stderr)
 
 wsgi_app = "{{ cookiecutter.package_name }}:create_app()"
 bind = [settings.bind]
@@ -104,6 +103,12 @@ def on_starting(server: Any) -> None:
     except ConfigError as error:
         sys.exit(f"error: {error}")
     reserve_descriptors(server.cfg.worker_connections)
+
+
+def on_reload(server: Any) -> None:
+    """After a SIGHUP, once gunicorn has configured logging anew: one line saying what the reload
+    changed (key ids added, removed, changed) or why it was refused."""
+    log_reload()
 
 
 def post_fork(server: Any, worker: Any) -> None:

@@ -63,7 +63,7 @@ def main(argv: Sequence[str]) -> int:
     if problems:
         print(
             f"secret scan: {len(problems)} finding(s), values not shown. Remove them; "
-            "a key that was ever pushed must be rotated (README: Rotate a key).",
+            "a key that was ever pushed must be rotated (docs/operations.md: Rotate a key).",
             file=sys.stderr,
         )
         return 1

@@ -55,17 +55,20 @@ def env(keys: KeySet, database_env: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture
 def make_app(env: dict[str, str]) -> Iterator[Callable[..., Flask]]:
-    stores: list[Stores] = []
+    apps: list[Flask] = []
 
     def build(**overrides: str) -> Flask:
         app = create_app(settings_from({**env, **overrides}))
-        stores.append(app.extensions["stores"])
+        apps.append(app)
         return app
 
     yield build
-    for store in stores:
-        # A store may hold connections (PostgreSQL's pool): give them back after each test.
-        store.close()
+    for app in apps:
+        # The key watch's loops read the database every second: stopped first. A store may hold
+        # connections (PostgreSQL's pool): given back after each test.
+        app.extensions["keywatch"].close()
+        stores: Stores = app.extensions["stores"]
+        stores.close()
 
 
 @pytest.fixture

@@ -41,12 +41,12 @@ class Databases:
         self.shared = self.new()
 
     def emptied(self) -> dict[str, str]:
-        """The shared database, without the rows of earlier tests: every table that holds
-        tenants' rows (every resource's, ``make resource``'s included) is emptied."""
+        """The shared database, without the rows of earlier tests: every table but Alembic's
+        (every resource's, ``make resource``'s included, and the key records) is emptied."""
         with self.superuser(self.shared) as admin:
             tables = admin.execute(
-                "SELECT format('%I.%I', table_schema, table_name) FROM information_schema.columns"
-                " WHERE column_name = 'tenant' AND table_schema = 'public'"
+                "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables"
+                " WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
             ).fetchall()
             admin.execute(f"TRUNCATE {', '.join(table for (table,) in tables)}")
         return self.shared

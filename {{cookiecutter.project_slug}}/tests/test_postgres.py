@@ -236,6 +236,15 @@ def test_a_role_that_bypasses_row_level_security_is_refused_at_start(
             "its role is, or can become, a superuser or a role with BYPASSRLS",
         ),
         (["GRANT SELECT, INSERT ON items TO {role}"], "its role cannot read alembic_version"),
+        (
+            [
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON items TO {role}",
+                "GRANT SELECT ON alembic_version TO {role}",
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON key_revocations TO {role}",
+                "GRANT SELECT ON key_uses TO {role}",
+            ],
+            "its role cannot read and write key_uses",
+        ),
     ],
     ids=[
         "owns-the-table",
@@ -245,6 +254,7 @@ def test_a_role_that_bypasses_row_level_security_is_refused_at_start(
         "member-of-a-bypassrls-role",
         "createrole",
         "cannot-read-alembic-version",
+        "cannot-write-key-records",
     ],
 )
 def test_a_role_that_row_level_security_would_not_bind_is_refused_at_start_in_one_line(
@@ -261,7 +271,8 @@ def test_a_role_with_only_the_services_privileges_is_accepted(
     role_env: Callable[..., dict[str, str]],
 ) -> None:
     env = role_env(
-        "GRANT SELECT, INSERT, UPDATE, DELETE ON items TO {role}", "GRANT SELECT ON alembic_version TO {role}"
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON items, key_revocations, key_uses TO {role}",
+        "GRANT SELECT ON alembic_version TO {role}",
     )
     assert schema_problem(database_settings_from(env)) is None
 
@@ -315,6 +326,21 @@ def test_a_table_a_later_migration_creates_is_usable_by_the_services_role_withou
                 service.execute("TRUNCATE later_table")
     finally:
         databases.drop(env)
+
+
+def test_the_services_role_reads_and_writes_the_key_records_without_a_tenant(env: dict[str, str]) -> None:
+    """Revocations are the operator's: every worker reads every one of them whatever tenant its
+    requests serve, so no tenant policy may hide them (a revoked key would be let in)."""
+    with psycopg.connect(env["DATABASE_URL"], autocommit=True) as service:
+        service.execute(
+            "INSERT INTO key_revocations (key_id, reason, revoked_by, revoked_at)"
+            " VALUES ('k1', NULL, 'cli', now())"
+        )
+        service.execute("INSERT INTO key_uses (key_id, last_used) VALUES ('k1', now())")
+        service.execute("UPDATE key_uses SET last_used = now() WHERE key_id = 'k1'")
+        assert service.execute("SELECT key_id FROM key_revocations").fetchall() == [("k1",)]
+        service.execute("DELETE FROM key_revocations WHERE key_id = 'k1'")
+        service.execute("DELETE FROM key_uses WHERE key_id = 'k1'")
 
 
 def test_no_request_can_choose_the_tenant_its_transaction_reads(
@@ -486,7 +512,9 @@ def test_item_routes_answer_503_with_retry_after_in_time_when_no_server_answers(
         assert response.status_code == 503
         assert response.content_type == "application/problem+json"
         assert int(response.headers["Retry-After"]) > 0
-    assert client.get("/v1/whoami", headers=bearer(keys.reader)).status_code == 200
+    # A worker that never read the revocations lets no key in (test_key_records.py has the rest:
+    # one that read them before the outage serves every route that needs no database).
+    assert client.get("/v1/whoami", headers=bearer(keys.reader)).status_code == 503
     assert client.get("/healthz").status_code == 200
 
 
@@ -501,7 +529,8 @@ def test_the_pool_and_the_outage_are_in_the_metrics(make_app: Callable[..., Flas
     before = float(sample(text, "api_database_unavailable_total"))
     down = make_app(DATABASE_URL=f"postgresql://items:pw@127.0.0.1:{free_port()}/items", **env).test_client()
     assert down.get("/v1/items", headers=bearer(keys.reader)).status_code == 503
-    after = down.get("/metrics", headers=bearer(scraper)).get_data(as_text=True)
+    # Scraped through the app that reaches its database: the series are the process's.
+    after = client.get("/metrics", headers=bearer(scraper)).get_data(as_text=True)
     assert float(sample(after, "api_database_unavailable_total")) == before + 1
 
 

@@ -13,12 +13,14 @@ from .errors import install_errors
 from .gate import install_gate
 from .headers import install_headers
 from .keys import KEY_PREFIX
+from .keywatch import KeyWatch
 from .limits import prepare_limits
 from .metrics import install_metrics
 from .proxy import TrustedProxies
 from .requestlog import RequestLog
 from .serving import serving_settings
 from .settings import Settings
+from .stores.key_records import KeyRecords
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -42,11 +44,12 @@ def create_app(settings: Settings | None = None) -> Flask:
         PROPAGATE_EXCEPTIONS=False,
     )
     app.extensions["stores"] = stores = open_stores(settings)
+    app.extensions["keywatch"] = watch = KeyWatch(KeyRecords(stores.database), settings.keys)
 
     install_errors(app)
     install_gate(
         app,
-        Authenticator(settings.keys),
+        Authenticator(settings.keys, watch),
         prepare_limits(settings),
         install_metrics(app, settings.metrics_dir, stores.database),
         RequestLog(),
@@ -56,4 +59,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     install_headers(app, settings)
     Declarations(app).check()
     app.wsgi_app = TrustedProxies(app.wsgi_app, settings.forwarded_allow_ips)  # type: ignore[method-assign]
+    # Last: an app that failed to build leaves no loop reading the database behind.
+    watch.start()
     return app

@@ -2,15 +2,16 @@
 
 Keys in the URL are refused (400) because URLs end up in proxy logs, browser history and
 Referer headers. Every failed check answers the same 401, so a client learns nothing about
-which check failed: a valid key used from outside its entry's networks included, since a 403
-would tell a thief that the stolen key still works. The request log and the metrics say why.
+which check failed: a revoked key, and a valid key used from outside its entry's networks,
+included, since anything else would tell a thief that the stolen key still exists. The request
+log and the metrics say why.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from flask import g
 
@@ -21,6 +22,15 @@ CHALLENGE = {"WWW-Authenticate": 'Bearer realm="api"'}
 # Longer than any key; bounds the work done on a hostile header.
 MAX_PRESENTED = 256
 OUTSIDE_NETWORKS = "outside_networks"
+REVOKED = "revoked"
+
+
+class Revocations(Protocol):
+    """What the database says of each key id (``keywatch.KeyWatch``), read from memory."""
+
+    def revoked(self, key_id: str) -> bool: ...
+
+    def used(self, key_id: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +77,9 @@ def key_in_url(query_names: Iterable[str]) -> bool:
 class Authenticator:
     """Verifies the presented key and leaves the outcome on ``g`` for everyone else to read."""
 
-    def __init__(self, ring: KeyRing) -> None:
+    def __init__(self, ring: KeyRing, revocations: Revocations) -> None:
         self.ring = ring
+        self.revocations = revocations
         # Callers are frozen: one per configured key serves every request.
         self.callers = {key.key_id: Caller(key.key_id, key.tenant, key.scopes) for key in ring}
 
@@ -83,13 +94,21 @@ class Authenticator:
             g.auth_failure = error.reason
             return None
         environ["app.key_id"] = found.key_id
+        # Revoked (keys revoke, or by its holder) while its entry is still configured: the id says
+        # which holder has yet to move to its new key, or where the leaked one is being tried.
+        if self.revocations.revoked(found.key_id):
+            return self._refuse(found.key_id, REVOKED)
         # REMOTE_ADDR is the peer, or what a trusted proxy reported (proxy.py): a client cannot
         # choose it. Outside its networks, a valid key is most likely a stolen one.
         if not found.allows(environ.get("REMOTE_ADDR")):
-            g.auth_failure = OUTSIDE_NETWORKS
-            g.refused_key_id = found.key_id
-            return None
+            return self._refuse(found.key_id, OUTSIDE_NETWORKS)
+        self.revocations.used(found.key_id)
         return self.callers[found.key_id]
+
+    @staticmethod
+    def _refuse(key_id: str, reason: str) -> None:
+        g.auth_failure = reason
+        g.refused_key_id = key_id
 
 
 def caller() -> Caller | None:
@@ -105,7 +124,8 @@ def failure() -> str | None:
 
 
 def refused_key_id() -> str | None:
-    """The id of a valid key refused for where it was used from: for the request log only."""
+    """The id of a valid key refused (revoked, or used from outside its networks): for the
+    request log only."""
     key_id: str | None = g.get("refused_key_id")
     return key_id
 

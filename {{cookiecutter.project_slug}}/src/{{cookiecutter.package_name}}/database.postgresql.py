@@ -62,6 +62,15 @@ OWNED_TABLE = (
 OWNED_DATABASE = (
     "SELECT pg_has_role(current_user, datdba, 'MEMBER') FROM pg_database WHERE datname = current_database()"
 )
+# Tables every request with a valid key needs (stores/key_records.py): a role without these
+# privileges would pass every other check, then answer 503 to every key. The owner's default
+# privileges grant them (docs/operations.md, "Roles"); a role set up by hand may lack them.
+KEY_RECORD_TABLES = ("key_revocations", "key_uses")
+SERVICE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+LACKING_PRIVILEGE = (
+    "SELECT t FROM unnest(%s::text[]) AS t, unnest(%s::text[]) AS p"
+    " WHERE NOT has_table_privilege(t, p) ORDER BY t LIMIT 1"
+)
 # Only the migration role writes the version table; the service's role reads it (the start
 # check). The owner's default privileges give every role they name write access to every new
 # table, this one included: taken back after each migration.
@@ -217,12 +226,20 @@ def schema_problem(database: DatabaseSettings) -> str | None:
             if db.execute("SELECT has_table_privilege('alembic_version', 'SELECT')").fetchone() != (True,):
                 return f"its role cannot read alembic_version: grant it SELECT ({ROLES})"
             current = {row[0] for row in db.execute("SELECT version_num FROM alembic_version")}
+            problem = _revision_problem(current)
+            if problem is not None:
+                return problem
+            lacking = db.execute(LACKING_PRIVILEGE, (list(KEY_RECORD_TABLES), list(SERVICE_PRIVILEGES)))
+            table = lacking.fetchone()
     except psycopg.OperationalError:
         return _connection_problem(database.connect_timeout)
     except psycopg.Error as error:
         # Anything else the server refused: named by its SQLSTATE, never by its text.
         return f"the start check failed (SQLSTATE {error.sqlstate})"
-    return _revision_problem(current)
+    if table is not None:
+        privileges = ", ".join(SERVICE_PRIVILEGES)
+        return f"its role cannot read and write {table[0]}: grant it {privileges} ({ROLES})"
+    return None
 
 
 def _role_problem(db: psycopg.Connection[Any]) -> str | None:

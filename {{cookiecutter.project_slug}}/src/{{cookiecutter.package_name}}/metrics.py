@@ -207,6 +207,37 @@ def database_unavailable() -> None:
     _database()[1].inc()
 
 
+# Revocations (keywatch.py). Keys refused as revoked are api_auth_failures{reason="revoked"}.
+KEYS_REVOKED = Gauge(
+    "api_keys_revoked",
+    "Configured key ids that are revoked, as the workers last read the database (keys revoke, or a holder).",
+    multiprocess_mode="livemax",
+    registry=SERIES,
+)
+REVOCATIONS_READ = Gauge(
+    "api_revocations_read_timestamp_seconds",
+    "When the worker that read them longest ago last read the revocations (0 before its first read).",
+    multiprocess_mode="livemin",
+    registry=SERIES,
+)
+HOLDER_REVOCATIONS = Counter(
+    "api_key_revocations_by_holders",
+    "Configured keys revoked by their holders (POST /v1/keys/revoke), as recorded by the workers.",
+    registry=SERIES,
+)
+
+
+def revocations_read(revoked: int, at: float) -> None:
+    """A worker read the revocations at ``at`` (a Unix time): ``revoked`` configured ids among them."""
+    KEYS_REVOKED.set(revoked)
+    REVOCATIONS_READ.set(at)
+
+
+def revoked_by_holder() -> None:
+    """A holder's report revoked a configured key (recorded by this worker)."""
+    HOLDER_REVOCATIONS.inc()
+
+
 # --- Connections: reported by the gunicorn worker (worker.py), not by the request hooks --------
 
 CONNECTIONS_OPEN = Gauge(

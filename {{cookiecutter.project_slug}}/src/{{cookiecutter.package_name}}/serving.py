@@ -23,6 +23,7 @@ answered by any worker sums them all.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import resource
 import shutil
 import signal
@@ -31,7 +32,10 @@ import tempfile
 from pathlib import Path
 from types import FrameType
 
+from .keys import KeyRing
 from .settings import METRICS_DIR, ConfigError, Settings, export_metrics_dir, load_settings
+
+logger = logging.getLogger(__name__)
 
 # File descriptors a worker needs beyond its client connections (listeners, logs, Redis, SQLite).
 SPARE_DESCRIPTORS = 64
@@ -43,6 +47,9 @@ _serving: Settings | None = None
 # The metrics directory when this master made it (removed at exit). One the operator named is
 # kept, and emptied at the next start instead.
 _made_metrics_dir: Path | None = None
+# What the last reload did, for log_reload: logging is configured anew only after gunicorn has
+# read its configuration, which is when reload_settings runs.
+_reloaded: tuple[str, dict[str, object]] | None = None
 
 
 def serving_settings() -> Settings:
@@ -59,16 +66,44 @@ def reload_settings() -> tuple[Settings, ConfigError | None]:
     At start a bad configuration raises. On a reload it returns the settings already in
     force with the error, so the service keeps serving the last configuration that worked.
     """
-    global _serving
+    global _serving, _reloaded
     try:
         fresh = load_settings()
         check_workers(fresh, fresh.workers)
     except ConfigError as error:
         if _serving is None:
             raise
+        # ConfigError names the variable and the problem, never a value.
+        _reloaded = ("reload refused, still serving the previous configuration", {"reason": str(error)})
         return _serving, error
+    if _serving is not None:
+        _reloaded = ("reload applied", key_changes(_serving.keys, fresh.keys))
     _serving = fresh
     return fresh, None
+
+
+def key_changes(before: KeyRing, after: KeyRing) -> dict[str, object]:
+    """The key ids a reload added, removed and changed (the same id, another entry: scopes,
+    tenant, expiry, limit, networks or digest), each list sorted; never a digest."""
+    old = {key.key_id: key for key in before}
+    new = {key.key_id: key for key in after}
+    return {
+        "keys_added": sorted(new.keys() - old.keys()),
+        "keys_removed": sorted(old.keys() - new.keys()),
+        "keys_changed": sorted(key_id for key_id in old.keys() & new.keys() if old[key_id] != new[key_id]),
+    }
+
+
+def log_reload() -> None:
+    """One log line for the reload that just happened (gunicorn's ``on_reload`` hook): through the
+    service's logging, masked, and JSON in production."""
+    global _reloaded
+    if _reloaded is None:
+        return
+    message, fields = _reloaded
+    _reloaded = None
+    level = logging.INFO if "reason" not in fields else logging.ERROR
+    logger.log(level, message, extra=fields)
 
 
 def check_workers(settings: Settings, workers: int) -> None:

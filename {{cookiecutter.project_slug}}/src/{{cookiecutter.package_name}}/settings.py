@@ -442,6 +442,14 @@ def key_max_lifetime_days() -> int | None:
     return days
 
 
+def load_key_ring() -> KeyRing:
+    """API_KEYS (or API_KEYS_FILE) alone, by the same rules: what `keys revoke` and `keys report`
+    check ids against, without needing the rest of the service's configuration."""
+    _load_dotenv()
+    ring: KeyRing = _value(_variables()["keys"], os.environ, {})
+    return ring
+
+
 def load_database_settings() -> DatabaseSettings:
     """The database's settings from the process environment, by the same rules."""
     _load_dotenv()

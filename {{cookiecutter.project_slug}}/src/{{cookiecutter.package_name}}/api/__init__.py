@@ -5,11 +5,12 @@ from flask import Blueprint, Flask, Response
 from .. import metrics
 from ..errors import problem
 from ..stores import StoreUnavailable
-from . import health, items, openapi, whoami
+from . import health, items, keys, openapi, whoami
 
 # Every blueprint the service serves; `make resource` adds its module here.
 BLUEPRINTS: tuple[Blueprint, ...] = (
     health.blueprint,
+    keys.blueprint,
     whoami.blueprint,
     items.blueprint,
     metrics.blueprint,

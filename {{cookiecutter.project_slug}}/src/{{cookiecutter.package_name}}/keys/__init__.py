@@ -5,7 +5,8 @@ compared raw. The standard library only: no web framework is needed to mint or c
 - ``entries``: what the service holds instead of a key, and how it is parsed and validated;
 - ``ring``: :class:`KeyRing`, which verifies a presented key;
 - ``roll``: successors, and rewriting a keys file in place;
-- ``cli``: ``python -m <package>.keys new | roll | check``.
+- ``records``: ``revoke``, ``unrevoke`` and ``report``, on the store the service hands in;
+- ``cli``: ``python -m <package>.keys new | roll | check | revoke | unrevoke | report``.
 """
 
 from .entries import (

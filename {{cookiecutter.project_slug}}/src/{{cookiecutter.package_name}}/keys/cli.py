@@ -1,5 +1,5 @@
-"""The ``keys`` command line (new, roll, check), so an operator never types a digest by hand and
-no message it writes echoes a key.
+"""The ``keys`` command line (new, roll, check; revoke, unrevoke and report in ``records``), so an
+operator never types a digest by hand and no message it writes echoes a key.
 
 argparse quotes what it refuses ("unrecognized arguments: ...", "invalid choice: ..."): a key
 pasted among the arguments would reach the terminal, and every CI log that captured it. So every
@@ -34,6 +34,7 @@ from .entries import (
     split_entries,
 )
 from .format import KEY_PREFIX, MIN_KEY_PIECE, key_pattern
+from .records import Refused, Service, add_commands, run
 from .ring import KeyRing
 from .roll import MAX_OVERLAP_HOURS, KeysFile, roll, roll_in_text
 
@@ -48,6 +49,7 @@ KEY_PIECES = re.compile(
     + "}"
 )
 Lifetime = Callable[[], int | None]
+RECORDS = frozenset({"revoke", "unrevoke", "report"})
 
 
 def masked(text: str) -> str:
@@ -133,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate entries and describe them, no secrets")
     check.add_argument("entries", nargs="*", help="entries; read from standard input if none")
     check.add_argument("--json", action="store_true", help="machine-readable output")
+    add_commands(commands.add_parser)
     return parser
 
 
@@ -270,12 +273,26 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None, *, max_lifetime: Lifetime = lambda: None) -> int:
-    """Run one command. ``max_lifetime`` gives the days that new expiries may reach, or None:
-    ``python -m`` passes the service's KEY_MAX_LIFETIME_DAYS."""
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    max_lifetime: Lifetime = lambda: None,
+    service: Service | None = None,
+) -> int:
+    """Run one command. ``max_lifetime`` gives the days that new expiries may reach, or None;
+    ``service`` the configured keys and the database, for revoke, unrevoke and report:
+    ``python -m`` passes the service's own (KEY_MAX_LIFETIME_DAYS, API_KEYS, its database)."""
     args = _parser().parse_args(argv)
     if args.command == "check":
         return _check(args)
+    if args.command in RECORDS:
+        if service is None:
+            return _refuse(f"{args.command} needs the service's settings: run it as python -m {__package__}")
+        try:
+            return run(args, service)
+        except Refused as refused:
+            print(f"error: {masked(str(refused))}", file=sys.stderr)
+            return 1
     try:
         max_days = max_lifetime()
     except ValueError as error:  # the settings' ConfigError: one line naming the variable
