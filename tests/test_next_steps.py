@@ -60,3 +60,20 @@ def test_the_curl_step_carries_the_development_key(tmp_path: Path, capfd: pytest
         f'curl --cacert .dev/localhost.pem -H "Authorization: Bearer {key.group(1)}" '
         "https://localhost:8443/v1/whoami"
     ], printed
+
+
+def test_make_demo_installs_the_bakes_runtime_lock_not_the_template_toolchain() -> None:
+    dry = subprocess.run(
+        ["make", "-n", "demo"], cwd=TEMPLATE, capture_output=True, text=True, check=True
+    ).stdout
+    installs = [line for line in dry.splitlines() if "pip install" in line]
+    assert not any("-r tests/requirements.txt" in line for line in installs), installs
+    assert any("--require-hashes -r requirements.txt" in line for line in installs), installs
+
+
+def test_make_demo_ends_with_a_curl_command_not_a_placeholder() -> None:
+    dry = subprocess.run(
+        ["make", "-n", "demo"], cwd=TEMPLATE, capture_output=True, text=True, check=True
+    ).stdout
+    assert re.search(r'curl --cacert \.dev/localhost\.pem -H \\?"Authorization: Bearer \$\$?key', dry), dry
+    assert "<the curl command" not in dry, dry
