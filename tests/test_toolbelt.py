@@ -216,7 +216,8 @@ def test_generated_make_lint_passes(default_bake: Path) -> None:
 def test_make_audit_runs_bandit_and_pip_audit(default_bake: Path) -> None:
     status, output = attempt(default_bake, "make", "audit", f"PYTHON={sys.executable}")
     assert "bandit -q -r src -ll" in output, output
-    assert "pip_audit --strict --disable-pip --require-hashes -r requirements-dev.txt -s pypi" in output, output
+    audit = "pip_audit --strict --disable-pip --require-hashes -r requirements-dev.txt -s pypi"
+    assert audit in output, output
     # Every locked package was resolved from the package index, so "not found ... could not be
     # audited" for one of them, like a connection error, means the advisory service did not
     # answer: nothing was audited. Anything else (an advisory found) fails.
