@@ -34,6 +34,7 @@ CHOSEN = {
 # version) when that database is chosen, so shared code imports one name in every bake.
 VARIANTS = (
     f"src/{PACKAGE}/database.py",
+    f"src/{PACKAGE}/database_settings.py",
     f"src/{PACKAGE}/stores/connections.py",
     f"src/{PACKAGE}/stores/items.py",
     "tests/database.py",
