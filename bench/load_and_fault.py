@@ -360,6 +360,7 @@ def load_bake(project: Path) -> Bake:
     spec = importlib.util.spec_from_file_location("hostile_clients", project / "tests" / "hostile_clients.py")
     assert spec is not None and spec.loader is not None
     hostile = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = hostile  # its dataclasses look their module up there
     spec.loader.exec_module(hostile)
     return Bake(importlib.import_module("local_service"), hostile, baked.module(project, "keys"))
 
