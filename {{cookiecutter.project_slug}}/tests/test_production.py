@@ -36,6 +36,19 @@ def test_the_recipe_names_every_variable_the_service_reads(env: dict[str, str]) 
         assert {variable, f"{variable}_FILE"} & named, f"{variable} is missing from docs/production.md"
 
 
+def test_a_shell_reads_the_recipes_env_file_as_systemd_does(tmp_path: Path) -> None:
+    # An unquoted value with spaces is one value to systemd, but a command to a shell.
+    env_file = tmp_path / "env"
+    env_file.write_text(env_file_of_the_recipe() + "\n")
+    shell = subprocess.run(
+        ["sh", "-c", f'set -a; . "{env_file}"; set +a; echo "$RATELIMIT_DEFAULT"'],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (shell.returncode, shell.stderr, shell.stdout) == (0, "", "100 per minute\n")
+
+
 def test_the_unit_reads_the_recipes_env_file_and_reloads_with_sighup() -> None:
     unit = UNIT.read_text()
     assert "EnvironmentFile=/etc/{{ cookiecutter.project_slug }}/env\n" in unit
