@@ -8,7 +8,8 @@ DEMO := build/demo/acme-widgets-api
 .PHONY: help demo test bench-bake bench bench-server lock lock-upgrade system-deps clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@awk -F':.*## ' '/^[a-z-]+:.*## / {name[++n] = $$1; text[n] = $$2; if (length($$1) > width) width = length($$1)} \
+		END {for (i = 1; i <= n; i++) printf "  %-" width "s  %s\n", name[i], text[i]}' $(MAKEFILE_LIST)
 
 $(VENV)/.installed: tests/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,17 +17,32 @@ $(VENV)/.installed: tests/requirements.txt
 	$(BIN)/python -m pip install --quiet -r tests/requirements.txt
 	touch $@
 
-demo: $(VENV)/.installed ## bake a service with the defaults and serve it on https://localhost:8443
-	rm -rf build/demo
-	$(BIN)/cookiecutter . --no-input --output-dir build/demo
-	cd $(DEMO) && $(BIN)/python scripts/dev_cert.py .dev
-	@echo
-	@echo "Serving https://localhost:8443 (Ctrl-C stops it). From another terminal:"
-	@echo "  cd $(DEMO) && <the curl command printed above>"
-	@echo
-	cd $(DEMO) && APP_ENV=development PYTHONPATH=src $(BIN)/gunicorn
+# The demo's own virtualenv: Cookiecutter, then the bake's runtime lock and the certificate
+# tool pinned in its dev lock (hashes checked), not the template's test toolchain.
+DEMO_VENV := build/demo-venv
+DEMO_BIN := $(abspath $(DEMO_VENV))/bin
+# The locked packages that dev_cert.py needs: cryptography and what it installs with.
+CERT_PINS := ^(cryptography|cffi|pycparser)==
 
-system-deps: ## install redis-server and testssl.sh with apt-get when missing
+$(DEMO_VENV)/.installed: tests/requirements.txt
+	$(PYTHON) -m venv $(DEMO_VENV)
+	$(DEMO_BIN)/python -m pip install --quiet --upgrade pip
+	$(DEMO_BIN)/python -m pip install --quiet "$$(grep -E '^cookiecutter[<>=]' tests/requirements.txt)"
+	touch $@
+
+demo: $(DEMO_VENV)/.installed ## bake a service with the defaults and serve it on https://localhost:8443
+	rm -rf build/demo
+	$(DEMO_BIN)/cookiecutter . --no-input --output-dir build/demo > build/demo-bake.txt
+	cd $(DEMO) && awk '/^[^ #]/ {keep = $$1 ~ /$(CERT_PINS)/} keep' requirements-dev.txt > ../../demo-cert-requirements.txt \
+		&& $(DEMO_BIN)/python -m pip install --quiet --require-hashes -r requirements.txt -r ../../demo-cert-requirements.txt \
+		&& $(DEMO_BIN)/python scripts/dev_cert.py .dev
+	@key=$$(sed -n '/^Development key/{n;s/^ *//p;}' build/demo-bake.txt); echo; \
+	echo "Serving https://localhost:8443 (Ctrl-C stops it). From another terminal:"; \
+	echo "  cd $(DEMO) && curl --cacert .dev/localhost.pem -H \"Authorization: Bearer $$key\" https://localhost:8443/v1/whoami"; \
+	echo
+	cd $(DEMO) && APP_ENV=development PYTHONPATH=src $(DEMO_BIN)/gunicorn
+
+system-deps: ## install redis-server, testssl.sh and PostgreSQL's server with apt-get when missing
 	@scripts/system-deps.sh
 
 test: $(VENV)/.installed system-deps ## run the template's whole test suite

@@ -39,6 +39,7 @@ CHOSEN = {
 # version) when that database is chosen, so shared code imports one name in every bake.
 VARIANTS = (
     f"src/{PACKAGE}/database.py",
+    f"src/{PACKAGE}/database_settings.py",
     f"src/{PACKAGE}/stores/connections.py",
     f"src/{PACKAGE}/stores/items.py",
     f"src/{PACKAGE}/stores/key_records.py",
@@ -120,18 +121,34 @@ def write_dev_env(root: Path) -> str:
     return minted.secret
 
 
+def next_steps(project: str, secret: str) -> str:
+    """The first hour, in the order it works: a repository before the hooks, the fast tests
+    before the slow ones, and the call that proves the service answers."""
+    database = (
+        "    make db           # PostgreSQL on this host, without containers\n"
+        "    make migrate      # the schema, as the tables' owner\n"
+        if CHOSEN["postgresql"]
+        else ""
+    )
+    return (
+        f"    cd {project}\n"
+        "    git init          # make hooks installs into a repository\n"
+        "    python -m venv .venv && . .venv/bin/activate\n"
+        "    make install      # the locked dependencies, then the service (editable)\n"
+        "    make hooks        # pre-commit: secret scan, .env kept out, ruff\n"
+        "    make test-fast    # the fast tests, in seconds (make test runs every test, in minutes)\n"
+        f"{database}"
+        "    make run          # https://localhost:8443 (self-signed); then, from a second terminal:\n"
+        f'    curl --cacert .dev/localhost.pem -H "Authorization: Bearer {secret}" '
+        "https://localhost:8443/v1/whoami\n"
+    )
+
+
 def main() -> int:
     root = Path.cwd()
     remove_unchosen(root)
     use_variants(root)
     secret = write_dev_env(root)
-    database = (
-        "    make db           # PostgreSQL on this host, without containers\n"
-        "                      # (or, with Docker Compose v2: docker compose up -d postgres)\n"
-        "    make migrate      # the schema, as the tables' owner\n"
-        if CHOSEN["postgresql"]
-        else ""
-    )
     print(
         f"""
 Created {root.name}.
@@ -140,14 +157,7 @@ Development key (shown once; .env holds only its digest):
     {secret}
 
 Next steps:
-    cd {root.name}
-    python -m venv .venv && . .venv/bin/activate
-    make install      # the service and its dev tools
-    make test         # its own test suite
-{database}    make run          # HTTPS on https://localhost:8443 with a self-signed certificate
-    curl --cacert .dev/localhost.pem -H "Authorization: Bearer {secret}" \\
-        https://localhost:8443/v1/whoami
-"""
+{next_steps(root.name, secret)}"""
     )
     return 0
 

@@ -41,6 +41,7 @@ OPTIONAL_FILES = {
 # Modules with one version per database: the chosen one under the plain name, no other left.
 VARIANTS = (
     "src/acme_widgets_api/database.py",
+    "src/acme_widgets_api/database_settings.py",
     "src/acme_widgets_api/stores/connections.py",
     "src/acme_widgets_api/stores/items.py",
     "src/acme_widgets_api/stores/key_records.py",

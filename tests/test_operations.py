@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TEMPLATE, python, run_in
+from .conftest import TEMPLATE, Bake, python, run_in
 from .served import mint_key, serve
 
 REPORTS = TEMPLATE / "reports"
@@ -75,11 +75,27 @@ def test_schemathesis_finds_no_server_error_and_no_departure_from_the_document(
     assert "No issues found" in output
 
 
+LOAD_AND_FAULT = str(TEMPLATE / "bench" / "load_and_fault.py")
+
+
 @pytest.mark.xdist_group("heavy")
 def test_load_and_fault_script_holds_every_rule(default_bake: Path) -> None:
-    output = run_in(default_bake, *python("scripts/load_and_fault.py", "--duration", "20"), timeout=300)
+    output = run_in(
+        default_bake, *python(LOAD_AND_FAULT, "--project", str(default_bake), "--duration", "20"), timeout=300
+    )
     keep("load_and_fault.txt", output)
     assert "[FAIL]" not in output and output.count("[PASS]") == 7
+
+
+@pytest.mark.xdist_group("heavy")
+def test_load_and_fault_script_holds_every_rule_with_a_database_outage_too(bake: Bake) -> None:
+    """A PostgreSQL bake: the same phases, then its database stopped and started under load."""
+    project = bake(database="postgresql")
+    output = run_in(
+        project, *python(LOAD_AND_FAULT, "--project", str(project), "--duration", "20"), timeout=600
+    )
+    keep("load_and_fault_postgresql.txt", output)
+    assert "[FAIL]" not in output and output.count("[PASS]") == 7 + 3
 
 
 @pytest.mark.xdist_group("heavy")

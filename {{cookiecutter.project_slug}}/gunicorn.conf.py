@@ -24,6 +24,7 @@ from {{ cookiecutter.package_name }}.serving import (
     start_metrics,
     stop_metrics,
     stop_while_booting,
+    with_bind_hint,
     worker_exited,
 )
 from {{ cookiecutter.package_name }}.settings import ConfigError
@@ -72,8 +73,8 @@ proxy_allow_ips = ""  # no PROXY protocol.
 control_socket_disable = True  # no admin socket: signals (HUP, TERM) are the interface.
 accesslog = None  # the app writes one line per request itself (requestlog.py).
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(M)sms rid=%({x-request-id}o)s key=%({app.key_id}e)s'
-logconfig_dict = logging_config(
-    key_prefix=KEY_PREFIX, json_lines=not settings.development, level=settings.log_level
+logconfig_dict = with_bind_hint(
+    logging_config(key_prefix=KEY_PREFIX, json_lines=not settings.development, level=settings.log_level)
 )
 
 if settings.tls:

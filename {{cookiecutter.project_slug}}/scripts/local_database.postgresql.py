@@ -1,6 +1,6 @@
 """The items database of a local service started by the operations scripts: a PostgreSQL
 server of its own (scripts/local_postgres.py), migrated with ``alembic upgrade head``, which the
-outage phase of load_and_fault.py stops and starts again."""
+outage phase of the template's bench/load_and_fault.py stops and starts again."""
 
 from __future__ import annotations
 

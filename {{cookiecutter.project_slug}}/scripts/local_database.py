@@ -9,7 +9,8 @@ from pathlib import Path
 class LocalDatabase:
     """The same names as the PostgreSQL version of this module, which runs a real server."""
 
-    # A file cannot be stopped and started again: load_and_fault.py's outage phase needs a server.
+    # A file cannot be stopped and started again: the outage phase of the template's
+    # bench/load_and_fault.py needs a server.
     stoppable = False
 
     def __init__(self, workdir: Path) -> None:

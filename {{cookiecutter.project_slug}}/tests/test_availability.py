@@ -17,11 +17,10 @@ from collections.abc import Callable
 
 import pytest
 
-from .support import ATTACKER, CLIENT, KeySet, RedisServer, Server, connect_from, script
+from . import hostile_clients
+from .support import ATTACKER, CLIENT, KeySet, RedisServer, Server, connect_from
 
 pytestmark = pytest.mark.slow
-
-hostile_clients = script("hostile_clients")
 
 # At least 300 connections, held (each one the server closes is replaced) for at least 20 s.
 HOSTILE = {"stalled": 150, "silent": 100, "trickle": 50}

@@ -37,7 +37,6 @@ from .support import (
     Server,
     bearer,
     free_port,
-    script,
     server_env,
     wait_until_serving,
 )
@@ -335,25 +334,6 @@ def test_a_frozen_database_costs_503s_in_time_and_items_return_without_a_restart
     assert served[-2] < CONNECT_TIMEOUT + 1
     assert server.process.poll() is None
     assert worker_pids(server) == workers, "a worker was restarted"
-
-
-def test_the_load_and_fault_database_phase_passes(
-    tmp_path: Path, keys: KeySet, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The operators' script: its outage phase, against a service started as production runs
-    it, on a PostgreSQL server of its own (scripts/local_database.py)."""
-    monkeypatch.syspath_prepend(str(PROJECT / "scripts"))  # its imports of the other scripts
-    load_and_fault = script("load_and_fault")
-    service = script("local_service").LocalService(
-        tmp_path, keys.entries, RATELIMIT_DEFAULT="100000 per hour"
-    )
-    service.start()
-    try:
-        context = ssl.create_default_context(cafile=str(service.cafile))
-        rules = load_and_fault.database_outage(service, context, [keys.reader.secret, keys.writer.secret], 20)
-    finally:
-        service.stop()
-    assert all(passed for _, passed, _ in rules), rules
 
 
 # --- gevent -------------------------------------------------------------------------------------

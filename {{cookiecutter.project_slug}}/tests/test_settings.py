@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import datetime as dt
 import ipaddress
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from {{ cookiecutter.package_name }}.database import DatabaseSettings
+from {{ cookiecutter.package_name }}.database_settings import DatabaseSettings
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, MintedKey, format_expiry, mint
 from {{ cookiecutter.package_name }}.serving import check_workers
 from {{ cookiecutter.package_name }}.settings import (
@@ -31,7 +32,7 @@ from {{ cookiecutter.package_name }}.settings import (
 )
 from {{ cookiecutter.package_name }}.settings import main as settings_main
 
-from .support import KeySet
+from .support import PROJECT, KeySet
 
 
 def refused(env: dict[str, str]) -> ConfigError:
@@ -609,3 +610,22 @@ def test_the_keys_command_reads_the_maximum_lifetime_by_the_services_rules(
     monkeypatch.delenv("KEY_MAX_LIFETIME_DAYS")
     monkeypatch.setenv("APP_ENV", "development")
     assert key_max_lifetime_days() == 30
+
+
+def package_imports(module: str) -> set[str]:
+    """The modules of this package that ``module`` imports, lazily or for typing included."""
+    tree = ast.parse((PROJECT / "src" / "{{ cookiecutter.package_name }}" / f"{module}.py").read_text())
+    return {
+        (node.module or "").split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.level == 1
+    }
+
+
+def test_the_settings_tables_import_nothing_that_imports_them_back() -> None:
+    # The service's table, the database's and their machinery form no circle: settings.py reads
+    # the environment, database.py uses the result, and never the other way round.
+    assert package_imports("settings") == {"database_settings", "keys", "variables"}
+    assert package_imports("database_settings") == {"variables"}
+    assert package_imports("variables") == set()
+    assert "settings" in package_imports("database")

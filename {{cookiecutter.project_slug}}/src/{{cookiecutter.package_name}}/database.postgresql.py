@@ -2,8 +2,8 @@
 log line, an error or ``make settings``; a schema older than the code, or a role that row-level
 security would not bind, stops the start.
 
-The seam between the service and its database: the database's settings, the stores that
-``create_app`` opens, the check that the gunicorn master runs once at start, and what
+The seam between the service and its database (whose settings are ``database_settings.py``'s):
+the stores that ``create_app`` opens, the check that the gunicorn master runs once at start, and what
 ``alembic`` runs (``migrations/env.py``). This module imports no database driver: psycopg
 chooses how to wait for the network when it is first imported, and gunicorn's gevent workers,
 forked from the master, must import it after gevent has patched the standard library.
@@ -14,33 +14,28 @@ from __future__ import annotations
 import atexit
 import logging
 import multiprocessing
-import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
-from .settings import UNPARSABLE_URI, ConfigError, Invalid, read, redacted_uri, whole
+from .database_settings import MIGRATION_URL, DatabaseSettings
+from .settings import ConfigError, Settings, load_database_settings
 
 if TYPE_CHECKING:
     import psycopg
     from sqlalchemy.engine import Connection
 
-    from .settings import Settings
     from .stores import Stores
 
-SCHEMES = ("postgresql", "postgres")
 LOCAL_HOSTS = ("", "localhost", "127.0.0.1", "::1")
-SECRET_PARAMETERS = re.compile(r"((?:^|[?&])(?:ssl)?password=)[^&]*", re.IGNORECASE)
 # Open connections per gevent worker, as gunicorn.conf.py sets worker_connections.
 DEFAULT_CONCURRENCY = 1000
 # Any fixed 64-bit number, the same for every host: `alembic upgrade head` runs one at a time.
 MIGRATION_LOCK = 0x6974656D735F6462
 BEHIND = "the database schema is older than this code: run `alembic upgrade head`"
 NO_SCHEMA = "the database has no schema yet: run `alembic upgrade head`"
-MIGRATION_URL = "DATABASE_MIGRATION_URL"
 # How long a caller of Alembic's API that passes its own URL waits for the server.
 API_CONNECT_TIMEOUT = 10
 ROLES = "docs/operations.md, 'Roles'"
@@ -88,62 +83,6 @@ BEGIN
   END LOOP;
 END $$
 """
-
-
-def database_url(text: str) -> str:
-    """A ``postgresql://`` URL that libpq reads as written. A password holding ``#``, ``/``, ``?``
-    or ``@`` unencoded would be read as another part of the URL, and quoted in a later error."""
-    scheme, sep, _ = text.partition("://")
-    if not sep or scheme not in SCHEMES:
-        raise Invalid("must start with postgresql://")
-    try:
-        parts = urlsplit(text)
-        port_ok = parts.port is None or parts.port > 0
-    except ValueError:  # a port that is not a number: often the rest of a password
-        port_ok = False
-    if not port_ok or parts.fragment or parts.netloc.count("@") > 1 or "@" in parts.path + parts.query:
-        raise Invalid(UNPARSABLE_URI)
-    if not parts.path.strip("/"):
-        raise Invalid("names no database: add /<database> after the host")
-    return text
-
-
-def show_url(text: str) -> str:
-    """The URL without its password, wherever it is (user information or query)."""
-    location, question, query = redacted_uri(text).partition("?")
-    return location + question + SECRET_PARAMETERS.sub(r"\1***", query)
-
-
-def _show_optional_url(url: str | None) -> str | None:
-    return None if url is None else show_url(url)
-
-
-@dataclass(frozen=True)
-class DatabaseSettings:
-    """The database's rows of the settings table."""
-
-    url: str = field(
-        metadata=read(
-            "DATABASE_URL",
-            database_url,
-            missing="not set: postgresql://<role>:<password>@<host>/<database>?sslmode=verify-full",
-            from_file=True,
-            show=show_url,
-        )
-    )
-    # The longest a request waits for a connection that answers: to open one, or for one to
-    # come free, and for its first statement.
-    connect_timeout: int = field(metadata=read("DATABASE_CONNECT_TIMEOUT", whole(2, 60), "2"))
-    # The longest one statement runs on the server before it is cancelled (a server that cannot
-    # cancel it, being stopped, is given up a second later: store.ANSWER_SLACK).
-    statement_timeout: int = field(metadata=read("DATABASE_STATEMENT_TIMEOUT", whole(1, 300), "5"))
-    # Connections this host may open in all: each worker gets its share.
-    max_connections: int = field(metadata=read("DATABASE_MAX_CONNECTIONS", whole(1, 10_000), "10"))
-    # What `alembic upgrade head` connects as: the role that owns the tables. Never used by the
-    # service, whose own role must own nothing; unset, alembic migrates as DATABASE_URL's role.
-    migration_url: str | None = field(
-        metadata=read(MIGRATION_URL, database_url, from_file=True, show=_show_optional_url)
-    )
 
 
 def pool_size(max_connections: int, workers: int, worker_connections: int) -> int:
@@ -343,8 +282,6 @@ def _owners_connection(variable: str, url: str, timeout: int) -> Iterator[Connec
 
 def _migration_target() -> tuple[str, str, int]:
     """The variable alembic connects by, its URL, and the connect timeout, from the environment."""
-    from .settings import load_database_settings
-
     database = load_database_settings()
     if database.migration_url is not None:
         return MIGRATION_URL, database.migration_url, database.connect_timeout

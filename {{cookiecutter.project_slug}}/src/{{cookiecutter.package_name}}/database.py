@@ -1,10 +1,10 @@
 """Where items live: one SQLite file on this host, migrated at start (by the gunicorn master,
 once, before any worker exists), so a new release never serves from an older schema.
 
-The seam between the service and its database: the database's settings, the stores that
-``create_app`` opens, the check that the gunicorn master runs once at start, and what
-``alembic`` runs (``migrations/env.py``). A project generated for PostgreSQL has its own
-version of this module with the same names.
+The seam between the service and its database: the stores that ``create_app`` opens, the
+check that the gunicorn master runs once at start, and what ``alembic`` runs
+(``migrations/env.py``); the database's settings are ``database_settings.py``'s. A project
+generated for PostgreSQL has its own version of this module with the same names.
 """
 
 from __future__ import annotations
@@ -13,35 +13,14 @@ import atexit
 import logging
 import sqlite3
 import sys
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .settings import ConfigError, Invalid, read, whole
+from .settings import ConfigError, Settings, load_database_settings
 from .stores import Stores
-from .stores.connections import BUSY_SECONDS, Database, apply_migrations, exclusive, prepare_file
-
-if TYPE_CHECKING:
-    from .settings import Settings
+from .stores.connections import Database, apply_migrations, exclusive, prepare_file
 
 # Permission bits that let any user of the host read or change the file.
 OTHERS = 0o006
-
-
-def database_file(text: str) -> str:
-    """A file path: every worker, and ``alembic`` from a shell, must open the same database."""
-    if not text or text == ":memory:":
-        raise Invalid("must be the path of a file, which every worker shares")
-    return text
-
-
-@dataclass(frozen=True)
-class DatabaseSettings:
-    """The database's rows of the settings table."""
-
-    items_db: str = field(metadata=read("ITEMS_DB", database_file, "items.sqlite3"))
-    # The longest a request waits, from when it asks, for SQLite's lock (another worker's
-    # write, a backup, a migration, VACUUM): then 503. Other routes never wait for it.
-    busy_timeout: int = field(metadata=read("ITEMS_DB_BUSY_TIMEOUT", whole(1, 60), str(BUSY_SECONDS)))
 
 
 # The file the gunicorn master migrated before it forked: its workers inherit this, and do not
@@ -93,8 +72,6 @@ def run_migrations(context: Any) -> None:
     from sqlalchemy import create_engine
     from sqlalchemy.exc import DBAPIError
     from sqlalchemy.pool import NullPool
-
-    from .settings import load_database_settings
 
     path = context.config.attributes.get("path") or load_database_settings().items_db
     engine = create_engine(f"sqlite:///{path}", poolclass=NullPool)

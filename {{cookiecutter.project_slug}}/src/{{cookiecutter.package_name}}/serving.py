@@ -31,11 +31,18 @@ import sys
 import tempfile
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from .keys import KeyRing
 from .settings import METRICS_DIR, ConfigError, Settings, export_metrics_dir, load_settings
 
 logger = logging.getLogger(__name__)
+
+# gunicorn's lines when another process holds the address, each retry, then its last word
+# (gunicorn/sock.py, create_sockets); a fast test fails on a release that rewords them.
+ADDRESS_IN_USE = "Connection in use: %s"
+GIVING_UP = "Can't connect to %s"
+BIND_HINT = "another process listens there: stop it, or set BIND to another address (BIND=127.0.0.1:8444)"
 
 # File descriptors a worker needs beyond its client connections (listeners, logs, Redis, SQLite).
 SPARE_DESCRIPTORS = 64
@@ -203,3 +210,29 @@ def stop_metrics() -> None:
     """The master, at exit: remove the directory it made (and nothing the operator named)."""
     if _made_metrics_dir is not None:
         shutil.rmtree(_made_metrics_dir, ignore_errors=True)
+
+
+class BindHint(logging.Filter):
+    """Names the variable that sets the address on gunicorn's last line when the address is held
+    by another process: its bind loop otherwise retries for five seconds and exits saying only
+    that it cannot connect."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_use = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == ADDRESS_IN_USE:
+            self.in_use = True
+        elif record.msg == GIVING_UP and self.in_use:
+            record.msg = f"{GIVING_UP}: {BIND_HINT}"
+        return True
+
+
+def with_bind_hint(config: dict[str, Any]) -> dict[str, Any]:
+    """A logging configuration whose gunicorn.error logger adds :class:`BindHint`."""
+    filters = {**config.get("filters", {}), "bind_hint": {"()": BindHint}}
+    loggers = dict(config.get("loggers", {}))
+    error = loggers.get("gunicorn.error", {})
+    loggers["gunicorn.error"] = {**error, "filters": [*error.get("filters", []), "bind_hint"]}
+    return {**config, "filters": filters, "loggers": loggers}

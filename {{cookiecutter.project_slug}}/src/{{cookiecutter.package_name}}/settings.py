@@ -1,7 +1,7 @@
 """The one place that reads the environment, so a bad configuration stops the start, not a request.
 
 Each variable is declared once, as a field of :class:`Settings` (the database's, of the
-``DatabaseSettings`` table in ``database.py``): its name, its default and its parser. Errors
+``DatabaseSettings`` table in ``database_settings.py``): its name, its default and its parser. Errors
 name the variable and the problem, never the value, which may be a secret.
 Run ``python -m {{ cookiecutter.package_name }}.settings`` to see what the service would start
 with (key ids, never keys), or the one line that says why it would not start.
@@ -17,21 +17,22 @@ import os
 import re
 import ssl
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from limits import RateLimitItem, parse_many
 
+from .database_settings import DatabaseSettings
 from .keys import KEY_PREFIX, EntryError, KeyRing, format_expiry
+from .variables import UNPARSABLE_URI, Variable, choice, flag, read, redacted_uri, whole
 
-if TYPE_CHECKING:
-    # Where items live has its own table, in the module of the database this project uses.
-    from .database import DatabaseSettings
+# The errors every entry point catches to print its one line, importable from the settings.
+from .variables import ConfigError as ConfigError
+from .variables import Invalid as Invalid
 
-UNPARSABLE_URI = "cannot be parsed: percent-encode '#', '/', '?', '@', '[' and ']' in the password"
 ENVIRONMENTS = ("production", "development", "test")
 STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -50,67 +51,6 @@ EVERY_IPV4 = ipaddress.IPv4Network("0.0.0.0/0")
 EVERY_IPV6 = ipaddress.IPv6Network("::/0")
 # Every IPv4 address, as a dual-stack socket (IPv4-mapped) and a NAT64 gateway spell it.
 IPV4_SPELLINGS = (ipaddress.IPv6Network("::ffff:0:0/96"), ipaddress.IPv6Network("64:ff9b::/96"))
-
-
-class ConfigError(ValueError):
-    """One line naming the variable and the problem. Never carries a value."""
-
-    def __init__(self, variable: str, problem: str) -> None:
-        super().__init__(f"{variable}: {problem}")
-        self.variable = variable
-
-
-class Invalid(ValueError):
-    """Raised by a parser: the problem, in words that never quote the value."""
-
-
-@dataclass(frozen=True)
-class Variable:
-    """How one environment variable becomes one field of :class:`Settings`."""
-
-    name: str
-    parse: Callable[[str], Any]
-    default: str | Callable[[Mapping[str, Any]], str | None] | None = None
-    missing: str | None = None  # set for a required variable: the problem to report
-    from_file: bool = False  # NAME_FILE may name a file that holds the value (container secrets)
-    show: Callable[[Any], object] = lambda value: value  # how `describe` shows it: never a secret
-
-
-def read(name: str, parse: Callable[[str], Any], default: Any = None, **options: Any) -> dict[str, Variable]:
-    """The metadata of a :class:`Settings` field: how its variable is read."""
-    return {"variable": Variable(name, parse, default, **options)}
-
-
-# --- parsers: text in, value out, or Invalid with a message that never quotes the text ---------
-
-
-def choice(*allowed: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text not in allowed:
-            raise Invalid(f"must be one of {', '.join(allowed)}")
-        return text
-
-    return parse
-
-
-def whole(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise Invalid("must be a whole number") from None
-        if not low <= value <= high:
-            raise Invalid(f"must be between {low} and {high}")
-        return value
-
-    return parse
-
-
-def flag(text: str) -> bool:
-    value = text.lower()
-    if value not in ("true", "false", "1", "0", "yes", "no"):
-        raise Invalid("must be true or false")
-    return value in ("true", "1", "yes")
 
 
 def rate_limits(text: str) -> tuple[RateLimitItem, ...]:
@@ -154,13 +94,6 @@ def storage_uri(text: str) -> str:
     ):
         raise Invalid(UNPARSABLE_URI)
     return text
-
-
-def redacted_uri(text: str) -> str:
-    """The URI without its credentials, for display."""
-    scheme, _, rest = text.partition("://")
-    credentials, at, location = rest.rpartition("@")
-    return f"{scheme}://***@{location}" if at and credentials else text
 
 
 def key_ring(text: str) -> KeyRing:
@@ -353,8 +286,6 @@ def settings_from(env: Mapping[str, str], cpu_count: int = 1) -> Settings:
 
 def database_settings_from(env: Mapping[str, str]) -> DatabaseSettings:
     """The database's own table, alone: what ``alembic`` needs, without the service's keys."""
-    from .database import DatabaseSettings
-
     return DatabaseSettings(**_read(DatabaseSettings, env, {}))
 
 

@@ -2,16 +2,20 @@
 worker killed, Redis stopped and started again (and, with PostgreSQL, the database too), then
 hundreds of stalled connections from one address. Prints what happened and checks the rules.
 
-    python scripts/load_and_fault.py [--duration 30] [--clients 8] [--workers 4]
+    python bench/load_and_fault.py [--project BAKED_PROJECT] [--duration 30] [--clients 8] [--workers 4]
 
-Everything runs on 127.0.0.1 and stops by itself. Needs redis-server on PATH and the dev
-extra (cryptography, redis). Exits 1 when a rule fails.
+Everything runs on 127.0.0.1 and stops by itself, with the bake's own code: its service runner
+(scripts/local_service.py, as `make smoke` starts it), its attacks (tests/hostile_clients.py)
+and its keys. Needs redis-server on PATH and the bake's dev extra (cryptography, redis). Exits 1
+when a rule fails.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import importlib
+import importlib.util
 import itertools
 import os
 import random
@@ -27,16 +31,15 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
+import baked  # the bench directory is not a package: run as a script, it is on sys.path
 import redis
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from hostile_clients import PROMPT_SECONDS, Report, Target
-from hostile_clients import run as hold_hostile_connections
-from local_service import LocalService, free_port, wait_for_port
-
-from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, mint
+if TYPE_CHECKING:
+    LocalService = Any
+    Report = Any
 
 JSON = "application/json"
 WINDOW_SECONDS = 5
@@ -89,7 +92,7 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             raise SystemExit("error: redis-server is not installed")
-        self.port = free_port()
+        self.port = bake.local.free_port()
         options = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         self.command = [binary, *options, "--dir", str(workdir)]
         self.process: subprocess.Popen[bytes] | None = None
@@ -99,8 +102,8 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL)  # noqa: S603 - fixed local binary
-        wait_for_port(self.port, self.process)
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL)
+        bake.local.wait_for_port(self.port, self.process)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -151,7 +154,7 @@ class Load:
         return http.client.HTTPSConnection("localhost", self.port, context=self.context, timeout=10)
 
     def client(self, seed: int) -> None:
-        rng = random.Random(seed)  # noqa: S311 - a reproducible load mix, not a secret
+        rng = random.Random(seed)
         kinds = [kind for kind, weight in MIX.items() for _ in range(weight)]
         connection: http.client.HTTPSConnection | None = None
         while time.monotonic() < self.stop_at:
@@ -241,7 +244,7 @@ def check_rules(
             f"{keys_after} limiter keys in Redis after the restart",
         ),
         (
-            f"stalled connections: every new client answered 200 within {PROMPT_SECONDS:.0f} s",
+            f"stalled connections: every new client answered 200 within {bake.hostile.PROMPT_SECONDS:.0f} s",
             bool(held) and not unanswered and bool(stalled.answers) and not stalled.failures,
             f"{len(stalled.answers) - len(stalled.failures)} of {len(stalled.answers)} requests on fresh "
             f"connections, {len(held) - len(unanswered)} of {len(held)} load requests answered, "
@@ -341,22 +344,54 @@ def database_outage(
     ]
 
 
+@dataclass
+class Bake:
+    """The bake's own code that this script drives."""
+
+    local: ModuleType  # scripts/local_service.py
+    hostile: ModuleType  # tests/hostile_clients.py
+    keys: ModuleType  # <package>.keys
+
+
+def load_bake(project: Path) -> Bake:
+    scripts = str(project / "scripts")
+    if scripts not in sys.path:
+        sys.path.insert(0, scripts)  # local_service imports its siblings
+    spec = importlib.util.spec_from_file_location("hostile_clients", project / "tests" / "hostile_clients.py")
+    assert spec is not None and spec.loader is not None
+    hostile = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = hostile  # its dataclasses look their module up there
+    spec.loader.exec_module(hostile)
+    return Bake(importlib.import_module("local_service"), hostile, baked.module(project, "keys"))
+
+
+bake: Bake
+
+
 def main() -> int:
+    global bake
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    baked.add_project_option(parser)
     parser.add_argument("--duration", type=float, default=40, help="seconds of load (at least 16)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent client connections")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn workers")
     args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as work:
+        bake = load_bake(baked.project_or_bake(args.project, Path(work)))
+        return run(args, bake.keys.KEY_PREFIX, bake.keys.mint)
+
+
+def run(args: argparse.Namespace, key_prefix: str, mint: Any) -> int:
     duration = max(args.duration, 16)
     scopes = ["items:read", "items:write"]
-    valid = [mint(KEY_PREFIX, key_id=f"client-{i}", scopes=scopes) for i in range(3)]
-    hot = mint(KEY_PREFIX, key_id="hot", scopes=scopes)
-    unknown = mint(KEY_PREFIX, key_id="unknown", scopes=scopes)
-    probe = mint(KEY_PREFIX, key_id="probe", scopes=scopes)  # its own budget, well under the limit
+    valid = [mint(key_prefix, key_id=f"client-{i}", scopes=scopes) for i in range(3)]
+    hot = mint(key_prefix, key_id="hot", scopes=scopes)
+    unknown = mint(key_prefix, key_id="unknown", scopes=scopes)
+    probe = mint(key_prefix, key_id="probe", scopes=scopes)  # its own budget, well under the limit
     keys = {"valid": [m.secret for m in valid], "hot": [hot.secret], "unknown": [unknown.secret]}
     with tempfile.TemporaryDirectory() as directory:
         store = RedisServer(Path(directory))
-        service = LocalService(
+        service = bake.local.LocalService(
             Path(directory),
             ",".join(m.entry for m in [*valid, hot, probe]),
             WEB_CONCURRENCY=str(args.workers),
@@ -380,9 +415,9 @@ def main() -> int:
             time.sleep(max(0.0, timeline.redis_up - time.monotonic()))
             store.start()
             time.sleep(max(0.0, timeline.stalled - time.monotonic()))
-            target = Target("localhost", service.port, context)
+            target = bake.hostile.Target("localhost", service.port, context)
             remaining = began + duration - time.monotonic()
-            stalled = hold_hostile_connections(
+            stalled = bake.hostile.run(
                 target, probe.secret, STALLED, remaining, interval=0.5, source=ATTACKER, client_source=PROBE
             )
             for thread in threads:

@@ -1,7 +1,8 @@
 """Slow, stalled, hoarding and non-reading connections against a running service, with a
-legitimate client beside them.
+legitimate client beside them: the attacks of test_availability.py, and a command to aim them at
+a running service (staging, never a host you do not own).
 
-    python scripts/hostile_clients.py https://127.0.0.1:8443 --key KEY --cafile .dev/localhost.pem
+    python tests/hostile_clients.py https://127.0.0.1:8443 --key KEY --cafile .dev/localhost.pem
         [--stalled 150] [--silent 100] [--trickle 50] [--keepalive 0] [--pipeline 0]
         [--seconds 20] [--source 127.0.0.2] [--client-source 127.0.0.3]
 
