@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from .connections import Database, apply_migrations
 
 if TYPE_CHECKING:
-    from ..database import DatabaseSettings
+    from ..database_settings import DatabaseSettings
 
 # The setting that names this database, for the messages of the keys command.
 VARIABLE = "ITEMS_DB"
