@@ -309,6 +309,16 @@ def test_a_key_split_by_a_character_outside_its_alphabet_is_masked(
     assert_masked(output, key.secret)
 
 
+@pytest.mark.parametrize("split", [" ", "\t", "/", "+", "%20", "%2F", "%2f", "%09", "\\t", "\\x00", "\n  "])
+@pytest.mark.parametrize("position", [2, len(KEY_PREFIX), len(KEY_PREFIX) + 1, len(KEY_PREFIX) + 3, 20, 45])
+def test_a_key_split_by_one_character_outside_its_alphabet_is_masked_whole(
+    emit: Emit, key: MintedKey, split: str, position: int
+) -> None:
+    """Not only its pieces: nothing of the key is left around the marker, the prefix included."""
+    output = emit("GET /v1/items/%s HTTP/1.1", key.secret[:position] + split + key.secret[position:])
+    assert output == f"INFO GET /v1/items/{MASK} HTTP/1.1\n"
+
+
 def test_the_part_of_a_key_that_lost_its_prefix_is_masked(emit: Emit, key: MintedKey) -> None:
     rest = key.secret[20:]
     output = emit("Invalid request from ip=127.0.0.1: Invalid HTTP Version: %r", f"{rest} HTTP/1.1")

@@ -32,7 +32,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     """
     if settings is None:
         settings = serving_settings()
-    logs.configure(key_prefix=KEY_PREFIX, json_lines=not settings.development, level=settings.log_level)
+    logs.configure(
+        key_prefix=KEY_PREFIX,
+        json_lines=not settings.development,
+        level=settings.log_level,
+        line_limit=settings.log_line_limit,
+    )
 
     app = Flask(__name__)
     app.config.update(

@@ -31,6 +31,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from .auth import caller, failure, scoped_blueprint
 from .limits import limit
+from .logwriter import report_dropped_lines
 from .store import ItemStore
 
 SCOPE = "metrics:read"
@@ -229,3 +230,14 @@ def database_pool(in_use: int, idle: int, waiting: int) -> None:
 def database_unavailable() -> None:
     """For a store whose database did not answer: one more request answered 503."""
     _database()[1].inc()
+
+
+# --- Log lines dropped ------------------------------------------------------------------------
+# The log writer (logwriter.py, standard library only) counts the lines it drops when the log
+# reader does not keep up; this series reports them, summed over the workers like the rest.
+LOG_LINES_DROPPED = Counter(
+    "api_log_lines_dropped",
+    "Log lines dropped because the log reader did not keep up (the writer's queue was full).",
+    registry=SERIES,
+)
+report_dropped_lines(LOG_LINES_DROPPED.inc)

@@ -50,7 +50,8 @@ def _finish(response: Response) -> Response:
             "remote_addr": request.remote_addr,
             "client_request_id": incoming if CLIENT_REQUEST_ID.fullmatch(incoming) else None,
         }
-        logger.info("%s %s %s", method, path, status, extra=extra)
+        # The path only in its field: a client's long path is written, cut, once per line.
+        logger.info("request", extra=extra)
     return response
 
 
