@@ -179,11 +179,11 @@ def test_a_forked_child_writes_its_own_lines(unread_pipe: tuple[IO[str], IO[byte
     assert sorted(messages) == ["from the child", "from the parent"]
 
 
-def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+def run_python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
+        [sys.executable, "-c", textwrap.dedent(code), *args],
         cwd=PROJECT,
-        env=server_env(env),
+        env=server_env({}),
         capture_output=True,
         text=True,
         timeout=PATIENCE,
@@ -191,11 +191,17 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-CONFIGURE = """
-import logging, logging.config
+# As gunicorn does it: the master sets logging up, then forks a worker, which patches with
+# gevent (the worker class does it) and leaves by SystemExit.
+FORKED_WORKER = """
+import logging, logging.config, os, sys
 from {{ cookiecutter.package_name }}.logging import logging_config
-config = logging_config(key_prefix="PREFIX", json_lines=True, level="INFO", background=True)
-logging.config.dictConfig(config)
+logging.config.dictConfig(logging_config(key_prefix="PREFIX", json_lines=True, level="INFO", background=True))
+worker = os.fork()
+if worker:
+    sys.exit(os.waitstatus_to_exitcode(os.waitpid(worker, 0)[1]))
+if "gevent" in sys.argv:
+    from gevent import monkey; monkey.patch_all()
 for number in range(3000):
     logging.getLogger("tests.exit").warning("line %d", number)
 raise SystemExit(3)
@@ -203,13 +209,34 @@ raise SystemExit(3)
 
 
 @pytest.mark.parametrize("patched", [False, True], ids=["threads", "gevent"])
-def test_queued_lines_are_written_when_the_process_exits(patched: bool) -> None:
-    """gunicorn's workers and master leave by SystemExit: logging.shutdown closes the handler."""
-    patch = "from gevent import monkey; monkey.patch_all()\n" if patched else ""
-    result = run_python(patch + CONFIGURE.replace("PREFIX", KEY_PREFIX))
+def test_a_workers_queued_lines_are_written_when_it_exits(patched: bool) -> None:
+    """gunicorn's workers leave by SystemExit: logging.shutdown closes the handler, which writes
+    what is still queued."""
+    code = FORKED_WORKER.replace("PREFIX", KEY_PREFIX)
+    result = run_python(code, *(["gevent"] if patched else []))
     assert result.returncode == 3, result.stderr[-2000:]
     messages = [json.loads(line)["message"] for line in result.stderr.splitlines()]
     assert messages == [f"line {number}" for number in range(3000)]
+
+
+def test_the_process_that_sets_logging_up_writes_in_order_with_what_it_prints() -> None:
+    """gunicorn's master: a refused start is one line printed after "Starting gunicorn" was
+    logged; a writer thread still busy with that line would cut the refusal in two."""
+    code = """
+import logging, logging.config, sys
+from {{ cookiecutter.package_name }}.logging import logging_config
+logging.config.dictConfig(logging_config(key_prefix="PREFIX", json_lines=True, level="INFO", background=True))
+for number in range(200):
+    logging.getLogger("gunicorn.error").info("Starting gunicorn %d", number)
+sys.exit("error: PROMETHEUS_MULTIPROC_DIR: cannot prepare the directory (NotADirectoryError)")
+""".replace("PREFIX", KEY_PREFIX)
+    for _ in range(5):
+        result = run_python(code)
+        *logged, refusal = result.stderr.splitlines()
+        assert [json.loads(line)["message"] for line in logged] == [
+            f"Starting gunicorn {n}" for n in range(200)
+        ]
+        assert refusal == "error: PROMETHEUS_MULTIPROC_DIR: cannot prepare the directory (NotADirectoryError)"
 
 
 def test_under_gevent_a_stalled_reader_does_not_freeze_the_event_loop(tmp_path: Path) -> None:
@@ -246,7 +273,11 @@ def test_under_gevent_a_stalled_reader_does_not_freeze_the_event_loop(tmp_path: 
 def test_the_service_configuration_writes_in_the_background_and_tests_write_at_once() -> None:
     config = logging_config(key_prefix=KEY_PREFIX, json_lines=True, level="INFO", background=True)
     for handler in config["handlers"].values():
-        assert (handler["()"], handler["capacity"]) == (BackgroundHandler, CAPACITY)
+        assert (handler["()"], handler["capacity"], handler["only_in_children"]) == (
+            BackgroundHandler,
+            CAPACITY,
+            True,
+        )
     config = logging_config(key_prefix=KEY_PREFIX, json_lines=True, level="INFO")
     for handler in config["handlers"].values():
         assert handler["class"] == "logging.StreamHandler"

@@ -406,12 +406,16 @@ def logging_config(
 ) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for the app, werkzeug and gunicorn alike.
 
-    ``background``: lines are written by a thread of the operating system from a bounded
-    queue (logwriter.py), so a stalled log reader never stalls the event loop; a full queue
-    drops lines and counts them. Without it, each record is written before the call returns.
+    ``background`` (gunicorn): in each process forked after this configuration (the workers),
+    lines are written by a thread of the operating system from a bounded queue (logwriter.py),
+    so a stalled log reader never stalls the event loop; a full queue drops lines and counts
+    them. Otherwise, and in the process that applies it (the master), each record is written
+    before the call returns.
     """
     writer: dict[str, Any] = (
-        {"()": BackgroundHandler, "capacity": CAPACITY} if background else {"class": "logging.StreamHandler"}
+        {"()": BackgroundHandler, "capacity": CAPACITY, "only_in_children": True}
+        if background
+        else {"class": "logging.StreamHandler"}
     )
     handler = {**writer, "stream": "ext://sys.stderr", "formatter": "lines", "filters": ["mask"]}
     return {

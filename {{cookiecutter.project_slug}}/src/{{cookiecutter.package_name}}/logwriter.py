@@ -1,6 +1,6 @@
-"""A log reader that stalls (a full pipe, a stopped collector) cannot stall the service: each
-line goes to a bounded queue and a thread of the operating system writes it; when the queue is
-full the line is dropped and counted, never waited for.
+"""A log reader that stalls (a full pipe, a stopped collector) cannot stall the service: in each
+gunicorn worker, a line goes to a bounded queue and a thread of the operating system writes it;
+when the queue is full the line is dropped and counted, never waited for.
 
 Under gunicorn's gevent worker, ``monkey.patch_all()`` makes ``threading.Thread`` a greenlet and
 ``queue.SimpleQueue`` gevent's own, so a writer built from them would still write from the
@@ -73,16 +73,27 @@ class BackgroundHandler(logging.Handler):
     """Formats each record in the caller (after the masking filter) and queues the line; a native
     thread writes it. A full queue drops the line, counts it, and says so in the next line that
     fits. ``close`` (at exit: ``logging.shutdown``) writes what is queued, waiting at most
-    ``CLOSE_WAIT``; in a child process (gunicorn forks its workers after logging is set up) the
-    writer is started again, with an empty queue: the parent writes what it had queued."""
+    ``CLOSE_WAIT``. In a child process (gunicorn forks its workers after logging is set up) a
+    writer is started anew, with an empty queue: the parent writes what it had queued.
 
-    def __init__(self, stream: IO[str] | None = None, capacity: int = CAPACITY) -> None:
+    ``only_in_children``: the process that sets logging up writes its own lines before the call
+    returns, and only the processes forked from it write in the background. gunicorn's master
+    has no event loop to protect and writes a few lines, and what it prints directly (the one
+    line of a refused start, after "Starting gunicorn") must not be cut in two by a writer
+    thread that is still busy with the line before.
+    """
+
+    def __init__(
+        self, stream: IO[str] | None = None, capacity: int = CAPACITY, *, only_in_children: bool = False
+    ) -> None:
         super().__init__()
         self.stream = sys.stderr if stream is None else stream
         self.capacity = capacity
         self.dropped = 0
         self.closed = False
-        self.start()
+        self.queue: Any = None  # no writer thread: each line is written before emit returns
+        if not only_in_children:
+            self.start()
         RUNNING.add(self)
 
     def start(self) -> None:
@@ -99,8 +110,9 @@ class BackgroundHandler(logging.Handler):
         except Exception:  # noqa: BLE001 - as logging's own handlers: report, never raise
             self.handleError(record)
             return
-        if self.closed:
-            self._write([line])  # the process is exiting: nothing runs beside this any more
+        if self.queue is None or self.closed:
+            # Written here: no writer in this process, or it is exiting and nothing runs beside.
+            self._write([line])
         elif self.queue.qsize() >= self.capacity:
             self.dropped += 1
             DROPPED.add()
@@ -155,10 +167,10 @@ class BackgroundHandler(logging.Handler):
     def close(self) -> None:
         self.acquire()  # no line is being queued meanwhile: the end marker is the last one
         try:
-            if not self.closed:
-                self.closed = True
+            if not self.closed and self.queue is not None:
                 self.queue.put(None)
                 self.finished.acquire(timeout=CLOSE_WAIT)
+            self.closed = True
         finally:
             self.release()
         super().close()
