@@ -5,9 +5,12 @@ traceback's own lines kept apart."""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import logging
+import random
+import re
 import statistics
 import time
 import timeit
@@ -22,11 +25,18 @@ from {{ cookiecutter.package_name }}.keys import KEY_PREFIX
 from {{ cookiecutter.package_name }}.logging import (
     LINE_LIMIT,
     MASK,
+    MAX_ITEMS,
     TRACEBACK_LIMIT,
     JsonFormatter,
     MaskSecrets,
     TextFormatter,
+    cut_lines,
+    cut_marker,
+    cut_to,
+    fit,
+    json_size,
     logging_config,
+    text_size,
 )
 from {{ cookiecutter.package_name }}.settings import ConfigError, settings_from
 
@@ -57,7 +67,10 @@ def framed(prefix: str, unit: str) -> Callable[[int], str]:
 
 # Linear masking ----------------------------------------------------------------------------
 
-PLAIN = framed("GET /", "v1/items/blue-widget-0042/")
+# What the service logs for ordinary requests: addresses, request lines, statuses, ids.
+PLAIN = framed(
+    "", '127.0.0.1 "GET /v1/items/3f2b9c0d" 200 3ms rid=9f1c2b7e4d6a4c0e8b1f3a5d7c9e0b2f key=reader '
+)
 # Each aims at one alternative of the masking pattern, or at the base64 pass, with text that
 # almost matches it over and over: what makes a backtracking pattern quadratic.
 CRAFTED = {
@@ -92,25 +105,31 @@ SAMPLES = 15
 CALLS = 8  # masking calls per sample: a sample lasts milliseconds, so each ratio is stable
 
 
-def median_costs(mask: Callable[[str], str], texts: list[str]) -> list[float]:
-    """The median CPU time of masking each text, samples interleaved so that a noisy
-    neighbour slows every text alike."""
-    samples: list[list[float]] = [[] for _ in texts]
+def median_ratios(mask: Callable[[str], str], plain: str, once: str, twice: str) -> tuple[float, float]:
+    """The CPU time of masking ``once`` against ``plain``, and ``twice`` against ``once``: the
+    median of ratios taken within each sample, so that a noisy neighbour slows both sides of a
+    ratio alike."""
+    against_plain, doubled = [], []
     for _ in range(SAMPLES):
-        for text, times in zip(texts, samples, strict=True):
-            times.append(timeit.timeit(lambda text=text: mask(text), number=CALLS, timer=time.process_time))
-    return [statistics.median(times) for times in samples]
+        plain_time, once_time, twice_time = (
+            timeit.timeit(lambda text=text: mask(text), number=CALLS, timer=time.process_time)
+            for text in (plain, once, twice)
+        )
+        against_plain.append(once_time / plain_time)
+        doubled.append(twice_time / once_time)
+    return statistics.median(against_plain), statistics.median(doubled)
 
 
 @pytest.mark.parametrize("shape", CRAFTED)
 def test_masking_crafted_text_costs_about_what_plain_text_does_and_grows_linearly(shape: str) -> None:
     """Python's re has no linear-time guarantee: a pattern that can backtrack costs the square
     of its input on text like this (45 ms per request against 2.6 ms, measured on a bake)."""
-    mask = MaskSecrets(KEY_PREFIX).mask
     crafted = CRAFTED[shape]
-    plain, once, twice = median_costs(mask, [PLAIN(LENGTH), crafted(LENGTH), crafted(2 * LENGTH)])
-    assert once < 3 * plain, f"{shape}: {once / plain:.1f} times plain text of the same length"
-    assert twice < 3 * once, f"{shape}: twice as long costs {twice / once:.1f} times as much"
+    against_plain, doubled = median_ratios(
+        MaskSecrets(KEY_PREFIX).mask, PLAIN(LENGTH), crafted(LENGTH), crafted(2 * LENGTH)
+    )
+    assert against_plain < 3, f"{shape}: {against_plain:.1f} times plain text of the same length"
+    assert doubled < 3, f"{shape}: twice as long costs {doubled:.1f} times as much"
 
 
 def test_the_crafted_shapes_are_the_lengths_they_claim() -> None:
@@ -373,3 +392,182 @@ def test_a_key_in_a_long_path_is_masked_and_the_line_fits(
     assert len(line) <= LINE_LIMIT
     assert json.loads(line)["path"].startswith(f"/v1/items/{MASK}/xxx")
     assert_no_key(line, secret)
+
+
+# Exact bounds: a text that fits is kept whole, a cut fills the room ----------------------------
+
+
+def test_text_exactly_as_long_as_the_line_is_kept_whole() -> None:
+    made = record("%s", "x" * LINE_LIMIT, ids=list(range(MAX_ITEMS)))
+    MaskSecrets(KEY_PREFIX).filter(made)
+    assert (made.msg, made.ids) == ("x" * LINE_LIMIT, list(range(MAX_ITEMS)))
+
+
+def test_a_dict_longer_than_a_line_can_show_keeps_its_first_items() -> None:
+    made = record("x", headers={f"h{number}": "v" for number in range(500)})
+    MaskSecrets(KEY_PREFIX).filter(made)
+    assert list(made.headers) == [f"h{number}" for number in range(MAX_ITEMS)]
+
+
+@pytest.mark.parametrize(("length", "room"), [(20_000, 100), (1000, 100), (300, 57), (101, 100)])
+def test_a_cut_text_fills_its_room_exactly_and_counts_what_is_missing(length: int, room: int) -> None:
+    text = "".join(chr(ord("a") + number % 26) for number in range(length))
+    cut = cut_to(text, room)
+    assert len(cut) == room
+    kept, count = re.fullmatch(r"(.*)\[CUT (\d+) characters\]", cut).groups()  # type: ignore[union-attr]
+    assert text.startswith(kept)
+    assert int(count) == length - len(kept)
+
+
+def test_a_room_smaller_than_the_marker_gets_the_marker_alone() -> None:
+    assert cut_to("abcdefghij" * 10, 5) == "[CUT 100 characters]"
+
+
+def marked(result: str) -> tuple[list[str], int, list[str]]:
+    """The lines before the marker, the count it gives, the lines after it."""
+    lines = result.split("\n")
+    (where,) = [n for n, line in enumerate(lines) if re.fullmatch(r"\[CUT \d+ lines\]", line)]
+    return lines[:where], int(lines[where].split()[1]), lines[where + 1 :]
+
+
+def test_a_traceback_keeps_as_many_first_lines_as_a_quarter_holds_and_last_lines_as_the_rest() -> None:
+    lines = [f"{number:03d}" + "x" * 96 for number in range(50)]  # 100 characters with "\n"
+    # 814 = 800 for the lines + "[CUT 50 lines]", the longest the marker can be: 2 + 6 lines.
+    head, count, tail = marked(cut_lines("\n".join(lines), 814, LINE_LIMIT))
+    assert (head, tail, count) == (lines[:2], lines[-6:], 42)
+    # One character less is one line less.
+    head, count, tail = marked(cut_lines("\n".join(lines), 813, LINE_LIMIT))
+    assert (len(head), len(tail), count) == (1, 6, 43)
+
+
+def test_a_traceback_of_empty_lines_is_counted_to_the_character() -> None:
+    lines = [""] * 2000
+    head, count, tail = marked(cut_lines("\n".join(lines), 800 + len("[CUT 2000 lines]"), LINE_LIMIT))
+    assert (len(head), len(tail), count) == (200, 600, 1200)
+
+
+def test_a_long_last_line_is_weighed_as_itself() -> None:
+    lines = ["x" * 99] * 28 + ["the innermost frame " + "y" * 579, "ValueError: " + "z" * 87]
+    head, count, tail = marked(cut_lines("\n".join(lines), 864, LINE_LIMIT))
+    assert (len(head), count, tail) == (2, 27, lines[-1:])
+
+
+def test_a_traceback_as_long_as_its_room_and_lines_as_long_as_theirs_are_kept_whole() -> None:
+    text = "\n".join(["a" * 100] * 10)
+    assert cut_lines(text, len(text), 100) == text
+
+
+SIZES = {"characters": len, "json": json_size, "text": text_size}
+
+
+@pytest.mark.parametrize("measure", SIZES)
+@pytest.mark.parametrize("seed", range(12))
+def test_a_cut_traceback_fits_its_room_and_no_further_line_would(measure: str, seed: int) -> None:
+    size = SIZES[measure]
+    shuffle = random.Random(seed)
+    alphabet = 'abc "\\é😀\x1b'
+    lines = ["".join(shuffle.choice(alphabet) for _ in range(shuffle.randrange(1, 120))) for _ in range(300)]
+    room = shuffle.randrange(800, 4000)
+    result = cut_lines("\n".join(lines), room, room // 2, size)
+    head, count, tail = marked(result)
+    assert size(result) <= room
+    assert head == lines[: len(head)]
+    assert tail == lines[len(lines) - len(tail) :]
+    assert count == len(lines) - len(head) - len(tail)
+    # No further line would fit: the room left is less than a line (and the digits the count
+    # may lose: the marker's longest count is set aside).
+    one_more = [lines[len(lines) - len(tail) - 1], *tail]
+    assert size("\n".join([*head, cut_marker(count - 1, "lines"), *one_more])) > room - 3
+    assert size("\n".join(head)) <= room // 4
+
+
+def fill_to(formatter: logging.Formatter, limit: int, **extra: object) -> logging.LogRecord:
+    """A record whose line is exactly ``limit`` bytes: its message fills what the rest leaves."""
+    made = record("", **extra)
+    made.created = 1_700_000_000.0
+    room = limit - len(formatter.format(made).encode())
+    made.msg = "m" * room
+    return made
+
+
+@pytest.mark.parametrize("formatter", [JsonFormatter(), TextFormatter()], ids=["json", "text"])
+@pytest.mark.parametrize("excess", [0, 1])
+def test_a_line_at_the_limit_is_whole_and_one_byte_more_is_cut_to_it(
+    formatter: logging.Formatter, excess: int
+) -> None:
+    made = fill_to(formatter, LINE_LIMIT + excess, key_id="reader", status=404)
+    line = formatter.format(made)
+    assert len(line.encode()) == LINE_LIMIT
+    assert (CUT in line) == bool(excess)
+    assert line.endswith(
+        "key_id=reader status=404" if isinstance(formatter, TextFormatter) else '"status": 404}'
+    )
+
+
+def test_a_dict_that_needs_no_cutting_stays_a_dict_in_a_line_that_does() -> None:
+    entry = json.loads(JsonFormatter().format(record("m" * 2000, headers={"Accept": "application/json"})))
+    assert entry["headers"] == {"Accept": "application/json"}
+    assert entry["message"].endswith("characters]")
+
+
+@pytest.mark.parametrize("formatter", [JsonFormatter(), TextFormatter()], ids=["json", "text"])
+def test_several_long_fields_are_cut_until_the_line_is_full_not_further(formatter: logging.Formatter) -> None:
+    made = record("x", a="a" * 900, b="b" * 900, c="c" * 900, status=404)
+    line = formatter.format(made)
+    assert LINE_LIMIT - 3 < len(line.encode()) <= LINE_LIMIT  # each keeps as much as the others
+    assert line.count(CUT) == 3
+    assert line.endswith("status=404" if isinstance(formatter, TextFormatter) else '"status": 404}')
+
+
+@pytest.mark.parametrize("formatter", [JsonFormatter(), TextFormatter()], ids=["json", "text"])
+@pytest.mark.parametrize("value", ["é" * 5, "x" * 19, "é" * 19], ids=["shorter", "as-long", "longer"])
+def test_more_fields_than_a_line_holds_still_give_a_line_within_the_limit(
+    formatter: logging.Formatter, value: str
+) -> None:
+    """No field is replaced by a marker longer than itself; the line is still bounded (JSON
+    keeps the message, text cuts the line)."""
+    made = record("done", **{f"field_{number}": value for number in range(200)})
+    line = formatter.format(made)
+    assert len(line.encode()) <= LINE_LIMIT
+    if isinstance(formatter, TextFormatter) and len(value.encode()) <= len(cut_marker(len(value))):
+        assert f"done field_0={value} field_1={value}" in line
+
+
+def test_a_json_line_in_a_tiny_limit_still_comes_out() -> None:
+    line = JsonFormatter(limit=60).format(record("done", **{f"field_{number}": "v" for number in range(50)}))
+    assert json.loads(line)["fields_cut"] == 50
+
+
+def test_a_traceback_does_not_take_room_from_the_rest_of_its_json_line() -> None:
+    made = record(
+        "Exception on /v1/items [GET]", exc_info=chained_failure(200, "boom"), path="/v1/items", status=500
+    )
+    entry = json.loads(formatted(JsonFormatter(), made))
+    assert (entry["message"], entry["path"], entry["status"]) == (
+        "Exception on /v1/items [GET]",
+        "/v1/items",
+        500,
+    )
+    assert "fields_cut" not in entry
+    assert TRACEBACK_LIMIT - 200 < json_size(entry["exception"]) <= TRACEBACK_LIMIT
+
+
+def test_fields_cut_to_fit_keep_their_shape_as_text() -> None:
+    """A dict over a line long is cut as its JSON text; an object as its str() (in a record the
+    masking filter did not see: it would have made the object text already)."""
+    finished = dt.datetime(2024, 5, 1, 12, 30, tzinfo=dt.UTC)
+    made = record("x", headers={f"h{number}": "v" * 30 for number in range(60)}, finished=finished)
+    entry = json.loads(JsonFormatter().format(made))
+    assert entry["headers"].startswith('{"h0": "vvv')
+    assert entry["finished"] == "2024-05-01 12:30:00+00:00"
+    entry = json.loads(JsonFormatter().format(record("x", thing=Shown("y" * 5000))))
+    assert entry["thing"].startswith("yyyy")
+
+
+@pytest.mark.parametrize("room", range(400, 1201, 7))
+def test_long_parts_are_cut_to_the_largest_common_cap_that_fits(room: int) -> None:
+    parts = {name: name * 500 for name in "abc"}
+    fit(parts, room, len)
+    (cap,) = {len(text) for text in parts.values()}
+    assert 3 * cap <= room < 3 * (cap + 1)
+    assert all(CUT in text for text in parts.values())

@@ -734,6 +734,15 @@ def test_configure_sets_up_masked_logging_once_when_nothing_else_has(
     assert json.loads(line)["message"] == f"app sees {MASK}"
 
 
+@pytest.mark.usefixtures("process_logging")
+def test_configure_applies_the_line_limit_it_is_given(capsys: pytest.CaptureFixture[str]) -> None:
+    logging.getLogger().handlers.clear()
+    configure(key_prefix=KEY_PREFIX, json_lines=True, level="WARNING", line_limit=2048)
+    logging.getLogger("tests.configured.app").warning("%s", "a" * 5000)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert 2000 < len(line) <= 2048
+
+
 def test_extra_fields_inside_containers_and_objects_keep_what_holds_no_secret(emit: Emit) -> None:
     class Shown:
         def __str__(self) -> str:
