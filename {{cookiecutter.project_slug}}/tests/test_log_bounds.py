@@ -102,19 +102,28 @@ CRAFTED = {
 }
 LENGTH = 2048
 SAMPLES = 15
-CALLS = 8  # masking calls per sample: a sample lasts milliseconds, so each ratio is stable
+SAMPLE_SECONDS = 0.002  # at least: a sample of a cheap text is repeated until it is that long
+
+
+def per_call(mask: Callable[[str], str], text: str) -> float:
+    """CPU seconds of this thread for one masking of ``text``, from a sample long enough to
+    measure: other processes (a loaded machine) and other threads (a test runner's own, such as
+    mutation testing's) do not count."""
+    calls = 1
+    while (
+        elapsed := timeit.timeit(lambda: mask(text), number=calls, timer=time.thread_time)
+    ) < SAMPLE_SECONDS:
+        calls *= 2
+    return elapsed / calls
 
 
 def median_ratios(mask: Callable[[str], str], plain: str, once: str, twice: str) -> tuple[float, float]:
-    """The CPU time of masking ``once`` against ``plain``, and ``twice`` against ``once``: the
+    """The time of masking ``once`` against ``plain``, and ``twice`` against ``once``: the
     median of ratios taken within each sample, so that a noisy neighbour slows both sides of a
     ratio alike."""
     against_plain, doubled = [], []
     for _ in range(SAMPLES):
-        plain_time, once_time, twice_time = (
-            timeit.timeit(lambda text=text: mask(text), number=CALLS, timer=time.process_time)
-            for text in (plain, once, twice)
-        )
+        plain_time, once_time, twice_time = (per_call(mask, text) for text in (plain, once, twice))
         against_plain.append(once_time / plain_time)
         doubled.append(twice_time / once_time)
     return statistics.median(against_plain), statistics.median(doubled)
