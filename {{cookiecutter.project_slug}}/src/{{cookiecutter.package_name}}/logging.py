@@ -54,9 +54,11 @@ CREDENTIAL_NAME = re.compile(rf"(?i:(?<![0-9A-Za-z])(?:{CREDENTIAL_HEADERS})(?![
 AUTH_SCHEMES = r"bearer|basic|token|apikey|digest|negotiate"
 # Any query parameter whose name holds one of these words (api_key, access_token, api%5Fkey...).
 KEY_PARAMETER_WORDS = r"key|token|secret|password"
-# A character of a query parameter's name; those that cannot start a key word, in one test.
+# A character of a query parameter's name; the letters a key word starts with; and a name
+# character that starts none, which is most of them, told in one test.
 NAME_CHARACTER = r"[^=&;?#\s\"']"
-NOT_A_WORD_START = r"[^=&;?#\s\"'ktsp]"
+WORD_STARTS = "".join(sorted({word[0] for word in KEY_PARAMETER_WORDS.split("|")}))
+NOT_A_WORD_START = rf"[^=&;?#\s\"'{WORD_STARTS}]"
 # The rest of a key that something split from its prefix (gunicorn quotes the part of a request
 # line after a space on its own): a run of the key alphabet with a digit, a capital and a
 # small letter. Hex ids, words and identifiers lack one of the three; a key's body has all.
@@ -125,7 +127,7 @@ def masking_pattern(key_prefix: str) -> re.Pattern[str]:
     # The name up to the first key word, the word, the rest of the name, then "=": each part
     # taken whole, so a name that holds the words many times and no "=" is read once.
     words = KEY_PARAMETER_WORDS
-    name = rf"(?:{NOT_A_WORD_START}|(?!{words})[ktsp])*+(?:{words}){NAME_CHARACTER}*+="
+    name = rf"(?:{NOT_A_WORD_START}|(?!{words})[{WORD_STARTS}])*+(?:{words}){NAME_CHARACTER}*+="
     query = rf"(?P<query>(?i:[?&;]{name}))[^&;#\s\"']*+"
     return re.compile(rf"(?P<key>{key})|{header}|{query}|{KEY_PIECE}")
 
