@@ -51,7 +51,7 @@ def project_or_bake(project: Path | None, work: Path) -> Path:
 
 def package_of(project: Path) -> str:
     """The bake's package name (it depends on the project name it was baked with)."""
-    return next(p.parent.name for p in (project / "src").glob("*/keys.py"))
+    return next(p.parent.parent.name for p in (project / "src").glob("*/keys/__init__.py"))
 
 
 def module(project: Path, name: str) -> ModuleType:
@@ -61,6 +61,14 @@ def module(project: Path, name: str) -> ModuleType:
         sys.path.insert(0, source)
     package = package_of(project)
     return importlib.import_module(f"{package}.{name}" if name else package)
+
+
+def items_store(project: Path, path: str) -> Any:
+    """The bake's items store on the SQLite file ``path``, migrated first, as the service opens
+    it (without gevent: its calls run in the caller's thread)."""
+    connections = module(project, "stores.connections")
+    connections.apply_migrations(path)
+    return module(project, "stores.items").ItemStore(connections.Database(path))
 
 
 def environ(path: str, headers: Mapping[str, str], *, multiprocess: bool = False) -> dict[str, Any]:

@@ -10,8 +10,11 @@ import os
 from flask import Flask, request
 
 # The baked package's store (standard library only); run.py names the package.
-store = importlib.import_module(f"{os.environ['BENCH_PACKAGE']}.store")
-items = store.SqliteItems(os.environ["ITEMS_DB"])
+connections = importlib.import_module(f"{os.environ['BENCH_PACKAGE']}.stores.connections")
+connections.apply_migrations(os.environ["ITEMS_DB"])
+items = importlib.import_module(f"{os.environ['BENCH_PACKAGE']}.stores.items").ItemStore(
+    connections.Database(os.environ["ITEMS_DB"])
+)
 TENANT = os.environ["BENCH_TENANT"]
 
 app = Flask(__name__)
@@ -29,7 +32,7 @@ def whoami() -> dict[str, object]:
 
 @app.get("/v1/items")
 def list_items() -> dict[str, object]:
-    return {"items": [item.to_json() for item in items.list(TENANT)]}
+    return {"items": [item.to_json() for item in items.list(TENANT, 100)]}
 
 
 @app.post("/v1/items")

@@ -63,7 +63,7 @@ def loop(app: WsgiApp, path: str, key: str, count: int) -> tuple[float, set[str]
 def service(project: Path, work: Path, metrics_dir: str | None) -> tuple[Any, Any, str, str]:
     """The baked package, an app built from explicit settings, a reader key and a scraper key."""
     sys.path.insert(0, str(project / "src"))
-    package = next(path.parent.name for path in (project / "src").glob("*/keys.py"))
+    package = next(path.parent.parent.name for path in (project / "src").glob("*/keys/__init__.py"))
     root = __import__(package, fromlist=["create_app", "keys", "settings", "metrics"])
     reader = root.keys.mint(root.keys.KEY_PREFIX, key_id="reader", scopes=["items:read"], tenant="bench")
     scraper = root.keys.mint(root.keys.KEY_PREFIX, key_id="scraper", scopes=["metrics:read"], tenant="ops")

@@ -128,12 +128,11 @@ def prepare(project: Path, db: Path) -> tuple[str, str, list[str]]:
     """Mint keys with the service's own code and fill the items store; returns the key
     presented, the service's entries and the seed's raw keys."""
     keys = baked.module(project, "keys")
-    store = baked.module(project, "store")
     minted = [
         keys.mint(keys.KEY_PREFIX, key_id=f"bench{i}", scopes=["items:read", "items:write"], tenant=TENANT)
         for i in range(KEYS)
     ]
-    items = store.SqliteItems(str(db))
+    items = baked.items_store(project, str(db))
     for number in range(ITEMS):
         items.add(TENANT, f"item {number}")
     secrets = [m.secret for m in minted]

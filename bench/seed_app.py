@@ -19,8 +19,11 @@ from flask import Flask, g, jsonify, request
 from flask_limiter import Limiter
 from flask_talisman import Talisman
 
-store = importlib.import_module(f"{os.environ['BENCH_PACKAGE']}.store")
-items = store.SqliteItems(os.environ["ITEMS_DB"])
+connections = importlib.import_module(f"{os.environ['BENCH_PACKAGE']}.stores.connections")
+connections.apply_migrations(os.environ["ITEMS_DB"])
+items = importlib.import_module(f"{os.environ['BENCH_PACKAGE']}.stores.items").ItemStore(
+    connections.Database(os.environ["ITEMS_DB"])
+)
 TENANT = os.environ["BENCH_TENANT"]
 VALID_API_KEYS = [key for key in os.environ["SEED_API_KEYS"].split(",") if key]
 
@@ -75,7 +78,7 @@ def whoami() -> dict[str, object]:
 @app.get("/v1/items")
 @require_api_key
 def list_items() -> dict[str, object]:
-    return {"items": [item.to_json() for item in items.list(TENANT)]}
+    return {"items": [item.to_json() for item in items.list(TENANT, 100)]}
 
 
 @app.post("/v1/items")

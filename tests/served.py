@@ -39,7 +39,7 @@ def write_certificate(project: Path, directory: Path) -> tuple[Path, Path]:
 
 def mint_key(project: Path) -> tuple[str, str]:
     """A freshly minted key and its entry, from the bake's own ``keys new``."""
-    package = next(p.parent.name for p in (project / "src").glob("*/keys.py"))
+    package = next(p.parent.parent.name for p in (project / "src").glob("*/keys/__init__.py"))
     scopes = ("--scope", "items:read", "--scope", "items:write", "--scope", "metrics:read")
     result = subprocess.run(
         python("-m", f"{package}.keys", "new", "--id", "client", *scopes, "--json"),

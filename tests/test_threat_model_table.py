@@ -13,7 +13,7 @@ from .conftest import Bake, python, run_in
 TABLE_TEST = ("-m", "pytest", "tests/test_threat_model.py", "-q", "-p", "no:cacheprovider")
 # Both appear in rows of the generated docs/threat-model.md.
 REAL_TEST = "tests/test_auth.py::test_key_in_the_url_is_refused_and_never_used"
-REAL_METHOD = "src/acme_widgets_api/keys.py::KeyRing.verify"
+REAL_METHOD = "src/acme_widgets_api/keys/ring.py::KeyRing.verify"
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def test_table_test_passes_on_a_bake_and_fails_on_a_row_naming_what_does_not_exi
     assert "does not collect" in result.stdout
 
     (project / "docs" / "threat-model.md").write_text(original, encoding="utf-8")
-    edit_row(project, REAL_METHOD, "src/acme_widgets_api/keys.py::KeyRing.verify_somehow")
+    edit_row(project, REAL_METHOD, "src/acme_widgets_api/keys/ring.py::KeyRing.verify_somehow")
     result = run_table_test(project)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "KeyRing.verify_somehow is not defined" in result.stdout

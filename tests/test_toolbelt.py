@@ -19,13 +19,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from .conftest import TEMPLATE, Bake, python, run_in
 
 BIN = Path(sys.executable).parent
 WORKFLOW = ".github/workflows/ci.yml"
-DOCUMENT = "src/acme_widgets_api/openapi.json"
-MAKE_VERBS = ("install", "lock", "test", "lint", "run", "cert", "key", "audit", "sbom", "mutate")
+DOCUMENT = "docs/openapi.json"
+MAKE_VERBS = ("install", "lock", "test", "lint", "run", "cert", "key", "audit", "sbom", "mutate", "openapi")
 # Files a build may copy into the image; everything else stays out of every layer.
 IMAGE_INPUTS = {"requirements.txt", "src", "gunicorn.conf.py", "alembic.ini"}
 
@@ -73,6 +74,18 @@ def test_zizmor_flags_an_action_pinned_by_tag(default_bake: Path, tmp_path: Path
     broken = broken_copy(workflow, tmp_path / WORKFLOW, f"checkout@{sha}", "checkout@v4")
     status, output = attempt(tmp_path, tool("zizmor"), "--offline", str(broken))
     assert status != 0 and "unpinned-uses" in output, output
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_the_workflow_installs_postgresql_only_for_a_postgresql_bake(bake: Bake, database: str) -> None:
+    project = bake(database=database)
+    steps = yaml.safe_load((project / WORKFLOW).read_text())["jobs"]["test"]["steps"]
+    (install,) = [step["run"] for step in steps if "apt-get" in step.get("run", "")]
+    (test,) = [step for step in steps if step.get("name") == "Test"]
+    assert ("postgresql" in install) == (database == "postgresql")
+    assert ("REQUIRE_POSTGRES" in test["env"]) == (database == "postgresql")
+    check = python("-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows")
+    run_in(project, *check, WORKFLOW)
 
 
 def test_workflow_matches_the_github_workflow_schema(default_bake: Path) -> None:
@@ -138,13 +151,23 @@ def test_image_copies_only_what_it_needs(default_bake: Path) -> None:
 # The OpenAPI document -------------------------------------------------------------------
 
 
-def test_openapi_document_passes_the_validator(default_bake: Path) -> None:
-    output = run_in(default_bake, *python("-m", "openapi_spec_validator", DOCUMENT))
+@pytest.fixture(scope="module")
+def written_document(default_bake: Path) -> Path:
+    """What `make openapi` writes for review: the document built from the routes."""
+    run_in(default_bake, "make", "openapi", f"PYTHON={sys.executable}", env={"PYTHONPATH": "src"})
+    return default_bake / DOCUMENT
+
+
+def test_make_openapi_writes_a_document_that_passes_the_validator(written_document: Path) -> None:
+    output = run_in(written_document.parents[1], *python("-m", "openapi_spec_validator", DOCUMENT))
     assert "OK" in output, output
+    assert json.loads(written_document.read_text())["openapi"] == "3.1.0"
 
 
-def test_openapi_validator_refuses_a_response_without_description(default_bake: Path, tmp_path: Path) -> None:
-    document = json.loads((default_bake / DOCUMENT).read_text())
+def test_openapi_validator_refuses_a_response_without_description(
+    written_document: Path, tmp_path: Path
+) -> None:
+    document = json.loads(written_document.read_text())
     del document["paths"]["/v1/whoami"]["get"]["responses"]["200"]["description"]
     (tmp_path / "openapi.json").write_text(json.dumps(document))
     status, output = attempt(tmp_path, *python("-m", "openapi_spec_validator", "openapi.json"))
@@ -160,7 +183,7 @@ def test_package_data_lists_every_file_that_is_not_python(default_bake: Path) ->
     shipped = {p for pattern in patterns for p in package.glob(pattern)}
     data = {p for p in package.iterdir() if p.is_file() and p.suffix not in (".py", ".pyc")}
     migrations = {p for p in (package / "migrations").rglob("*") if p.is_file() and p.suffix != ".pyc"}
-    assert {p.name for p in data} == {"py.typed", "openapi.json"}
+    assert {p.name for p in data} == {"py.typed"}
     assert migrations, "the migrations directory is empty"
     assert data | migrations <= shipped
 

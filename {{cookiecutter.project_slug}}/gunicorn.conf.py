@@ -16,8 +16,8 @@ from {{ cookiecutter.package_name }}.database import prepare_database
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX
 from {{ cookiecutter.package_name }}.logging import logging_config
 from {{ cookiecutter.package_name }}.serving import (
+    check_deadlines,
     check_workers,
-    lazy_handshakes,
     reload_settings,
     reserve_descriptors,
     start_metrics,
@@ -26,6 +26,7 @@ from {{ cookiecutter.package_name }}.serving import (
     worker_exited,
 )
 from {{ cookiecutter.package_name }}.settings import ConfigError
+from {{ cookiecutter.package_name }}.worker import check_worker_class, deferred_tls
 
 # Mozilla "intermediate": TLS 1.2 only with ECDHE and AEAD; TLS 1.3 suites are all AEAD.
 TLS12_CIPHERS = ":".join(
@@ -51,12 +52,13 @@ if refused is not None:
 wsgi_app = "{{ cookiecutter.package_name }}:create_app()"
 bind = [settings.bind]
 workers = settings.workers  # 1 with memory:// limits; one per CPU (at most 8) with Redis.
-# A greenlet per connection: a client that stalls its TLS handshake or trickles its headers
-# holds a few kilobytes, where a thread of the gthread worker would be held until it leaves.
-worker_class = "gevent"
+# gunicorn's gevent worker, a greenlet per connection (a client that stalls its TLS handshake or
+# trickles its headers holds a few kilobytes, where a gthread thread would be held until it
+# leaves), with connections counted per client address and bounded in time (worker.py).
+worker_class = "{{ cookiecutter.package_name }}.worker.FairGeventWorker"
 worker_connections = 1000  # open connections per worker; more wait in the listen backlog.
-# Seconds for a request's TLS handshake, request line and headers together, and to wait for
-# the next request on a kept-alive connection: a stalled or silent client is closed after this.
+# Seconds for the TLS handshake, then for the request line and headers, and to wait for the next
+# request on a kept-alive connection: a stalled or silent client is closed after this.
 keepalive = 5
 timeout = 30  # a worker whose event loop stops reporting for this long is killed and replaced.
 graceful_timeout = 30  # in-flight requests get this long to finish on SIGTERM or SIGHUP.
@@ -85,19 +87,16 @@ logconfig_dict = logging_config(
 if settings.tls:
     certfile = str(settings.tls_cert_file)
     keyfile = str(settings.tls_key_file)
-    # gunicorn then makes no handshake call of its own, which would have no deadline: the
-    # handshake happens in the first read of the request (see ssl_context below).
-    do_handshake_on_connect = True
 
 
 def ssl_context(conf: object, default_factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
     """TLS 1.2 minimum, no compression, no renegotiation, AEAD-only suites for TLS 1.2, and the
-    handshake under the request's deadline."""
+    handshake left to the worker, which runs it under a deadline."""
     context = default_factory()
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(TLS12_CIPHERS)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-    return lazy_handshakes(context)
+    return deferred_tls(context)
 
 
 def on_starting(server: Any) -> None:
@@ -105,6 +104,8 @@ def on_starting(server: Any) -> None:
     GUNICORN_CMD_ARGS may change them), the metrics directory and the database."""
     try:
         check_workers(settings, server.cfg.workers)
+        check_deadlines(server.cfg.keepalive)
+        check_worker_class(server.cfg.worker_class, settings.tls)
         start_metrics()
         prepare_database(settings, server.cfg.workers, server.cfg.worker_connections)
     except ConfigError as error:

@@ -1,6 +1,6 @@
 """Load and faults against a real service: gunicorn workers on a real Redis, a mixed load, one
 worker killed, Redis stopped and started again (and, with PostgreSQL, the database too), then
-hundreds of stalled connections. Prints what happened and checks the rules.
+hundreds of stalled connections from one address. Prints what happened and checks the rules.
 
     python scripts/load_and_fault.py [--duration 30] [--clients 8] [--workers 4]
 
@@ -44,8 +44,11 @@ HOT_LIMIT = 20  # per key and window; the "hot" key asks for far more than that
 MIX = {"valid": 30, "items": 10, "hot": 25, "unknown": 10, "hostile": 10, "oversized": 5, "health": 10}
 PACE = 0.3  # seconds between one client's requests in the database outage phase
 HOSTILE = ("\u00ff\u00fe" * 40, "A" * 8000, "Bearer \u0001\u007f", "ключ".encode().decode("latin-1"))
-# The last phase: connections that stall in the handshake, send nothing or trickle headers.
-STALLED = {"stalled": 150, "silent": 100, "trickle": 50}
+# The last phase: connections that stall in the handshake, send nothing or trickle headers, all
+# from one address: more than the per-address cap of every worker together (64 x 4) lets it hold.
+STALLED = {"stalled": 300, "silent": 200, "trickle": 100}
+ATTACKER = "127.0.0.2"  # the load's clients connect from 127.0.0.1, the phase's probe from:
+PROBE = "127.0.0.3"
 QUOTA_RESET = re.compile(r";t=(\d+)")
 
 Rule = tuple[str, bool, str]
@@ -242,7 +245,13 @@ def check_rules(
             bool(held) and not unanswered and bool(stalled.answers) and not stalled.failures,
             f"{len(stalled.answers) - len(stalled.failures)} of {len(stalled.answers)} requests on fresh "
             f"connections, {len(held) - len(unanswered)} of {len(held)} load requests answered, "
-            f"while {stalled.held} hostile connections were held",
+            f"while one address kept up {stalled.held} hostile connections",
+        ),
+        (
+            "stalled connections: one address cannot take the workers (per-address cap)",
+            sum(stalled.refused.values()) > 0,
+            f"{sum(stalled.refused.values())} of its connections closed at once, beyond "
+            "CONNECTIONS_PER_ADDRESS in each worker",
         ),
     ]
 
@@ -373,7 +382,9 @@ def main() -> int:
             time.sleep(max(0.0, timeline.stalled - time.monotonic()))
             target = Target("localhost", service.port, context)
             remaining = began + duration - time.monotonic()
-            stalled = hold_hostile_connections(target, probe.secret, STALLED, remaining, interval=0.5)
+            stalled = hold_hostile_connections(
+                target, probe.secret, STALLED, remaining, interval=0.5, source=ATTACKER, client_source=PROBE
+            )
             for thread in threads:
                 thread.join()
             keys_after = store.limiter_keys()

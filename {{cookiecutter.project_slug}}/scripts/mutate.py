@@ -34,9 +34,13 @@ EQUIVALENTS = PROJECT / "mutation-equivalents.toml"
 
 
 def _core() -> tuple[str, ...]:
-    """The modules that [tool.mutmut] in pyproject.toml mutates ("src/*/keys.py" is "keys")."""
+    """The modules that [tool.mutmut] in pyproject.toml mutates, named as mutmut names them in the
+    package: "src/*/auth.py" is "auth", "src/*/keys/*.py" is "keys" (its __init__), "keys.cli"..."""
     config = tomllib.loads((PROJECT / "pyproject.toml").read_text(encoding="utf-8"))
-    return tuple(Path(pattern).stem for pattern in config["tool"]["mutmut"]["only_mutate"])
+    package = PROJECT / "src" / PACKAGE
+    paths = {path for pattern in config["tool"]["mutmut"]["only_mutate"] for path in PROJECT.glob(pattern)}
+    names = {".".join(path.relative_to(package).with_suffix("").parts) for path in paths}
+    return tuple(sorted(name.removesuffix(".__init__") for name in names))
 
 
 CORE = _core()
@@ -192,12 +196,17 @@ def report(survivors: list[Mutant], entries: list[dict[str, str]]) -> int:
     return unexplained
 
 
+def within(module: str, modules: list[str] | set[str]) -> bool:
+    """Whether ``module`` is one of ``modules``, or in a package among them ("keys.cli" in "keys")."""
+    return any(module == name or module.startswith(f"{name}.") for name in modules)
+
+
 def stale(survivors: list[Mutant], entries: list[dict[str, str]], modules: set[str]) -> list[dict[str, str]]:
     """Entries for the modules just tested that matched no survivor: their mutant is gone or dies."""
     return [
         entry
         for entry in entries
-        if entry["module"] in modules and not any(mutant.matches(entry) for mutant in survivors)
+        if within(entry["module"], modules) and not any(mutant.matches(entry) for mutant in survivors)
     ]
 
 
@@ -235,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 1, help="parallel mutants")
     parser.add_argument("--sample", type=int, choices=range(1, 10), help="tenths of the mutants to try")
     args = parser.parse_args(argv)
-    unknown = sorted(set(args.modules) - set(CORE))
+    unknown = sorted(module for module in args.modules if not any(within(core, [module]) for core in CORE))
     if unknown:
         parser.error(f"not in the core: {', '.join(unknown)}")
     entries = accepted_equivalents()

@@ -19,7 +19,7 @@ from {{ cookiecutter.package_name }} import create_app
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, mint
 from {{ cookiecutter.package_name }}.logging import configure
 from {{ cookiecutter.package_name }}.settings import Settings, settings_from
-from {{ cookiecutter.package_name }}.store import ItemStore
+from {{ cookiecutter.package_name }}.stores import Stores
 
 from .support import KeySet, RedisServer, Server, free_port, run_gunicorn, wait_until_serving
 
@@ -55,11 +55,11 @@ def env(keys: KeySet, database_env: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture
 def make_app(env: dict[str, str]) -> Iterator[Callable[..., Flask]]:
-    stores: list[ItemStore] = []
+    stores: list[Stores] = []
 
     def build(**overrides: str) -> Flask:
         app = create_app(settings_from({**env, **overrides}))
-        stores.append(app.extensions["items"])
+        stores.append(app.extensions["stores"])
         return app
 
     yield build

@@ -86,10 +86,21 @@ class Server:
         return self.logs()
 
 
-def raw_exchange(port: int, context: ssl.SSLContext, data: bytes) -> bytes:
+# Two loopback addresses of their own: the service counts connections per client address, so an
+# attacker and the client it must not delay are told apart only by where they connect from.
+ATTACKER = "127.0.0.2"
+CLIENT = "127.0.0.3"
+
+
+def connect_from(source: str, port: int, timeout: float = 10) -> socket.socket:
+    """A TCP connection to 127.0.0.1:``port`` from the local address ``source``."""
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
+
+
+def raw_exchange(port: int, context: ssl.SSLContext, data: bytes, source: str = "127.0.0.1") -> bytes:
     """Send bytes no HTTP client library would send, over TLS, and read until the server
     closes; the timeout turns a server that never answers into a failure, not a hang."""
-    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    raw = connect_from(source, port)
     with context.wrap_socket(raw, server_hostname="localhost") as tls:
         tls.sendall(data)
         answer = b""

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 
 import pytest
-from flask import Flask
+from flask import Blueprint, Flask
 from flask.testing import FlaskClient
 
 from {{ cookiecutter.package_name }} import requestlog
-from {{ cookiecutter.package_name }}.auth import scoped_blueprint
+from {{ cookiecutter.package_name }}.access import Declarations, UndeclaredRoute, guard, public, requires
+from {{ cookiecutter.package_name }}.api import BLUEPRINTS
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, MintedKey, mint, parse_network
 
 from .support import KeySet, bearer
@@ -167,16 +168,17 @@ def from_address(address: str) -> dict[str, dict[str, str]]:
     return {"environ_overrides": {"REMOTE_ADDR": address}}
 
 
-def test_a_key_outside_its_networks_gets_the_same_403_as_a_missing_scope(make_app, keys: KeySet) -> None:
+def test_a_key_outside_its_networks_gets_the_same_401_as_an_unknown_key(make_app, keys: KeySet) -> None:
+    """A 403 would tell whoever stole the key that it still works, only not from there."""
     fenced = with_networks("192.0.2.0/24")
     client = make_app(API_KEYS=f"{keys.entries},{fenced.entry}").test_client()
     outside = client.get("/v1/items", headers=bearer(fenced), **from_address("198.51.100.7"))
-    no_scope = client.get("/v1/items", headers=bearer(keys.no_scopes), **from_address("198.51.100.7"))
-    assert (outside.status_code, outside.content_type) == (403, "application/problem+json")
-    assert "WWW-Authenticate" not in outside.headers
-    body, other = outside.get_json(), no_scope.get_json()
+    unknown = client.get("/v1/items", headers=bearer(keys.unconfigured), **from_address("198.51.100.7"))
+    assert_generic_401(outside)
+    assert outside.headers["WWW-Authenticate"] == unknown.headers["WWW-Authenticate"]
+    body, other = outside.get_json(), unknown.get_json()
     assert {**body, "request_id": None} == {**other, "request_id": None}
-    assert client.get("/v1/whoami", headers=bearer(fenced), **from_address("198.51.100.7")).status_code == 403
+    assert client.get("/v1/whoami", headers=bearer(fenced), **from_address("198.51.100.7")).status_code == 401
 
 
 @pytest.mark.parametrize("address", ["192.0.2.7", "::ffff:192.0.2.7", "2001:db8:5::1"])
@@ -194,7 +196,7 @@ def test_networks_are_checked_against_the_address_a_trusted_proxy_reports(make_a
     forwarded = {"X-Forwarded-For": "192.0.2.7", "X-Forwarded-Proto": "https", **bearer(fenced)}
     assert client.get("/v1/whoami", headers=forwarded, **from_address("10.0.0.1")).status_code == 200
     proxy_itself = bearer(fenced)
-    assert client.get("/v1/whoami", headers=proxy_itself, **from_address("10.0.0.1")).status_code == 403
+    assert client.get("/v1/whoami", headers=proxy_itself, **from_address("10.0.0.1")).status_code == 401
 
 
 def test_a_forwarded_header_from_an_untrusted_peer_cannot_move_a_key_inside_its_networks(
@@ -204,7 +206,7 @@ def test_a_forwarded_header_from_an_untrusted_peer_cannot_move_a_key_inside_its_
     client = make_app(API_KEYS=fenced.entry, FORWARDED_ALLOW_IPS="10.0.0.1").test_client()
     spoofed = {"X-Forwarded-For": "192.0.2.7", "X-Real-IP": "192.0.2.7", "Forwarded": "for=192.0.2.7"}
     response = client.get("/v1/whoami", headers={**spoofed, **bearer(fenced)}, **from_address("198.51.100.7"))
-    assert response.status_code == 403
+    assert response.status_code == 401
 
 
 def test_a_key_used_from_outside_its_networks_is_logged_with_its_id_and_reason(
@@ -220,7 +222,7 @@ def test_a_key_used_from_outside_its_networks_is_logged_with_its_id_and_reason(
         "outside_networks",
         "198.51.100.7",
     )
-    assert record.status == 403
+    assert record.status == 401
 
 
 @pytest.fixture
@@ -262,16 +264,101 @@ def test_the_request_line_says_why_authentication_failed(
     assert line.auth_failure == reason
 
 
-def test_a_new_blueprint_gets_the_scope_it_declares(make_app, keys: KeySet) -> None:
-    """What a team does to add a resource: one call, and the blueprint's routes need the scope."""
-    reports = scoped_blueprint("reports", __name__, url_prefix="/v1/reports", scope="reports:read")
+def test_a_guarded_blueprint_gets_the_scopes_it_declares(make_app, keys: KeySet) -> None:
+    """What a team does to add a resource: one line, and every route of it needs the scope."""
+    reports = guard(Blueprint("test-reports", __name__, url_prefix="/test-only/reports"), read="reports:read")
     reports.add_url_rule("", "list_reports", lambda: {"reports": []})
     app = make_app()
     app.register_blueprint(reports)
     client = app.test_client()
-    assert_generic_401(client.get("/v1/reports"))
-    assert client.get("/v1/reports", headers=bearer(keys.reader)).status_code == 403
-    assert client.get("/v1/reports", headers=bearer(keys.no_scopes)).get_json() == {"reports": []}
+    assert_generic_401(client.get("/test-only/reports"))
+    assert client.get("/test-only/reports", headers=bearer(keys.reader)).status_code == 403
+    assert client.get("/test-only/reports", headers=bearer(keys.no_scopes)).get_json() == {"reports": []}
+
+
+def test_a_plain_blueprint_registered_after_the_start_is_closed(make_app, keys: KeySet) -> None:
+    """A Blueprint as every Flask tutorial writes it, added after create_app(): no declaration,
+    so no one gets in, with a key or without."""
+    plain = Blueprint("test-tutorial", __name__, url_prefix="/test-only/tutorial")
+    plain.add_url_rule("", "read_everything", lambda: {"tenants": "all of them"})
+    app = make_app()
+    app.register_blueprint(plain)
+    client = app.test_client()
+    assert_generic_401(client.get("/test-only/tutorial"))
+    for key in (keys.reader, keys.writer, keys.no_scopes):
+        response = client.get("/test-only/tutorial", headers=bearer(key))
+        assert response.status_code == 403
+        assert "tenants" not in response.get_data(as_text=True)
+
+
+def test_a_plain_route_added_after_the_start_is_closed(make_app, keys: KeySet) -> None:
+    app = make_app()
+    app.add_url_rule("/test-only/late", "late", lambda: {"late": True}, methods=["GET", "POST"])
+    client = app.test_client()
+    assert_generic_401(client.get("/test-only/late"))
+    assert client.post("/test-only/late", headers=bearer(keys.writer)).status_code == 403
+
+
+def test_a_route_declares_its_own_access_whenever_it_is_registered(make_app, keys: KeySet) -> None:
+    app = make_app()
+    app.add_url_rule("/test-only/open", "open", public(lambda: {"open": True}))
+    app.add_url_rule("/test-only/signed", "signed", requires()(lambda: {"signed": True}))
+    app.add_url_rule("/test-only/audit", "audit", requires("audit:read")(lambda: {"audit": []}))
+    client = app.test_client()
+    assert client.get("/test-only/open").status_code == 200
+    assert_generic_401(client.get("/test-only/signed"))
+    assert client.get("/test-only/signed", headers=bearer(keys.no_scopes)).status_code == 200
+    assert client.get("/test-only/audit", headers=bearer(keys.writer)).status_code == 403
+
+
+def test_a_view_declaration_wins_over_its_blueprints(make_app, keys: KeySet) -> None:
+    reports = guard(Blueprint("test-reports", __name__, url_prefix="/test-only/reports"), read="reports:read")
+    reports.add_url_rule("/status", "status", public(lambda: {"status": "ok"}))
+    reports.add_url_rule("/secret", "secret", requires("reports:admin")(lambda: {"secret": 1}))
+    app = make_app()
+    app.register_blueprint(reports)
+    client = app.test_client()
+    assert client.get("/test-only/reports/status").status_code == 200
+    assert client.get("/test-only/reports/secret", headers=bearer(keys.no_scopes)).status_code == 403
+
+
+def test_a_write_needs_the_write_scope_and_a_read_the_read_scope(make_app, keys: KeySet) -> None:
+    orders = guard(
+        Blueprint("test-orders", __name__, url_prefix="/test-only/orders"),
+        read="items:read",
+        write="items:write",
+    )
+    orders.add_url_rule("", "orders", lambda: {"orders": []}, methods=["GET", "POST", "DELETE"])
+    app = make_app()
+    app.register_blueprint(orders)
+    client = app.test_client()
+    assert client.get("/test-only/orders", headers=bearer(keys.reader)).status_code == 200
+    assert client.post("/test-only/orders", headers=bearer(keys.reader)).status_code == 403
+    assert client.delete("/test-only/orders", headers=bearer(keys.reader)).status_code == 403
+    assert client.delete("/test-only/orders", headers=bearer(keys.writer)).status_code == 200
+
+
+def test_an_undeclared_route_stops_the_start_naming_its_endpoint(
+    make_app, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = Blueprint("test-reports", __name__, url_prefix="/test-only/reports")
+    plain.add_url_rule("", "list_reports", lambda: {"reports": []})
+    monkeypatch.setattr("{{ cookiecutter.package_name }}.api.BLUEPRINTS", (*BLUEPRINTS, plain))
+    with pytest.raises(UndeclaredRoute) as refused:
+        make_app()
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "test-reports.list_reports" in message
+    assert "/test-only/reports" in message
+
+
+def test_every_route_of_the_service_declares_its_access(app: Flask) -> None:
+    """The URL map, walked: a route a team adds without a declaration fails here, and the start."""
+    declarations = Declarations(app)
+    undeclared = [
+        rule.endpoint for rule in app.url_map.iter_rules() if declarations.of(rule.endpoint) is None
+    ]
+    assert undeclared == []
 
 
 def test_a_key_in_the_url_is_refused_and_logged_as_such(

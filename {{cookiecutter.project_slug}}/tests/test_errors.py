@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 from http import HTTPStatus
@@ -11,7 +12,9 @@ from flask import Flask
 from gunicorn.http.errors import InvalidChunkSize, NoMoreData
 from werkzeug.exceptions import Gone
 
-from {{ cookiecutter.package_name }} import requestlog
+from {{ cookiecutter.package_name }} import gate
+from {{ cookiecutter.package_name }}.access import public, requires
+from {{ cookiecutter.package_name }}.body import json_body
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX
 
 from .support import KeySet, bearer, raw_exchange
@@ -24,7 +27,7 @@ def failing_app(make_app) -> Flask:
     def explode() -> str:
         raise RuntimeError(f"boom while reading {app.root_path}/secret.txt")
 
-    app.add_url_rule("/v1/explode", view_func=explode)
+    app.add_url_rule("/test-only/explode", view_func=requires()(explode))
     return app
 
 
@@ -48,16 +51,29 @@ def assert_problem(response, status: int) -> dict[str, object]:
         ("BREW", "/healthz", 405),
     ],
 )
-def test_routing_errors_are_problem_json(client, method: str, path: str, status: int) -> None:
-    assert_problem(client.open(path, method=method), status)
+def test_routing_errors_are_problem_json(client, keys: KeySet, method: str, path: str, status: int) -> None:
+    assert_problem(client.open(path, method=method, headers=bearer(keys.reader)), status)
 
 
-def test_405_lists_the_allowed_methods(client) -> None:
-    assert set(client.delete("/v1/items").headers["Allow"].split(", ")) >= {"GET", "POST"}
+def test_405_lists_the_allowed_methods(client, keys: KeySet) -> None:
+    response = client.delete("/v1/items", headers=bearer(keys.reader))
+    assert set(response.headers["Allow"].split(", ")) >= {"GET", "POST"}
+
+
+@pytest.mark.parametrize("path", ["/v1/items", "/healthz", "/metrics"])
+def test_a_wrong_method_without_a_valid_key_is_a_401_that_maps_no_route(
+    client, keys: KeySet, path: str
+) -> None:
+    """An Allow header would tell a caller without a key which routes exist, and which methods."""
+    for headers in ({}, bearer(keys.unconfigured)):
+        response = client.open(path, method="PUT", headers=headers)
+        assert_problem(response, 401)
+        assert "Allow" not in response.headers
+        assert response.get_json()["detail"] == client.get("/v1/whoami").get_json()["detail"]
 
 
 def test_unhandled_exception_is_a_500_problem_without_details(failing_app: Flask, keys: KeySet) -> None:
-    response = failing_app.test_client().get("/v1/explode", headers=bearer(keys.reader))
+    response = failing_app.test_client().get("/test-only/explode", headers=bearer(keys.reader))
     body = assert_problem(response, 500)
     text = response.get_data(as_text=True)
     assert "Traceback" not in text
@@ -67,10 +83,10 @@ def test_unhandled_exception_is_a_500_problem_without_details(failing_app: Flask
 
 
 def test_unhandled_exception_is_logged_once_with_its_traceback(
-    failing_app: Flask, caplog: pytest.LogCaptureFixture
+    failing_app: Flask, keys: KeySet, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.ERROR):
-        failing_app.test_client().get("/v1/explode")
+        failing_app.test_client().get("/test-only/explode", headers=bearer(keys.reader))
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1
     assert "RuntimeError" in (errors[0].exc_text or "")
@@ -163,11 +179,34 @@ def test_no_path_is_ever_redirected(client, keys: KeySet, method: str, path: str
     assert_problem(response, 404)
 
 
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        ("//v1/whoami", "//v1/whoami"),
+        ("/v1//whoami", "/v1//whoami"),
+        ("//metrics", "//metrics"),
+        ("/v1/whoami", "/v1%2Fwhoami"),
+        ("/v1/whoami", "/v1%2fwhoami"),
+        ("/v1/whoami", "/v1%5Cwhoami"),
+    ],
+)
+def test_a_doubled_or_encoded_slash_reaches_no_route(client, keys: KeySet, path: str, raw: str) -> None:
+    """gunicorn hands routing "//v1/items" as it came, and Werkzeug matches it to "/v1/items";
+    "%2F" is decoded before routing. An edge rule on the plain path would miss both."""
+    response = client.get(
+        path, headers=bearer(keys.reader), environ_overrides={"PATH_INFO": path, "RAW_URI": raw}
+    )
+    assert_problem(response, 404)
+    assert "key_id" not in response.get_data(as_text=True)
+
+
 def test_a_route_with_a_trailing_slash_is_not_redirected_to(make_app, keys: KeySet) -> None:
-    """Werkzeug would answer "/v1/things" with a redirect to "/v1/things/", built from Host."""
+    """Werkzeug would answer "/test-only/things" with a redirect to "/test-only/things/", built from Host."""
     app = make_app()
-    app.add_url_rule("/v1/things/", "things", lambda: {"things": []})
-    response = app.test_client().get("/v1/things", headers={**bearer(keys.reader), "Host": "evil.example"})
+    app.add_url_rule("/test-only/things/", "things", requires()(lambda: {"things": []}))
+    response = app.test_client().get(
+        "/test-only/things", headers={**bearer(keys.reader), "Host": "evil.example"}
+    )
     assert "Location" not in response.headers
     assert_problem(response, 404)
 
@@ -178,21 +217,38 @@ def test_an_http_error_without_a_fixed_text_gets_its_standard_description(make_a
     def gone() -> str:
         raise Gone
 
-    app.add_url_rule("/v1/gone", "gone", gone)
-    body = assert_problem(app.test_client().get("/v1/gone"), 410)
+    app.add_url_rule("/test-only/gone", "gone", public(gone))
+    body = assert_problem(app.test_client().get("/test-only/gone"), 410)
     assert body["detail"] == HTTPStatus.GONE.description
 
 
+class BrokenStream(io.BytesIO):
+    """A request body whose reading fails the way gunicorn's reader fails on broken framing."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(b"{}" * 5)
+        self.error = error
+
+    def read(self, *args: object) -> bytes:
+        raise self.error
+
+    def readinto(self, *args: object) -> int:
+        raise self.error
+
+
 @pytest.mark.parametrize("error", [NoMoreData(b""), InvalidChunkSize(b"ZZZ")], ids=["short", "bad-chunk"])
-def test_a_body_that_breaks_http_framing_is_a_400_problem(make_app, error: Exception) -> None:
+def test_a_body_that_breaks_http_framing_is_a_400_problem(make_app, keys: KeySet, error: Exception) -> None:
     """What gunicorn raises while a view reads such a body (the slow test below sends one)."""
     app = make_app()
-
-    def read_body() -> str:
-        raise error
-
-    app.add_url_rule("/v1/read", "read_body", read_body, methods=["POST"])
-    body = assert_problem(app.test_client().post("/v1/read"), 400)
+    app.add_url_rule(
+        "/test-only/read", "read_body", requires()(lambda: {"body": json_body()}), methods=["POST"]
+    )
+    response = app.test_client().post(
+        "/test-only/read",
+        input_stream=BrokenStream(error),
+        headers={**bearer(keys.reader), "Content-Type": "application/json", "Content-Length": "10"},
+    )
+    body = assert_problem(response, 400)
     assert body["detail"] == "The request body is malformed."
 
 
@@ -208,6 +264,30 @@ def test_body_that_breaks_http_framing_is_400_not_500(start_server, keys: KeySet
     status_line, _, rest = answer.partition(b"\r\n")
     assert status_line.split()[1] == b"400"
     assert b"application/problem+json" in rest
+
+
+@pytest.mark.slow
+def test_doubled_and_encoded_slashes_reach_no_route_through_gunicorn(
+    start_server, keys: KeySet, client_context
+) -> None:
+    """As a client sends them, past gunicorn's own parsing: the plain path answers, no other
+    spelling of it does."""
+    server = start_server()
+    sent = {}
+    for path in ("/v1/whoami", "//v1/whoami", "/v1//whoami", "/v1%2Fwhoami", "/v1%2fwhoami", "//metrics"):
+        request = (
+            f"GET {path} HTTP/1.1\r\nHost: localhost\r\n"
+            f"Authorization: Bearer {keys.reader.secret}\r\nConnection: close\r\n\r\n"
+        )
+        sent[path] = raw_exchange(server.port, client_context, request.encode()).split(b"\r\n", 1)[0]
+    assert sent == {
+        "/v1/whoami": b"HTTP/1.1 200 OK",
+        "//v1/whoami": b"HTTP/1.1 404 NOT FOUND",
+        "/v1//whoami": b"HTTP/1.1 404 NOT FOUND",
+        "/v1%2Fwhoami": b"HTTP/1.1 404 NOT FOUND",
+        "/v1%2fwhoami": b"HTTP/1.1 404 NOT FOUND",
+        "//metrics": b"HTTP/1.1 404 NOT FOUND",
+    }
 
 
 @pytest.mark.slow
@@ -237,7 +317,7 @@ def test_the_request_line_carries_what_happened_and_who_asked(
 ) -> None:
     # A clock that reads 10 s as the request starts and 123.456 ms later from then on.
     readings = iter([10.0])
-    monkeypatch.setattr(requestlog.time, "perf_counter", lambda: next(readings, 10.123456))
+    monkeypatch.setattr(gate, "perf_counter", lambda: next(readings, 10.123456))
     with caplog.at_level(logging.INFO):
         response = client.get("/v1/whoami", headers={**bearer(keys.reader), "X-Request-ID": UUID})
     line = request_line(caplog)

@@ -29,7 +29,7 @@ def test_security_headers_are_on_every_response(limited: FlaskClient, keys: KeyS
         "401": ("GET", "/v1/whoami", {}),
         "403": ("GET", "/v1/items", bearer(keys.no_scopes)),
         "404": ("GET", "/nowhere", {}),
-        "405": ("PUT", "/healthz", {}),
+        "405": ("PUT", "/healthz", bearer(keys.reader)),
         "413": ("POST", "/v1/items", {**bearer(keys.writer), "Content-Type": "application/json"}),
         "429": ("GET", "/v1/whoami", bearer(keys.reader)),
     }

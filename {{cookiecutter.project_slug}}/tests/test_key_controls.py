@@ -1,12 +1,14 @@
 """What limits a stolen key, through a real gunicorn: a key's own rate limit, the networks it may
-be used from, expiry to the minute, and ``keys roll`` as an operator runs it."""
+be used from, expiry to the minute, a maximum lifetime, and ``keys roll`` as an operator runs it."""
 
 from __future__ import annotations
 
 import datetime as dt
 import http.client
 import json
+import signal
 import ssl
+import stat
 import subprocess
 import sys
 import time
@@ -47,12 +49,14 @@ def call(
         connection.close()
 
 
-def keys_command(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+def keys_command(
+    *args: str, stdin: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``python -m <package>.keys ...`` from the project root, as an operator runs it."""
     return subprocess.run(
         [sys.executable, "-m", "{{ cookiecutter.package_name }}.keys", *args],
         cwd=PROJECT,
-        env=server_env({}),
+        env=server_env(env or {}),
         input=stdin,
         capture_output=True,
         text=True,
@@ -63,6 +67,26 @@ def keys_command(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str
 
 def minute(when: dt.datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%MZ")
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+def start_failure(overrides: dict[str, str], tmp_path: Path) -> tuple[int, str]:
+    """gunicorn's exit status and output when a configuration stops its start."""
+    log_path = tmp_path / "gunicorn.log"
+    process = run_gunicorn({**overrides, "BIND": f"127.0.0.1:{free_port()}"}, log_path)
+    try:
+        returncode = process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
+    return returncode, log_path.read_text(encoding="utf-8", errors="replace")
 
 
 def test_a_key_with_its_own_small_limit_gets_429_while_a_default_key_does_not(
@@ -79,7 +103,7 @@ def test_a_key_with_its_own_small_limit_gets_429_while_a_default_key_does_not(
     assert [call(server, keys.reader, client_context)[0] for _ in range(4)] == [200] * 4
 
 
-def test_a_key_outside_its_networks_gets_403_and_one_inside_gets_200(
+def test_a_key_outside_its_networks_gets_401_and_one_inside_gets_200(
     start_server: Callable[..., Server], keys: KeySet, client_context: ssl.SSLContext
 ) -> None:
     inside = mint(KEY_PREFIX, key_id="inside", scopes=["items:read"], nets=[parse_network("127.0.0.0/8")])
@@ -87,13 +111,14 @@ def test_a_key_outside_its_networks_gets_403_and_one_inside_gets_200(
     server = start_server(API_KEYS=f"{keys.entries},{inside.entry},{outside.entry}")
     assert call(server, inside, client_context, "/v1/items")[0] == 200
     status, headers, body = call(server, outside, client_context, "/v1/items")
-    _, _, missing_scope = call(server, keys.no_scopes, client_context, "/v1/items")
-    assert status == 403
+    _, unknown_headers, unknown = call(server, keys.unconfigured, client_context, "/v1/items")
+    assert status == 401
     assert headers["Content-Type"] == "application/problem+json"
-    assert {**body, "request_id": None} == {**missing_scope, "request_id": None}
+    assert headers["WWW-Authenticate"] == unknown_headers["WWW-Authenticate"]
+    assert {**body, "request_id": None} == {**unknown, "request_id": None}
     # No proxy is trusted here: a header naming an address inside the networks changes nothing.
     claimed = {"X-Forwarded-For": "192.0.2.7", "X-Real-IP": "192.0.2.7", "Forwarded": "for=192.0.2.7"}
-    assert call(server, outside, client_context, "/v1/items", claimed)[0] == 403
+    assert call(server, outside, client_context, "/v1/items", claimed)[0] == 401
     assert "outside_networks" in server.logs()
 
 
@@ -104,7 +129,7 @@ def test_networks_are_checked_against_the_client_the_trusted_proxy_reports(
     server = start_server(tls=False, API_KEYS=fenced.entry, FORWARDED_ALLOW_IPS="127.0.0.1")
     https = {"X-Forwarded-Proto": "https"}
     assert call(server, fenced, None, headers={**https, "X-Forwarded-For": "192.0.2.7"})[0] == 200
-    assert call(server, fenced, None, headers={**https, "X-Forwarded-For": "198.51.100.7"})[0] == 403
+    assert call(server, fenced, None, headers={**https, "X-Forwarded-For": "198.51.100.7"})[0] == 401
 
 
 def test_an_instant_in_the_past_is_refused(
@@ -181,10 +206,11 @@ def test_after_a_roll_both_keys_work_with_the_same_tenant_and_scopes(
     old_status, old_headers, old_body = call(server, old, client_context)
     new_status, new_headers, new_body = call(server, successor, client_context)
     assert (old_status, new_status) == (200, 200)
-    assert (old_body["key_id"], new_body["key_id"]) == ("ci-deploy", "ci-deploy.2")
+    assert (old_body["key_id"], new_body["key_id"]) == ("ci-deploy", "ci-deploy~2")
     assert old_body["tenant"] == new_body["tenant"] == "acme"
     assert old_body["scopes"] == new_body["scopes"] == ["items:read", "items:write"]
-    assert old_headers["RateLimit-Policy"] == new_headers["RateLimit-Policy"] == '"key";q=500;w=3600'
+    policies = '"default";q=100;w=60, "key";q=500;w=3600'
+    assert old_headers["RateLimit-Policy"] == new_headers["RateLimit-Policy"] == policies
 
 
 def test_keys_check_shows_every_field() -> None:
@@ -235,16 +261,7 @@ def test_a_bad_limit_or_networks_stops_the_start_naming_api_keys_and_the_positio
     env: dict[str, str], keys: KeySet, tmp_path: Path, field: str, value: str
 ) -> None:
     bad = keys.writer.entry.replace(";sha256", f";{field}={value};sha256")
-    log_path = tmp_path / "gunicorn.log"
-    overrides = {**env, "API_KEYS": f"{keys.reader.entry}\n{bad}", "BIND": f"127.0.0.1:{free_port()}"}
-    process = run_gunicorn(overrides, log_path)
-    try:
-        returncode = process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        raise
-    output = log_path.read_text(encoding="utf-8", errors="replace")
+    returncode, output = start_failure({**env, "API_KEYS": f"{keys.reader.entry}\n{bad}"}, tmp_path)
     assert returncode != 0, output
     lines = [line for line in output.splitlines() if line.strip()]
     assert len(lines) == 1, output
@@ -252,3 +269,110 @@ def test_a_bad_limit_or_networks_stops_the_start_naming_api_keys_and_the_positio
     assert value not in output
     assert "writer" not in output
     assert keys.writer.entry[-20:] not in output
+
+
+# --- a maximum lifetime ------------------------------------------------------------------------------
+
+
+def expiring_in(days: int, key_id: str, scopes: tuple[str, ...] = ("items:read",)) -> MintedKey:
+    return mint(
+        KEY_PREFIX, key_id=key_id, scopes=scopes, expires=dt.datetime.now(UTC) + dt.timedelta(days=days)
+    )
+
+
+def test_under_a_maximum_lifetime_a_key_without_expiry_stops_gunicorn_naming_its_id(
+    env: dict[str, str], keys: KeySet, tmp_path: Path
+) -> None:
+    lasting = mint(KEY_PREFIX, key_id="ci", scopes=["items:read"])
+    overrides = {
+        **env,
+        "KEY_MAX_LIFETIME_DAYS": "90",
+        "API_KEYS": f"{expiring_in(30, 'soon').entry},{lasting.entry}",
+    }
+    returncode, output = start_failure(overrides, tmp_path)
+    assert returncode != 0, output
+    lines = [line for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if "KEY_MAX_LIFETIME_DAYS" in line]
+    assert errors == [
+        "error: KEY_MAX_LIFETIME_DAYS: entry 'ci' has no expiry; "
+        "give it one at most 90 days ahead ('keys roll' does)"
+    ], output
+    assert all("Starting gunicorn" in line for line in lines if line != errors[0]), output
+    assert "Traceback" not in output
+    assert lasting.entry.split("sha256=")[1] not in output
+
+
+def test_under_a_maximum_lifetime_a_reload_with_a_lasting_key_is_refused(
+    start_server: Callable[..., Server], client_context: ssl.SSLContext, tmp_path: Path
+) -> None:
+    working, lasting = expiring_in(30, "working"), mint(KEY_PREFIX, key_id="lasting", scopes=["items:read"])
+    keys_file = tmp_path / "api-keys"
+    keys_file.write_text(f"{working.entry}\n")
+    server = start_server(API_KEYS=None, API_KEYS_FILE=str(keys_file), KEY_MAX_LIFETIME_DAYS="90")
+    assert call(server, working, client_context)[0] == 200
+    keys_file.write_text(f"{working.entry}\n{lasting.entry}\n")
+    server.process.send_signal(signal.SIGHUP)
+    eventually(lambda: "reload refused" in server.logs())
+    time.sleep(1)  # let any replacement worker boot (or fail to)
+    refusals = [line for line in server.logs().splitlines() if "reload refused" in line]
+    assert len(refusals) == 1
+    assert "KEY_MAX_LIFETIME_DAYS: entry 'lasting' has no expiry" in refusals[0]
+    assert call(server, working, client_context)[0] == 200
+    assert call(server, lasting, client_context)[0] == 401
+
+
+@pytest.mark.parametrize("command", ["new", "roll"])
+def test_keys_new_and_roll_expire_keys_at_the_maximum_lifetime_the_environment_sets(command: str) -> None:
+    before = dt.datetime.now(UTC)
+    old = mint(KEY_PREFIX, key_id="ci", scopes=["items:read"], expires=before + dt.timedelta(days=3))
+    args = (
+        ("new", "--id", "ci", "--scope", "items:read")
+        if command == "new"
+        else ("roll", old.entry, "--overlap", "1")
+    )
+    printed = keys_command(*args, "--json", env={"KEY_MAX_LIFETIME_DAYS": "7"})
+    assert printed.returncode == 0, printed.stderr
+    expires = parse_entry(json.loads(printed.stdout)["entry"]).expires
+    assert expires is not None
+    assert (
+        before + dt.timedelta(days=7, minutes=-1)
+        <= refused_from(expires)
+        <= dt.datetime.now(UTC) + dt.timedelta(days=7)
+    )
+    refused = keys_command(*args, "--json", env={"KEY_MAX_LIFETIME_DAYS": "a week"})
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr == "error: KEY_MAX_LIFETIME_DAYS: must be a whole number\n"
+
+
+# --- roll in place ----------------------------------------------------------------------------------
+
+
+def test_keys_roll_in_place_then_hup_serves_both_keys_and_keeps_the_files_mode(
+    start_server: Callable[..., Server], keys: KeySet, client_context: ssl.SSLContext, tmp_path: Path
+) -> None:
+    keys_file = tmp_path / "api-keys"
+    keys_file.write_text(f"# rotated by keys roll --file\n{keys.reader.entry}\n{keys.writer.entry}\n")
+    keys_file.chmod(0o600)
+    server = start_server(API_KEYS=None, API_KEYS_FILE=str(keys_file))
+    rolled = keys_command("roll", "--file", str(keys_file), "--id", "reader", "--overlap", "2", "--json")
+    assert rolled.returncode == 0, rolled.stderr
+    printed = json.loads(rolled.stdout)
+    successor = MintedKey(printed["key"], parse_entry(printed["entry"]))
+    text = keys_file.read_text()
+    assert successor.secret not in text
+    assert len(text.splitlines()) == 4
+    assert stat.S_IMODE(keys_file.stat().st_mode) == 0o600
+    assert call(server, successor, client_context)[0] == 401  # not before the reload
+    server.process.send_signal(signal.SIGHUP)
+    # Until the old worker has left, it may answer: the new key works once a new worker does.
+    answers: list[tuple[int, http.client.HTTPMessage, Any]] = []
+
+    def reloaded() -> bool:
+        answers.append(call(server, successor, client_context))
+        return answers[-1][0] == 200
+
+    eventually(reloaded)
+    body = answers[-1][2]
+    assert (body["key_id"], body["tenant"]) == ("reader~2", "acme")
+    assert call(server, keys.reader, client_context)[0] == 200
+    assert call(server, keys.writer, client_context)[0] == 200

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import datetime as dt
 import functools
+import inspect
 import io
 import json
 import operator
@@ -23,10 +26,11 @@ from {{ cookiecutter.package_name }}.keys import (
     KeyRing,
     MalformedKey,
     UnknownKey,
+    cli,
     mint,
     parse_entry,
 )
-from {{ cookiecutter.package_name }}.settings import Invalid, rate_limits
+from {{ cookiecutter.package_name }}.settings import ConfigError, Invalid, rate_limits
 
 
 def ring_of(*minted: keys.MintedKey) -> KeyRing:
@@ -175,7 +179,7 @@ def test_cli_new_judges_the_expiry_in_utc(
 ) -> None:
     today = dt.datetime.now(dt.UTC).date()
     expires = max(zone_on_another_date, today).isoformat()
-    code = keys.main(["new", "--id", "ci", "--scope", "a:b", "--expires", expires, "--json"])
+    code = cli.main(["new", "--id", "ci", "--scope", "a:b", "--expires", expires, "--json"])
     assert code == (2 if zone_on_another_date < today else 0), capsys.readouterr()
 
 
@@ -235,7 +239,7 @@ def test_a_key_pasted_as_id_or_tenant_is_refused_and_never_echoed(field: str) ->
     pasted = mint(KEY_PREFIX, key_id="k", scopes=["a:b"]).secret
     original = "id=k" if field == "id" else "tenant=default"
     entry = mint(KEY_PREFIX, key_id="k", scopes=["a:b"]).entry.replace(original, f"{field}={pasted}", 1)
-    with pytest.raises(EntryError, match=f"{field} looks like an API key") as error:
+    with pytest.raises(EntryError, match=f"{field} holds an API key") as error:
         KeyRing.from_text(KEY_PREFIX, entry)
     assert pasted[len(KEY_PREFIX) + 1 :][:12] not in str(error.value)
 
@@ -267,7 +271,7 @@ def test_entries_split_on_commas_and_newlines_with_comments() -> None:
 
 
 def test_cli_new_prints_the_key_once_and_its_entry(capsys: pytest.CaptureFixture[str]) -> None:
-    code = keys.main(
+    code = cli.main(
         ["new", "--id", "ci", "--scope", "items:read", "--scope", "items:write", "--tenant", "acme"]
     )
     out = capsys.readouterr().out
@@ -277,6 +281,12 @@ def test_cli_new_prints_the_key_once_and_its_entry(capsys: pytest.CaptureFixture
     assert out.count(secret.group(0)) == 1
     entry = next(line.strip() for line in out.splitlines() if line.strip().startswith("id="))
     assert ring_of_text(entry).verify(secret.group(0)).scopes == {"items:read", "items:write"}
+    assert out.splitlines() == [
+        "key (shown once, give it to the client):",
+        f"  {secret.group(0)}",
+        "entry (add it to API_KEYS or API_KEYS_FILE):",
+        f"  {entry}",
+    ]
 
 
 def ring_of_text(text: str) -> KeyRing:
@@ -284,7 +294,7 @@ def ring_of_text(text: str) -> KeyRing:
 
 
 def test_cli_new_json_is_machine_readable(capsys: pytest.CaptureFixture[str]) -> None:
-    assert keys.main(["new", "--id", "ci", "--scope", "a:b", "--expires", "2031-02-03", "--json"]) == 0
+    assert cli.main(["new", "--id", "ci", "--scope", "a:b", "--expires", "2031-02-03", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["id"] == "ci"
     assert printed["expires"] == "2031-02-03"
@@ -301,20 +311,20 @@ def test_cli_new_json_is_machine_readable(capsys: pytest.CaptureFixture[str]) ->
 def test_cli_new_refuses_an_expiry_that_is_not_in_the_future(
     capsys: pytest.CaptureFixture[str], when: str
 ) -> None:
-    assert keys.main(["new", "--id", "ci", "--scope", "a:b", "--expires", when]) == 2
+    assert cli.main(["new", "--id", "ci", "--scope", "a:b", "--expires", when]) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("error: --expires is not in the future")
     assert not re.search(keys.key_pattern(KEY_PREFIX), captured.out)
 
 
 def test_cli_new_refuses_a_bad_id(capsys: pytest.CaptureFixture[str]) -> None:
-    assert keys.main(["new", "--id", "no spaces", "--scope", "a:b"]) == 2
+    assert cli.main(["new", "--id", "no spaces", "--scope", "a:b"]) == 2
     assert "id must be" in capsys.readouterr().err
 
 
 def test_cli_check_describes_entries_without_secrets(capsys: pytest.CaptureFixture[str]) -> None:
     minted = mint(KEY_PREFIX, key_id="ci", scopes=["a:b"], tenant="acme")
-    assert keys.main(["check", "--json", minted.entry]) == 0
+    assert cli.main(["check", "--json", minted.entry]) == 0
     assert json.loads(capsys.readouterr().out) == [
         {"id": "ci", "tenant": "acme", "scopes": ["a:b"], "expires": None, "limit": None, "nets": []}
     ]
@@ -322,7 +332,7 @@ def test_cli_check_describes_entries_without_secrets(capsys: pytest.CaptureFixtu
 
 def test_cli_check_rejects_a_raw_key_without_echoing_it(capsys: pytest.CaptureFixture[str]) -> None:
     raw = mint(KEY_PREFIX, key_id="ci", scopes=["a:b"]).secret
-    assert keys.main(["check", raw]) == 1
+    assert cli.main(["check", raw]) == 1
     captured = capsys.readouterr()
     assert "raw key" in captured.err
     assert raw not in captured.err + captured.out
@@ -529,7 +539,7 @@ def test_roll_keeps_tenant_scopes_limit_and_networks_under_the_next_generation()
     successor, retired = keys.roll(
         KEY_PREFIX, old.key, overlap=dt.timedelta(hours=2), now=dt.datetime.now(UTC)
     )
-    assert successor.key.key_id == "ci-deploy.2"
+    assert successor.key.key_id == "ci-deploy~2"
     new = successor.key
     assert (new.tenant, new.scopes, new.limit, new.nets) == (
         old.key.tenant,
@@ -541,18 +551,85 @@ def test_roll_keeps_tenant_scopes_limit_and_networks_under_the_next_generation()
     assert successor.secret != old.secret
     assert retired.digest == old.key.digest
     assert (
-        ring_of_text(f"{retired.entry()}\n{successor.entry}").verify(successor.secret).key_id == "ci-deploy.2"
+        ring_of_text(f"{retired.entry()}\n{successor.entry}").verify(successor.secret).key_id == "ci-deploy~2"
     )
 
 
 @pytest.mark.parametrize(
     ("key_id", "successor"),
-    [("ci", "ci.2"), ("ci.2", "ci.3"), ("ci.9", "ci.10"), ("v1.0", "v1.0.2"), ("a.b-c", "a.b-c.2")],
+    [
+        ("ci", "ci~2"),
+        ("ci~2", "ci~3"),
+        ("ci~9", "ci~10"),
+        ("ci~99999", "ci~100000"),
+        ("release.2024", "release.2024~2"),
+        ("ci-deploy.2", "ci-deploy.2~2"),
+        ("v1.0", "v1.0~2"),
+        ("ends.with.a.dot.", "ends.with.a.dot.~2"),
+        ("ends-with-a-dash-", "ends-with-a-dash-~2"),
+        ("7", "7~2"),
+        ("a" * 64, "a" * 64 + "~2"),
+        ("a" * 63 + "9~999998", "a" * 63 + "9~999999"),
+    ],
+    ids=[
+        "first",
+        "second",
+        "tenth",
+        "hundred-thousandth",
+        "a-year-is-a-name",
+        "a-name-ending-in-a-number",
+        "version",
+        "trailing-dot",
+        "trailing-dash",
+        "digit",
+        "64-characters",
+        "64-characters-last-generation",
+    ],
 )
-def test_roll_counts_generations_after_the_stem(key_id: str, successor: str) -> None:
+def test_roll_gives_the_stem_the_next_generation_after_a_tilde(key_id: str, successor: str) -> None:
     old = mint(KEY_PREFIX, key_id=key_id, scopes=["a:b"]).key
     rolled, _ = keys.roll(KEY_PREFIX, old, overlap=dt.timedelta(hours=1), now=dt.datetime.now(UTC))
     assert rolled.key.key_id == successor
+    assert parse_entry(rolled.entry).key_id == successor
+
+
+def test_a_successor_id_never_collides_with_a_name() -> None:
+    """Every name an operator may choose, including those ending in a number or a dot, rolls to
+    an id no name can be: the generation is after a "~", which names never hold."""
+    names = ["ci", "ci.2", "ci-2", "ci_2", "ci2", "release.2024", "release.2025", "v1.0", "a" * 64]
+    successors = {keys.successor_id(name) for name in names}
+    assert len(successors) == len(names)
+    assert not [s for s in successors if keys.TENANT_PATTERN.fullmatch(s) or s in names]
+
+
+def test_many_generations_keep_the_stem_and_count_up() -> None:
+    key = mint(KEY_PREFIX, key_id="ci-deploy", scopes=["a:b"]).key
+    seen = [key.key_id]
+    for _ in range(30):
+        successor, _ = keys.roll(KEY_PREFIX, key, overlap=dt.timedelta(hours=1), now=dt.datetime.now(UTC))
+        key = successor.key
+        seen.append(key.key_id)
+    assert seen == ["ci-deploy", *(f"ci-deploy~{generation}" for generation in range(2, 32))]
+
+
+def test_the_last_generation_is_refused_with_advice_to_mint_a_new_id() -> None:
+    old = mint(KEY_PREFIX, key_id="ci~999999", scopes=["a:b"]).key
+    with pytest.raises(EntryError, match="last generation"):
+        keys.roll(KEY_PREFIX, old, overlap=dt.timedelta(hours=1), now=dt.datetime.now(UTC))
+
+
+@pytest.mark.parametrize(
+    "key_id",
+    ["ci~1", "ci~0", "ci~02", "ci~", "~2", "ci~2~3", "ci~1000000", "a" * 65, "a" * 64 + "~x", "ci-~2-x"],
+)
+def test_an_id_has_one_spelling_per_generation(key_id: str) -> None:
+    with pytest.raises(EntryError, match="id must be 1-64 letters"):
+        mint(KEY_PREFIX, key_id=key_id, scopes=["a:b"])
+
+
+def test_a_tenant_has_no_generation() -> None:
+    with pytest.raises(EntryError, match="tenant must be 1-64 letters"):
+        mint(KEY_PREFIX, key_id="ci", scopes=["a:b"], tenant="acme~2")
 
 
 def test_roll_expires_the_old_entry_overlap_later_rounded_up_to_the_minute() -> None:
@@ -597,12 +674,6 @@ def test_roll_leaves_an_entry_alone_that_expires_as_the_overlap_ends() -> None:
     assert retired.entry() == old.entry()
 
 
-def test_roll_refuses_an_id_too_long_for_a_generation() -> None:
-    old = mint(KEY_PREFIX, key_id="a" * 64, scopes=["a:b"]).key
-    with pytest.raises(EntryError, match="id must be 1-64"):
-        keys.roll(KEY_PREFIX, old, overlap=dt.timedelta(hours=1), now=dt.datetime.now(UTC))
-
-
 def secret_in(text: str) -> str:
     found = re.findall(keys.key_pattern(KEY_PREFIX), text)
     assert len(found) == 1, text
@@ -615,13 +686,13 @@ def test_cli_roll_reads_stdin_and_prints_the_key_once_the_entry_and_the_old_entr
     old = mint(KEY_PREFIX, key_id="ci", scopes=["a:b"], tenant="acme")
     monkeypatch.setattr("sys.stdin", io.StringIO(f"# the entry to roll\n{old.entry}\n"))
     before = dt.datetime.now(UTC)
-    assert keys.main(["roll", "--overlap", "24"]) == 0
+    assert cli.main(["roll", "--overlap", "24"]) == 0
     out = capsys.readouterr().out
     secret = secret_in(out)
     entries = [line.strip() for line in out.splitlines() if line.strip().startswith("id=")]
     assert len(entries) == 2
     ring = ring_of_text("\n".join(entries))
-    assert ring.verify(secret).key_id == "ci.2"
+    assert ring.verify(secret).key_id == "ci~2"
     retired = ring.verify(old.secret)
     assert retired.expires is not None
     assert (
@@ -629,25 +700,30 @@ def test_cli_roll_reads_stdin_and_prints_the_key_once_the_entry_and_the_old_entr
         <= keys.refused_from(retired.expires)
         <= before + dt.timedelta(hours=24, minutes=2)
     )
-    assert f"refused from {keys.format_expiry(retired.expires)}" in out
+    refused = keys.format_expiry(retired.expires)
+    assert out.splitlines()[::2] == [
+        "key (shown once, give it to the client):",
+        "entry (add it to API_KEYS or API_KEYS_FILE):",
+        f"old entry (replace the old one with it; its key is refused from {refused}):",
+    ]
 
 
 def test_cli_roll_json_has_key_entry_and_old_entry(capsys: pytest.CaptureFixture[str]) -> None:
     old = mint(
         KEY_PREFIX, key_id="ci", scopes=["a:b"], limit="5/second", nets=[keys.parse_network("192.0.2.0/24")]
     )
-    assert keys.main(["roll", old.entry, "--overlap", "0.5", "--json"]) == 0
+    assert cli.main(["roll", old.entry, "--overlap", "0.5", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert set(printed) == {"key", "entry", "old_entry"}
     successor = ring_of_text(printed["entry"]).verify(printed["key"])
-    assert (successor.key_id, successor.limit, successor.nets) == ("ci.2", "5/second", old.key.nets)
+    assert (successor.key_id, successor.limit, successor.nets) == ("ci~2", "5/second", old.key.nets)
     assert parse_entry(printed["old_entry"]).digest == old.key.digest
 
 
 def test_cli_roll_gives_the_successor_the_expiry_asked_for(capsys: pytest.CaptureFixture[str]) -> None:
     old = mint(KEY_PREFIX, key_id="ci", scopes=["a:b"])
     expires = (dt.datetime.now(UTC) + dt.timedelta(days=30)).date()
-    assert keys.main(["roll", old.entry, "--overlap", "1", "--expires", expires.isoformat(), "--json"]) == 0
+    assert cli.main(["roll", old.entry, "--overlap", "1", "--expires", expires.isoformat(), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert parse_entry(printed["entry"]).expires == expires
     assert parse_entry(printed["old_entry"]).expires != expires
@@ -658,7 +734,7 @@ def test_cli_roll_refuses_an_expiry_that_is_not_in_the_future(
     capsys: pytest.CaptureFixture[str], when: str
 ) -> None:
     old = mint(KEY_PREFIX, key_id="ci", scopes=["a:b"])
-    assert keys.main(["roll", old.entry, "--overlap", "1", "--expires", when]) == 2
+    assert cli.main(["roll", old.entry, "--overlap", "1", "--expires", when]) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("error: --expires is not in the future")
     assert captured.out == ""
@@ -667,7 +743,7 @@ def test_cli_roll_refuses_an_expiry_that_is_not_in_the_future(
 def test_cli_roll_takes_an_overlap_of_up_to_a_year(capsys: pytest.CaptureFixture[str]) -> None:
     old = mint(KEY_PREFIX, key_id="ci", scopes=["a:b"])
     before = dt.datetime.now(UTC)
-    assert keys.main(["roll", old.entry, "--overlap", str(keys.MAX_OVERLAP_HOURS), "--json"]) == 0
+    assert cli.main(["roll", old.entry, "--overlap", str(keys.MAX_OVERLAP_HOURS), "--json"]) == 0
     retired = parse_entry(json.loads(capsys.readouterr().out)["old_entry"])
     assert retired.expires is not None
     assert keys.refused_from(retired.expires) - before >= dt.timedelta(days=365)
@@ -687,7 +763,7 @@ def test_cli_roll_counts_the_overlap_in_real_hours_across_a_daylight_saving_chan
     server_zone(f"STD0DST-1,{first_day}/0,{(first_day + 100) % 365}/0")
     old = mint(KEY_PREFIX, key_id="ci", scopes=["a:b"])
     before = dt.datetime.now(UTC)
-    assert keys.main(["roll", old.entry, "--overlap", "24", "--json"]) == 0
+    assert cli.main(["roll", old.entry, "--overlap", "24", "--json"]) == 0
     after = dt.datetime.now(UTC)
     retired = parse_entry(json.loads(capsys.readouterr().out)["old_entry"])
     assert retired.expires is not None
@@ -701,15 +777,23 @@ def test_cli_roll_refuses_an_overlap_that_is_not_a_positive_number_of_hours(
 ) -> None:
     old = mint(KEY_PREFIX, key_id="ci", scopes=["a:b"])
     with pytest.raises(SystemExit):
-        keys.main(["roll", old.entry, "--overlap", overlap])
+        cli.main(["roll", old.entry, "--overlap", overlap])
     captured = capsys.readouterr()
     assert "expected a number of hours" in captured.err
     assert not re.search(keys.key_pattern(KEY_PREFIX), captured.out)
 
 
-@pytest.mark.parametrize("given", ["raw-key", "two-entries", "none", "broken"])
+@pytest.mark.parametrize(
+    ("given", "problem"),
+    [
+        ("raw-key", "that is a raw key: roll its entry, not the key"),
+        ("two-entries", "give exactly one entry to roll"),
+        ("none", "give exactly one entry to roll"),
+        ("broken", "entry is not an entry printed by 'keys new'"),
+    ],
+)
 def test_cli_roll_refuses_anything_but_one_entry_without_echoing_it(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, given: str
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, given: str, problem: str
 ) -> None:
     a, b = mint(KEY_PREFIX, key_id="a", scopes=["a:b"]), mint(KEY_PREFIX, key_id="b", scopes=["a:b"])
     text = {
@@ -719,9 +803,9 @@ def test_cli_roll_refuses_anything_but_one_entry_without_echoing_it(
         "broken": "id=a;x",
     }
     monkeypatch.setattr("sys.stdin", io.StringIO(text[given]))
-    assert keys.main(["roll", "--overlap", "1"]) == 2
+    assert cli.main(["roll", "--overlap", "1"]) == 2
     captured = capsys.readouterr()
-    assert captured.err.startswith("error: ")
+    assert captured.err.startswith(f"error: {problem}")
     assert captured.out == ""
     assert a.secret not in captured.err
 
@@ -729,7 +813,7 @@ def test_cli_roll_refuses_anything_but_one_entry_without_echoing_it(
 def test_cli_new_takes_a_limit_networks_and_an_instant(capsys: pytest.CaptureFixture[str]) -> None:
     when = (dt.datetime.now(UTC) + dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%MZ")
     argv = ["new", "--id", "ci", "--scope", "a:b", "--limit", "10/second;1000/hour", "--expires", when]
-    assert keys.main([*argv, "--net", "10.0.0.0/8", "--net", "2001:db8::/32", "--json"]) == 0
+    assert cli.main([*argv, "--net", "10.0.0.0/8", "--net", "2001:db8::/32", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert (printed["limit"], printed["nets"], printed["expires"]) == (
         "10/second;1000/hour",
@@ -741,7 +825,7 @@ def test_cli_new_takes_a_limit_networks_and_an_instant(capsys: pytest.CaptureFix
 
 def test_cli_new_refuses_an_instant_that_is_not_in_the_future(capsys: pytest.CaptureFixture[str]) -> None:
     when = dt.datetime.now(UTC).strftime("%Y-%m-%dT%H:%MZ")
-    assert keys.main(["new", "--id", "ci", "--scope", "a:b", "--expires", when]) == 2
+    assert cli.main(["new", "--id", "ci", "--scope", "a:b", "--expires", when]) == 2
     captured = capsys.readouterr()
     assert "not in the future" in captured.err
     assert not re.search(keys.key_pattern(KEY_PREFIX), captured.out)
@@ -760,7 +844,7 @@ def test_cli_new_refuses_a_bad_limit_network_or_expiry_before_minting(
     capsys: pytest.CaptureFixture[str], option: str, value: str, message: str
 ) -> None:
     with pytest.raises(SystemExit):
-        keys.main(["new", "--id", "ci", "--scope", "a:b", option, value])
+        cli.main(["new", "--id", "ci", "--scope", "a:b", option, value])
     captured = capsys.readouterr()
     assert message in captured.err
     assert not re.search(keys.key_pattern(KEY_PREFIX), captured.out)
@@ -777,7 +861,7 @@ def test_cli_check_shows_every_field(capsys: pytest.CaptureFixture[str]) -> None
         nets=[keys.parse_network("10.0.0.0/8"), keys.parse_network("2001:db8::/32")],
     )
     plain = mint(KEY_PREFIX, key_id="plain", scopes=["a:b"])
-    assert keys.main(["check", full.entry, plain.entry]) == 0
+    assert cli.main(["check", full.entry, plain.entry]) == 0
     assert capsys.readouterr().out.splitlines() == [
         "full: tenant=acme scopes=a:b,c:d expires=2031-02-03T04:05Z limit=10/second;1000/hour "
         "nets=10.0.0.0/8,2001:db8::/32",
@@ -788,7 +872,7 @@ def test_cli_check_shows_every_field(capsys: pytest.CaptureFixture[str]) -> None
 def test_cli_check_lists_each_entry_on_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     lasting = mint(KEY_PREFIX, key_id="ci", scopes=["b:c", "a:b"], tenant="acme").entry
     expiring = mint(KEY_PREFIX, key_id="old", scopes=["a:b"], expires=dt.date(2031, 2, 3)).entry
-    assert keys.main(["check", lasting, expiring]) == 0
+    assert cli.main(["check", lasting, expiring]) == 0
     assert capsys.readouterr().out.splitlines() == [
         "ci: tenant=acme scopes=a:b,b:c expires=never limit=RATELIMIT_DEFAULT nets=any",
         "old: tenant=default scopes=a:b expires=2031-02-03 limit=RATELIMIT_DEFAULT nets=any",
@@ -800,12 +884,12 @@ def test_cli_check_reads_entries_from_standard_input(
 ) -> None:
     entries = [mint(KEY_PREFIX, key_id=name, scopes=["a:b"]).entry for name in ("a", "b")]
     monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(entries)))
-    assert keys.main(["check", "--json"]) == 0
+    assert cli.main(["check", "--json"]) == 0
     assert [key["id"] for key in json.loads(capsys.readouterr().out)] == ["a", "b"]
 
 
 def test_cli_new_keeps_the_tenant(capsys: pytest.CaptureFixture[str]) -> None:
-    assert keys.main(["new", "--id", "ci", "--scope", "a:b", "--tenant", "globex"]) == 0
+    assert cli.main(["new", "--id", "ci", "--scope", "a:b", "--tenant", "globex"]) == 0
     out = capsys.readouterr().out
     entry = next(line.strip() for line in out.splitlines() if line.strip().startswith("id="))
     assert parse_entry(entry).tenant == "globex"
@@ -813,20 +897,284 @@ def test_cli_new_keeps_the_tenant(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_cli_without_a_command_shows_how_to_call_it(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stopped:
-        keys.main([])
+        cli.main([])
     assert stopped.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"usage: python -m {keys.__package__}.keys")
+    assert err.startswith(f"usage: python -m {keys.__name__} ")
     assert "required: command" in err
 
 
-def test_a_piece_of_a_key_pasted_as_an_id_is_refused() -> None:
+@pytest.mark.parametrize(
+    "name",
+    [
+        f"{KEY_PREFIX}_integrations",
+        f"{KEY_PREFIX}_corporation1",
+        f"{KEY_PREFIX}_Corporation2024_EMEA",
+        f"{KEY_PREFIX}_" + "x" * (63 - len(KEY_PREFIX)),  # 64 characters
+        "0123456789abcdefABCDEF0123456789abcdefABCDEF0123456789abcdef",
+    ],
+    ids=["words", "word-and-digit", "mixed-case", "long", "64-hex-and-letters"],
+)
+@pytest.mark.parametrize("field", ["key_id", "tenant"])
+def test_an_ordinary_name_after_the_key_prefix_is_accepted(name: str, field: str) -> None:
+    minted = mint(KEY_PREFIX, scopes=["a:b"], **{"key_id": "ci", "tenant": "acme", field: name})
+    assert getattr(parse_entry(minted.entry), field) == name
+
+
+def test_a_key_with_a_wrong_checksum_is_a_name_not_a_key() -> None:
+    """Only a whole key is refused: the checksum is what tells one from a lookalike."""
     secret = mint(KEY_PREFIX, key_id="k", scopes=["a:b"]).secret
-    piece = secret[: len(KEY_PREFIX) + 1 + 20]
-    with pytest.raises(EntryError, match="id looks like an API key"):
-        mint(KEY_PREFIX, key_id=piece, scopes=["a:b"])
+    assert keys.holds_a_key(secret, KEY_PREFIX)
+    assert not keys.holds_a_key(flip(secret, len(secret) - 1), KEY_PREFIX)
+    assert not keys.holds_a_key(secret[:-1], KEY_PREFIX)
+    assert not keys.holds_a_key(secret, f"{KEY_PREFIX}x")  # a key of another service is a name here
+
+
+@pytest.mark.parametrize(
+    "place",
+    ["whole", "glued-before", "glued-after", "inside-a-name", "body-without-prefix"],
+)
+@pytest.mark.parametrize(("field", "argument"), [("id", "key_id"), ("tenant", "tenant")])
+def test_a_key_anywhere_in_an_id_or_tenant_is_refused_and_never_echoed(
+    place: str, field: str, argument: str
+) -> None:
+    secret = mint(KEY_PREFIX, key_id="k", scopes=["a:b"]).secret
+    body = secret[len(KEY_PREFIX) + 1 :]
+    name = {
+        "whole": secret,
+        "glued-before": f"x{secret}",
+        "glued-after": f"{secret}x",
+        "inside-a-name": f"c-{secret}-p",  # 64 characters with the longest prefix, 10
+        "body-without-prefix": body,
+    }[place]
+    with pytest.raises(EntryError, match=f"{field} holds an API key") as error:
+        mint(KEY_PREFIX, scopes=["a:b"], **{"key_id": "ci", "tenant": "acme", argument: name})
+    assert body[:12] not in str(error.value)
 
 
 def test_a_comment_ends_an_entry_at_its_first_hash() -> None:
     minted = mint(KEY_PREFIX, key_id="a", scopes=["a:b"])
     assert [key.key_id for key in ring_of_text(f"{minted.entry}  # rotated # twice")] == ["a"]
+
+
+# --- the whole digest ------------------------------------------------------------------------
+
+
+def with_digest_byte_changed(minted: keys.MintedKey, index: int) -> KeyRing:
+    """A ring whose one entry has the digest of ``minted`` but for one byte."""
+    changed = bytearray(minted.key.digest)
+    changed[index] ^= 0x01
+    return KeyRing(KEY_PREFIX, [dataclasses.replace(minted.key, digest=bytes(changed))])
+
+
+def test_an_entry_whose_digest_differs_only_in_its_last_byte_is_refused() -> None:
+    """Entries are not secrets: a lookup on part of the digest (its first 8 hex digits, say)
+    would let whoever reads an entry find a key for it offline in about 2**32 hashes."""
+    minted = mint(KEY_PREFIX, key_id="ci", scopes=["a:b"])
+    assert ring_of(minted).verify(minted.secret).key_id == "ci"
+    with pytest.raises(UnknownKey):
+        with_digest_byte_changed(minted, -1).verify(minted.secret)
+
+
+def test_an_entry_whose_digest_differs_only_in_its_first_byte_is_refused() -> None:
+    minted = mint(KEY_PREFIX, key_id="ci", scopes=["a:b"])
+    with pytest.raises(UnknownKey):
+        with_digest_byte_changed(minted, 0).verify(minted.secret)
+
+
+# --- a maximum lifetime --------------------------------------------------------------------------
+
+NOON = dt.datetime(2030, 1, 1, 12, 0, 30, 500, tzinfo=UTC)
+
+
+def test_a_key_is_accepted_after_an_instant_only_if_it_expires_later() -> None:
+    key = mint(KEY_PREFIX, key_id="ci", scopes=["a:b"]).key
+    at = dataclasses.replace(key, expires=NOON)
+    assert key.accepted_after(NOON + dt.timedelta(days=36500))
+    assert at.accepted_after(NOON - dt.timedelta(microseconds=1))
+    assert not at.accepted_after(NOON)
+    assert not dataclasses.replace(key, expires=dt.date(2030, 1, 2)).accepted_after(
+        dt.datetime(2030, 1, 2, tzinfo=UTC)
+    )
+
+
+def test_without_a_maximum_the_expiry_asked_for_is_kept() -> None:
+    assert keys.expiry_within(None, now=NOON, max_days=None) is None
+    assert keys.expiry_within(dt.date(2040, 1, 1), now=NOON, max_days=None) == dt.date(2040, 1, 1)
+
+
+def test_under_a_maximum_a_key_expires_at_the_last_minute_it_allows() -> None:
+    assert keys.expiry_within(None, now=NOON, max_days=90) == dt.datetime(2030, 4, 1, 12, 0, tzinfo=UTC)
+
+
+def test_under_a_maximum_the_last_minute_is_a_utc_minute_whatever_the_servers_zone(
+    server_zone: Callable[[str], None],
+) -> None:
+    """Rounded down in a zone whose offset has seconds, the expiry would not be a minute an entry
+    can hold, and written to the minute it would move."""
+    server_zone("LMT+0:44:30")
+    expires = keys.expiry_within(None, now=NOON, max_days=90)
+    assert expires == dt.datetime(2030, 4, 1, 12, 0, tzinfo=UTC)
+    assert keys.format_expiry(expires) == "2030-04-01T12:00Z"
+
+
+def test_under_a_maximum_an_expiry_up_to_it_is_kept_and_one_past_it_refused() -> None:
+    latest = NOON + dt.timedelta(days=90)
+    assert keys.expiry_within(latest, now=NOON, max_days=90) == latest
+    assert keys.expiry_within(dt.date(2030, 4, 1), now=NOON, max_days=90) == dt.date(2030, 4, 1)
+    with pytest.raises(EntryError, match="more than 90 days ahead"):
+        keys.expiry_within(latest + dt.timedelta(microseconds=1), now=NOON, max_days=90)
+    with pytest.raises(EntryError, match="more than 90 days ahead"):
+        keys.expiry_within(dt.date(2030, 4, 2), now=NOON, max_days=90)
+
+
+@pytest.mark.parametrize("max_days", [None, 90])
+def test_an_expiry_that_is_not_in_the_future_is_refused(max_days: int | None) -> None:
+    with pytest.raises(EntryError, match="not in the future"):
+        keys.expiry_within(NOON, now=NOON, max_days=max_days)
+    assert keys.expiry_within(NOON, now=NOON - dt.timedelta(microseconds=1), max_days=max_days) == NOON
+
+
+def lifetime(days: int | None) -> Callable[[], int | None]:
+    return lambda: days
+
+
+def test_cli_new_expires_a_key_at_the_maximum_lifetime(capsys: pytest.CaptureFixture[str]) -> None:
+    before = dt.datetime.now(UTC)
+    assert cli.main(["new", "--id", "ci", "--scope", "a:b", "--json"], max_lifetime=lifetime(30)) == 0
+    expires = parse_entry(json.loads(capsys.readouterr().out)["entry"]).expires
+    assert expires is not None
+    assert before + dt.timedelta(days=30, minutes=-1) <= keys.refused_from(expires)
+    assert keys.refused_from(expires) <= dt.datetime.now(UTC) + dt.timedelta(days=30)
+
+
+def test_cli_new_refuses_an_expiry_past_the_maximum_lifetime(capsys: pytest.CaptureFixture[str]) -> None:
+    later = (dt.datetime.now(UTC) + dt.timedelta(days=32)).date().isoformat()
+    argv = ["new", "--id", "ci", "--scope", "a:b", "--expires", later]
+    assert cli.main(argv, max_lifetime=lifetime(30)) == 2
+    captured = capsys.readouterr()
+    assert (
+        captured.err
+        == "error: --expires is more than 30 days ahead, the maximum lifetime (KEY_MAX_LIFETIME_DAYS)\n"
+    )
+    assert captured.out == ""
+
+
+def test_cli_roll_expires_the_successor_at_the_maximum_lifetime(capsys: pytest.CaptureFixture[str]) -> None:
+    old = mint(KEY_PREFIX, key_id="ci", scopes=["a:b"], expires=dt.datetime.now(UTC) + dt.timedelta(days=3))
+    assert cli.main(["roll", old.entry, "--overlap", "24", "--json"], max_lifetime=lifetime(7)) == 0
+    successor = parse_entry(json.loads(capsys.readouterr().out)["entry"])
+    assert successor.expires is not None
+    assert (
+        dt.timedelta(days=6)
+        < keys.refused_from(successor.expires) - dt.datetime.now(UTC)
+        <= dt.timedelta(days=7)
+    )
+
+
+def test_cli_roll_refuses_an_overlap_longer_than_the_maximum_lifetime(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    old = mint(KEY_PREFIX, key_id="ci", scopes=["a:b"])
+    assert cli.main(["roll", old.entry, "--overlap", "169"], max_lifetime=lifetime(7)) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: --overlap is longer than the maximum lifetime, 7 days")
+    assert captured.out == ""
+    assert cli.main(["roll", old.entry, "--overlap", "168"], max_lifetime=lifetime(7)) == 0
+
+
+def test_cli_says_which_variable_is_malformed(capsys: pytest.CaptureFixture[str]) -> None:
+    def malformed() -> int | None:
+        raise ConfigError("KEY_MAX_LIFETIME_DAYS", "must be a whole number")
+
+    assert cli.main(["new", "--id", "ci", "--scope", "a:b"], max_lifetime=malformed) == 2
+    assert capsys.readouterr().err == "error: KEY_MAX_LIFETIME_DAYS: must be a whole number\n"
+
+
+# --- the command line never echoes a key ---------------------------------------------------------
+
+
+def test_argparse_still_documents_error_as_taking_the_message() -> None:
+    """The command line masks argparse's messages by overriding ArgumentParser.error(message),
+    which argparse documents; a release that changed its signature would bypass the mask."""
+    assert list(inspect.signature(argparse.ArgumentParser.error).parameters) == ["self", "message"]
+
+
+@pytest.fixture
+def pasted() -> str:
+    return mint(KEY_PREFIX, key_id="k", scopes=["a:b"]).secret
+
+
+def refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """What the command wrote when it refused ``argv``; asserts it wrote no key at all."""
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(argv)
+    assert stopped.value.code == 2
+    captured = capsys.readouterr()
+    assert not re.search(keys.key_pattern(KEY_PREFIX, keys.MIN_KEY_PIECE), captured.out + captured.err)
+    return captured.err
+
+
+def test_a_stray_key_argument_is_never_echoed(pasted: str, capsys: pytest.CaptureFixture[str]) -> None:
+    err = refused(["new", "--id", "x", "--scope", "a:b", pasted], capsys)
+    assert "error: unrecognized arguments: [MASKED]" in err
+
+
+def test_a_key_given_as_an_unknown_option_is_never_echoed(
+    pasted: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = refused(["new", "--id", "x", "--scope", "a:b", f"--key={pasted}"], capsys)
+    assert "error: unrecognized arguments: --key=[MASKED]" in err
+
+
+def test_a_key_given_as_the_command_is_never_echoed(pasted: str, capsys: pytest.CaptureFixture[str]) -> None:
+    err = refused([pasted], capsys)
+    assert "invalid choice: '[MASKED]'" in err
+
+
+def test_a_key_body_without_its_prefix_is_never_echoed(
+    pasted: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = pasted[len(KEY_PREFIX) + 1 :]
+    err = refused(["new", "--id", "x", "--scope", "a:b", body], capsys)
+    assert "error: unrecognized arguments: [MASKED]" in err
+    assert body[:12] not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["roll", "--overlap", "{key}"],
+        ["roll", "--overlap", "1", "--expires", "{key}"],
+        ["new", "--id", "x", "--scope", "a:b", "--limit", "{key}"],
+        ["new", "--id", "x", "--scope", "a:b", "--net", "{key}"],
+        ["new", "--id", "x", "--scope", "a:b", "--expires", "{key}"],
+    ],
+    ids=["overlap", "roll-expires", "limit", "net", "new-expires"],
+)
+def test_a_key_given_as_a_typed_value_is_never_echoed(
+    pasted: str, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    err = refused([part.replace("{key}", pasted) for part in argv], capsys)
+    assert "error: argument --" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["new", "--id", "{key}", "--scope", "a:b"],
+        ["new", "--id", "x", "--scope", "a:b", "--tenant", "{key}"],
+        ["new", "--id", "x", "--scope", "{key}"],
+        ["roll", "{key}", "--overlap", "1"],
+        ["roll", "--file", "{key}", "--id", "x", "--overlap", "1"],
+        ["check", "{key}"],
+    ],
+    ids=["id", "tenant", "scope", "roll-entry", "roll-file", "check"],
+)
+def test_a_key_given_where_a_name_or_an_entry_goes_is_never_echoed(
+    pasted: str, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    assert cli.main([part.replace("{key}", pasted) for part in argv]) in (1, 2)
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: ")
+    assert not re.search(keys.key_pattern(KEY_PREFIX, keys.MIN_KEY_PIECE), captured.out + captured.err)

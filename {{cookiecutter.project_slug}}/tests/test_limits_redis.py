@@ -90,6 +90,17 @@ def waves(count: int, size: int, send: Callable[[], Answer]) -> list[Answer]:
     return answers
 
 
+def spread(server: Server, size: int, send: Callable[[], Answer], *, at_least: int) -> list[Answer]:
+    """Waves of ``size`` requests, ``at_least`` in all, and more until two workers have answered
+    some: the kernel decides which worker accepts a connection, and on a loaded machine one
+    worker can take every connection of several waves."""
+    answers: list[Answer] = []
+    deadline = time.monotonic() + 30
+    while len(answers) < at_least or (len(served(server)) < 2 and time.monotonic() < deadline):
+        answers += waves(1, size, send)
+    return answers
+
+
 def statuses(answers: list[Answer]) -> Counter[int]:
     return Counter(answer.status for answer in answers)
 
@@ -137,9 +148,9 @@ def test_four_workers_on_redis_share_one_limit(
     start_server: Callable[..., Server], redis_server: RedisServer, keys: KeySet, client_context
 ) -> None:
     server = start_server(*WORKERS, RATELIMIT_STORAGE_URI=redis_server.uri, RATELIMIT_DEFAULT="15 per hour")
-    answers = waves(3, 20, lambda: call(server, client_context, key=keys.reader))
-    assert statuses(answers) == {200: 15, 429: 45}
-    assert redis_count(redis_server, b"key:reader/") == 60
+    answers = spread(server, 20, lambda: call(server, client_context, key=keys.reader), at_least=60)
+    assert statuses(answers) == {200: 15, 429: len(answers) - 15}
+    assert redis_count(redis_server, b"key:reader/") == len(answers)
     # Several workers answered, and together they let exactly 15 through.
     workers = served(server)
     assert len(workers) >= 2, workers
@@ -151,7 +162,7 @@ def test_memory_storage_with_four_workers_multiplies_the_limit(
 ) -> None:
     """Why Redis is needed: each worker counts alone (APP_ENV=test only warns about it)."""
     server = start_server(*WORKERS, RATELIMIT_STORAGE_URI="memory://", RATELIMIT_DEFAULT="15 per hour")
-    answers = waves(3, 20, lambda: call(server, client_context, key=keys.reader))
+    answers = spread(server, 20, lambda: call(server, client_context, key=keys.reader), at_least=60)
     workers = served(server)
     assert len(workers) >= 2, workers
     for counts in workers.values():
@@ -175,12 +186,12 @@ def test_requests_without_a_valid_key_are_limited_per_address(
     server = start_server(
         *WORKERS,
         RATELIMIT_STORAGE_URI=redis_server.uri,
-        RATELIMIT_DEFAULT="6 per hour",
-        RATELIMIT_AUTH_FAILURES="1000 per hour",
+        RATELIMIT_DEFAULT="1000 per hour",
+        RATELIMIT_AUTH_FAILURES="6 per hour",
     )
     answers = burst(10, lambda: call(server, client_context))
     assert statuses(answers) == {401: 6, 429: 4}
-    assert redis_count(redis_server, b"addr:127.0.0.1/whoami") == 10
+    assert redis_count(redis_server, b"addr:127.0.0.1/auth-failures") == 10
     # The valid key from the same address is counted on its own.
     assert call(server, client_context, key=keys.reader).status == 200
 
@@ -189,7 +200,8 @@ def test_parallel_failed_authentications_get_exactly_the_limit_of_401s(
     start_server: Callable[..., Server], redis_server: RedisServer, keys: KeySet, client_context
 ) -> None:
     """Counted when they happen, in one atomic step of Redis: never more 401s than the limit,
-    however many arrive at once and whichever worker answers them."""
+    however many arrive at once and whichever of the two workers answers them (which one does is
+    the kernel's choice, so it is not asserted)."""
     server = start_server(
         *WORKERS,
         RATELIMIT_STORAGE_URI=redis_server.uri,
@@ -198,7 +210,6 @@ def test_parallel_failed_authentications_get_exactly_the_limit_of_401s(
     )
     answers = burst(60, lambda: call(server, client_context, key=keys.unconfigured))
     assert statuses(answers) == {401: 20, 429: 40}
-    assert len(served(server)) >= 2
 
 
 def test_failed_authentications_block_keyless_requests_but_not_valid_keys(
@@ -321,8 +332,8 @@ def test_redis_outage_falls_back_to_memory_and_recovers_by_itself(
         RATELIMIT_DEFAULT="10000 per hour",
         RATELIMIT_AUTH_FAILURES="5 per hour",
     )
-    waves(2, 16, lambda: call(server, client_context, key=keys.reader))
-    assert redis_count(redis_server, b"key:reader/") == 32
+    warm = spread(server, 16, lambda: call(server, client_context, key=keys.reader), at_least=32)
+    assert redis_count(redis_server, b"key:reader/") == len(warm)
 
     # First Redis hangs: every call waits for the socket timeout. Several requests are in
     # flight in each worker when the first of them switches that worker to memory.
@@ -377,7 +388,7 @@ def test_redis_restart_between_requests_is_invisible_to_clients(
     server = start_server(
         *WORKERS, RATELIMIT_STORAGE_URI=redis_server.uri, RATELIMIT_DEFAULT="10000 per hour"
     )
-    waves(3, 16, lambda: call(server, client_context, key=keys.reader))
+    spread(server, 16, lambda: call(server, client_context, key=keys.reader), at_least=48)
     connected = set(served(server))
     assert len(connected) >= 2, connected
     redis_server.stop()

@@ -165,7 +165,7 @@ def test_requests_are_counted_by_route_template_method_and_status(
     app: Flask, keys: KeySet, scraper: MintedKey
 ) -> None:
     client = app.test_client()
-    item = app.extensions["items"].add("acme", "widget")
+    item = app.extensions["stores"]["items"].add("acme", "widget")
     before = scrape(client, scraper)
     for item_id in (item.id, uuid.uuid4().hex, uuid.uuid4().hex):
         client.get(f"/v1/items/{item_id}", headers=bearer(keys.reader))

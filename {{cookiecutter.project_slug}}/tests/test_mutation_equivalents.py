@@ -13,14 +13,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MUTMUT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["mutmut"]
-CORE = {Path(pattern).stem for pattern in MUTMUT["only_mutate"]}
 (PACKAGE,) = [path for path in (ROOT / "src").iterdir() if (path / "__init__.py").is_file()]
+# Each mutated file by its module's name in the package, as mutmut names it ("keys.cli").
+CORE = {
+    ".".join(path.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__"): path
+    for pattern in MUTMUT["only_mutate"]
+    for path in ROOT.glob(pattern)
+}
 
 
 def function_lines(module: str, function: str) -> list[str] | None:
     """The function's lines, whitespace-normalised; ``Class.method`` for a method."""
-    path = PACKAGE / f"{module}.py"
-    source = path.read_text(encoding="utf-8")
+    source = CORE[module].read_text(encoding="utf-8")
     scope: list[ast.stmt] = ast.parse(source).body
     *owners, name = function.split(".")
     for owner in owners:

@@ -1,14 +1,18 @@
-"""The OpenAPI document tells the truth: it is valid, it lists every route and no other, it
-documents every status the service answers, and it is served only when configured."""
+"""The OpenAPI document tells the truth: it is built from the routes, it is valid, it lists every
+route and no other, it documents every status the service answers (the generic ones derived from
+the URL map, so a new resource is held to them too), and it is served only when configured."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,15 +20,19 @@ from flask import Flask
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate
 
+from {{ cookiecutter.package_name }} import __version__
+from {{ cookiecutter.package_name }}.access import Access, Declarations
+from {{ cookiecutter.package_name }}.api import routes_only
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, mint, parse_network
+from {{ cookiecutter.package_name }}.limits import EXEMPT
+from {{ cookiecutter.package_name }}.openapi import document, main
 from {{ cookiecutter.package_name }}.settings import ConfigError, settings_from
-from {{ cookiecutter.package_name }}.store import StoreUnavailable
+from {{ cookiecutter.package_name }}.stores import StoreUnavailable
 
 from .support import PROJECT, KeySet, bearer
 
-DOCUMENT: dict[str, Any] = json.loads(
-    resources.files("{{ cookiecutter.package_name }}").joinpath("openapi.json").read_text(encoding="utf-8")
-)
+ROUTES = routes_only()
+DOCUMENT: dict[str, Any] = document(ROUTES)
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
 # What SPEC's status table promises, as the document must show it for each kind of operation.
 EVERY_OPERATION = {"400", "500"}
@@ -47,15 +55,17 @@ def resolve(node: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
+def openapi_path(rule: str) -> str:
+    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
+
+
 def app_routes(app: Flask) -> set[tuple[str, str]]:
     """(method, OpenAPI path) for every route the app answers, werkzeug converters rewritten."""
-    routes = set()
-    for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
-            continue
-        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
-        routes |= {(method, path) for method in (rule.methods or set()) - IGNORED_METHODS}
-    return routes
+    return {
+        (method, openapi_path(rule.rule))
+        for rule in app.url_map.iter_rules()
+        for method in (rule.methods or set()) - IGNORED_METHODS
+    }
 
 
 def document_routes() -> set[tuple[str, str]]:
@@ -74,8 +84,10 @@ def test_document_is_valid_openapi_3_1() -> None:
 
 
 def test_document_version_is_the_package_version() -> None:
-    project = tomllib.loads((PROJECT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    assert DOCUMENT["info"]["version"] == project["version"]
+    project = tomllib.loads((PROJECT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert project["project"]["dynamic"] == ["version"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"]["attr"].endswith(".__version__")
+    assert DOCUMENT["info"]["version"] == __version__
 
 
 def test_document_lists_every_route_and_no_other(make_app: Callable[..., Flask]) -> None:
@@ -83,8 +95,41 @@ def test_document_lists_every_route_and_no_other(make_app: Callable[..., Flask])
     because production does not serve it."""
     routes = app_routes(make_app(OPENAPI_ENABLED="false"))
     documented = document_routes()
-    assert routes - documented == set(), "routes missing from openapi.json"
-    assert documented - routes == set(), "openapi.json documents routes that do not exist"
+    assert routes - documented == set(), "routes missing from the document"
+    assert documented - routes == set(), "the document lists routes that do not exist"
+
+
+def test_the_service_and_make_openapi_describe_the_same_routes(make_app: Callable[..., Flask]) -> None:
+    assert document(make_app(OPENAPI_ENABLED="false")) == DOCUMENT
+
+
+def test_make_openapi_writes_the_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 0
+    assert json.loads(capsys.readouterr().out) == DOCUMENT
+    written = tmp_path / "docs" / "openapi.json"
+    assert main(["--output", str(written)]) == 0
+    assert json.loads(written.read_text(encoding="utf-8")) == DOCUMENT
+    assert [p.name for p in written.parent.iterdir()] == ["openapi.json"]
+
+
+def test_make_openapi_runs_as_a_module(tmp_path: Path) -> None:
+    """What `make openapi` runs, in a process of its own."""
+    written = tmp_path / "openapi.json"
+    subprocess.run(
+        [sys.executable, "-m", "{{ cookiecutter.package_name }}.openapi", "--output", str(written)],
+        cwd=PROJECT,
+        env={**os.environ, "PYTHONPATH": str(PROJECT / "src")},
+        check=True,
+        timeout=60,
+    )
+    assert json.loads(written.read_text(encoding="utf-8")) == DOCUMENT
+
+
+def test_a_route_added_after_the_start_is_in_the_served_document(make_app: Callable[..., Flask]) -> None:
+    app = make_app(OPENAPI_ENABLED="true")
+    app.add_url_rule("/test-only/late", "late", lambda: {})
+    served = app.test_client().get("/openapi.json").get_json()
+    assert served["paths"]["/test-only/late"]["get"]["security"][0]["bearerAuth"] == ["(undeclared)"]
 
 
 def test_both_key_headers_are_security_schemes() -> None:
@@ -111,6 +156,8 @@ def test_every_operation_documents_the_statuses_it_can_meet(method: str, route: 
         expected |= WITH_A_KEY
     if any(roles for requirement in security for roles in requirement.values()):
         expected |= WITH_A_SCOPE
+    if "requestBody" in found:
+        expected |= {"408", "413", "415", "422"}
     assert expected <= set(found["responses"])
     for status, response in found["responses"].items():
         if status.startswith(("4", "5")):
@@ -161,6 +208,91 @@ def test_document_is_not_found_when_disabled(make_app: Callable[..., Flask]) -> 
     assert response.content_type == "application/problem+json"
 
 
+def check_against_the_document(response: Any, method: str, route: str, status: int) -> None:
+    """The answer is documented for its route, with its media type, required headers and body."""
+    assert response.status_code == status
+    documented = operation(method, route)["responses"]
+    assert str(status) in documented, f"{status} is not documented for {method} {route}"
+    expected = resolve(documented[str(status)])
+    media_type = response.content_type.split(";")[0]
+    assert media_type in expected["content"]
+    for name, header in expected.get("headers", {}).items():
+        if resolve(header).get("required"):
+            assert name in response.headers, name
+    schema = expected["content"][media_type]["schema"]
+    if media_type.endswith("json"):
+        OAS31Validator({**schema, "components": DOCUMENT["components"]}).validate(response.get_json())
+
+
+# --- the generic answers, derived from the URL map: every route, and every route a team adds ----
+
+
+def generic_cases() -> list[tuple[str, str, str]]:
+    """(case, method, OpenAPI path) for each answer the gate gives to the route's declaration."""
+    declarations = Declarations(ROUTES)
+    cases = []
+    for rule in sorted(ROUTES.url_map.iter_rules(), key=lambda rule: rule.rule):
+        access = declarations.of(rule.endpoint)
+        assert access is not None, rule.endpoint
+        exempt = getattr(ROUTES.view_functions[rule.endpoint], EXEMPT, False)
+        for method in sorted((rule.methods or set()) - IGNORED_METHODS):
+            route = openapi_path(rule.rule)
+            cases.append(("key in the URL", method, route))
+            if not access.public:
+                cases.append(("no key", method, route))
+                cases.append(("unknown key", method, route))
+                if access.scope(method) is not None:
+                    cases.append(("no scope", method, route))
+            if not exempt:
+                cases.append(("over a budget", method, route))
+    return cases
+
+
+GENERIC = generic_cases()
+# A key with a scope no route needs, and one with every scope a route needs.
+UNSCOPED = mint(KEY_PREFIX, key_id="unscoped", scopes=["nothing:at-all"], tenant="acme")
+EVERY_SCOPE = mint(
+    KEY_PREFIX,
+    key_id="everything",
+    tenant="acme",
+    scopes={
+        scope
+        for rule in ROUTES.url_map.iter_rules()
+        for scope in (Declarations(ROUTES).of(rule.endpoint) or Access()).scopes()
+    },
+)
+
+
+@pytest.mark.parametrize(("case", "method", "route"), GENERIC, ids=[" ".join(c) for c in GENERIC])
+def test_every_route_documents_its_generic_answers(
+    make_app: Callable[..., Flask], keys: KeySet, case: str, method: str, route: str
+) -> None:
+    app = make_app(
+        API_KEYS=f"{keys.entries},{UNSCOPED.entry},{EVERY_SCOPE.entry}",
+        RATELIMIT_TENANT="1 per hour",
+        RATELIMIT_AUTH_FAILURES="1 per hour",
+    )
+    client = app.test_client()
+    url = re.sub(r"\{[^}]+\}", "x", route)
+    public = not operation(method, route)["security"]
+    headers = {} if public else bearer(EVERY_SCOPE)
+    if case == "key in the URL":
+        response, status = client.open(f"{url}?api_key=x", method=method, headers=headers), 400
+    elif case == "no key":
+        response, status = client.open(url, method=method), 401
+    elif case == "unknown key":
+        response, status = client.open(url, method=method, headers=bearer(keys.unconfigured)), 401
+    elif case == "no scope":
+        response, status = client.open(url, method=method, headers=bearer(UNSCOPED)), 403
+    else:  # a tenant's budget spans every route; an address's failures every public one
+        client.get("/v1/whoami", headers=headers) if not public else client.get("/v1/whoami")
+        response, status = client.open(url, method=method, headers=headers), 429
+    check_against_the_document(response, method, route, status)
+
+
+# --- the answers of the reference resource, each checked against the document -------------------
+
+
 @dataclass(frozen=True)
 class Case:
     """One request and the status the service answers; ``{item_id}`` is an item of tenant acme."""
@@ -196,16 +328,15 @@ CASES = {
     "malformed key": Case("GET", "/v1/items", 401, headers=NOT_A_KEY),
     "unknown key": Case("GET", ITEM, 401, "unconfigured"),
     "expired key": Case("POST", "/v1/items", 401, "expired", body=WRITE),
-    "key in URL, health": Case("GET", "/healthz?API_KEY=x", 400),
-    "key in URL, whoami": Case("GET", "/v1/whoami?access_token=x", 400, "reader"),
-    "key in URL, list": Case("GET", "/v1/items?api-key=x", 400, "reader"),
+    "key in URL, any case": Case("GET", "/healthz?API_KEY=x", 400),
+    "key in URL, another name": Case("GET", "/v1/whoami?access_token=x", 400, "reader"),
     "key in URL, create": Case("POST", "/v1/items?api_key=x", 400, "writer", body=WRITE),
     "key in URL, fetch": Case("GET", ITEM + "?Api_Key=x", 400, "reader"),
     "no scope, list": Case("GET", "/v1/items", 403, "no_scopes"),
     "no scope, create": Case("POST", "/v1/items", 403, "reader", body=WRITE),
     "no scope, fetch": Case("GET", ITEM, 403, "no_scopes"),
     "outside its networks, whoami": Case(
-        "GET", "/v1/whoami", 403, headers=bearer(FENCED), env={"API_KEYS": FENCED.entry}
+        "GET", "/v1/whoami", 401, headers=bearer(FENCED), env={"API_KEYS": FENCED.entry}
     ),
     "other tenant": Case("GET", ITEM, 404, "other_tenant"),
     "body too large": Case(
@@ -229,9 +360,6 @@ CASES = {
     "too many failures, create": Case(
         "POST", "/v1/items", 429, body=WRITE, env={"RATELIMIT_AUTH_FAILURES": "1 per hour"}, repeat=2
     ),
-    "metrics, no key": Case("GET", "/metrics", 401),
-    "metrics, no scope": Case("GET", "/metrics", 403, "reader"),
-    "key in URL, metrics": Case("GET", "/metrics?api_key=x", 400),
     "store fails, list": Case("GET", "/v1/items", 500, "reader", store_fails=RuntimeError),
     "store fails, fetch": Case("GET", ITEM, 500, "reader", store_fails=RuntimeError),
     "database unavailable, list": Case("GET", "/v1/items", 503, "reader", store_fails=StoreUnavailable),
@@ -257,9 +385,9 @@ class BrokenStore:
 
 def answer(make_app: Callable[..., Flask], keys: KeySet, case: Case) -> Any:
     app = make_app(**case.env)
-    item = app.extensions["items"].add("acme", "widget")
+    item = app.extensions["stores"]["items"].add("acme", "widget")
     if case.store_fails is not None:
-        app.extensions["items"] = BrokenStore(case.store_fails)
+        app.extensions["stores"]["items"] = BrokenStore(case.store_fails)
     headers = dict(case.headers)
     if case.key is not None:
         headers.update(bearer(getattr(keys, case.key)))
@@ -271,18 +399,7 @@ def answer(make_app: Callable[..., Flask], keys: KeySet, case: Case) -> Any:
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_every_status_the_service_answers_is_documented(
+def test_every_status_the_items_answer_is_documented(
     make_app: Callable[..., Flask], keys: KeySet, case: Case
 ) -> None:
-    response = answer(make_app, keys, case)
-    assert response.status_code == case.status
-    documented = operation(case.method, case.route)["responses"]
-    assert str(case.status) in documented, f"{case.status} is not documented for {case.route}"
-    expected = resolve(documented[str(case.status)])
-    media_type = response.content_type.split(";")[0]
-    assert media_type in expected["content"]
-    for name, header in expected.get("headers", {}).items():
-        if resolve(header).get("required"):
-            assert name in response.headers, name
-    schema = expected["content"][media_type]["schema"]
-    OAS31Validator({**schema, "components": DOCUMENT["components"]}).validate(response.get_json())
+    check_against_the_document(answer(make_app, keys, case), case.method, case.route, case.status)

@@ -17,14 +17,14 @@ def via(address: str, **headers: str) -> dict[str, object]:
 
 
 def test_trusted_proxy_supplies_the_client_address(make_app) -> None:
-    client = make_app(FORWARDED_ALLOW_IPS=PROXY, RATELIMIT_DEFAULT="1 per hour").test_client()
+    client = make_app(FORWARDED_ALLOW_IPS=PROXY, RATELIMIT_AUTH_FAILURES="1 per hour").test_client()
     first = client.get("/v1/whoami", **via(PROXY, **{"X-Forwarded-For": "198.51.100.1"}))
     second = client.get("/v1/whoami", **via(PROXY, **{"X-Forwarded-For": "198.51.100.2"}))
     assert (first.status_code, second.status_code) == (401, 401)
 
 
 def test_spoofed_forwarded_for_from_a_client_changes_nothing(make_app) -> None:
-    client = make_app(FORWARDED_ALLOW_IPS=PROXY, RATELIMIT_DEFAULT="1 per hour").test_client()
+    client = make_app(FORWARDED_ALLOW_IPS=PROXY, RATELIMIT_AUTH_FAILURES="1 per hour").test_client()
     first = client.get("/v1/whoami", **via("203.0.113.9", **{"X-Forwarded-For": "198.51.100.1"}))
     second = client.get("/v1/whoami", **via("203.0.113.9", **{"X-Forwarded-For": "198.51.100.2"}))
     assert (first.status_code, second.status_code) == (401, 429)
@@ -32,7 +32,7 @@ def test_spoofed_forwarded_for_from_a_client_changes_nothing(make_app) -> None:
 
 @pytest.mark.parametrize("prepended", [["1.1.1.1"], ["1.1.1.1", "3.3.3.3"]], ids=["one", "two"])
 def test_last_hop_is_used_so_a_client_cannot_prepend_addresses(make_app, prepended: list[str]) -> None:
-    client = make_app(FORWARDED_ALLOW_IPS=PROXY, RATELIMIT_DEFAULT="1 per hour").test_client()
+    client = make_app(FORWARDED_ALLOW_IPS=PROXY, RATELIMIT_AUTH_FAILURES="1 per hour").test_client()
     client.get("/v1/whoami", **via(PROXY, **{"X-Forwarded-For": ", ".join([*prepended, "198.51.100.7"])}))
     again = client.get("/v1/whoami", **via(PROXY, **{"X-Forwarded-For": "2.2.2.2, 198.51.100.7"}))
     assert again.status_code == 429
@@ -89,3 +89,36 @@ def test_a_trusted_proxy_that_took_plain_http_makes_the_request_plain(make_app, 
     client = make_app(APP_ENV="production", FORWARDED_ALLOW_IPS=PROXY).test_client()
     sent = via(PROXY, **{"X-Forwarded-Proto": "http", **bearer(keys.reader)})
     assert client.get("/v1/whoami", base_url="https://localhost", **sent).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("hop", "seen"),
+    [
+        ("198.51.100.7:43210", "198.51.100.7"),
+        ("[2001:db8::7]:443", "2001:db8::7"),
+        ("2001:db8::7", "2001:db8::7"),
+        ("[2001:db8::7]", "2001:db8::7"),
+    ],
+)
+def test_a_hop_with_a_port_counts_as_its_address(
+    make_app, caplog: pytest.LogCaptureFixture, hop: str, seen: str
+) -> None:
+    client = make_app(FORWARDED_ALLOW_IPS=PROXY).test_client()
+    with caplog.at_level(logging.INFO):
+        assert client.get("/healthz", **via(PROXY, **{"X-Forwarded-For": hop})).status_code == 200
+    (line,) = [record for record in caplog.records if record.name.endswith("requestlog")]
+    assert line.remote_addr == seen
+
+
+@pytest.mark.parametrize(
+    "hop", ["unknown", "proxy.internal", "198.51.100.7:1:2", "[::1", "a" * 300, "_hidden"]
+)
+def test_a_hop_that_is_not_an_address_is_refused_not_given_a_budget(make_app, hop: str) -> None:
+    """Each distinct text would be a client with a fresh budget of its own: ports that change on
+    every connection, or text the proxy passed on."""
+    client = make_app(FORWARDED_ALLOW_IPS=PROXY, RATELIMIT_AUTH_FAILURES="1 per hour").test_client()
+    for n in range(3):
+        response = client.get("/v1/whoami", **via(PROXY, **{"X-Forwarded-For": f"{hop}{n}"}))
+        assert response.status_code == 400
+        assert response.content_type == "application/problem+json"
+        assert hop not in response.get_data(as_text=True)

@@ -153,7 +153,7 @@ def test_sighup_applies_limits_networks_instants_and_a_roll_while_a_busy_client_
     )
     reload(server)
     eventually(lambda: status(server, client_context, successor) == 200)
-    eventually(lambda: status(server, client_context, fenced) == 403)
+    eventually(lambda: status(server, client_context, fenced) == 401)
     eventually(lambda: status(server, client_context, lapsing) == 401)
     # Two workers count in memory apart: of three requests, one meets a worker's second.
     eventually(lambda: 429 in [status(server, client_context, metered) for _ in range(3)])

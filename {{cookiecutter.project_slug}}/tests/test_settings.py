@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from {{ cookiecutter.package_name }}.database import DatabaseSettings
-from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, mint
+from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, MintedKey, format_expiry, mint
 from {{ cookiecutter.package_name }}.serving import check_workers
 from {{ cookiecutter.package_name }}.settings import (
     ConfigError,
@@ -22,6 +22,7 @@ from {{ cookiecutter.package_name }}.settings import (
     choice,
     database_settings_from,
     flag,
+    key_max_lifetime_days,
     load_database_settings,
     load_settings,
     read,
@@ -205,11 +206,28 @@ def test_production_behind_a_named_proxy_may_serve_plain_http(env: dict[str, str
         "0.0.0.0/1, 128.0.0.0/1",
         "::ffff:0:0/96",
         "::/1, 8000::/1",
+        "::ffff:0:0/97, ::ffff:8000:0/97",
+        "0.0.0.0/1, ::ffff:8000:0/97",
+        "::ffff:0:0/97, 128.0.0.0/1",
+        "64:ff9b::/96",
+        "64:ff9b::/97, 128.0.0.0/1",
+        "::/64",
+        "0.0.0.0/2, 64.0.0.0/2, ::ffff:8000:0/98, 64:ff9b::c000:0/98",
     ],
 )
 def test_untrustworthy_proxy_lists_are_refused(env: dict[str, str], value: str) -> None:
+    """Halves, quarters and spellings that add up to every client (IPv4 as mapped IPv6 on a
+    dual-stack socket, or through NAT64) trust every client to name its own address."""
     env["FORWARDED_ALLOW_IPS"] = value
     assert refused(env).variable == "FORWARDED_ALLOW_IPS"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["10.0.0.5", "::ffff:10.0.0.5", "64:ff9b::a00:5/128", "10.0.0.0/8, ::ffff:10.0.0.0/104", "2001:db8::/32"],
+)
+def test_proxy_lists_that_name_some_addresses_are_accepted(env: dict[str, str], value: str) -> None:
+    assert settings_from({**env, "FORWARDED_ALLOW_IPS": value}).forwarded_allow_ips
 
 
 def test_a_star_for_the_proxies_is_refused_saying_it_would_trust_every_client(env: dict[str, str]) -> None:
@@ -517,3 +535,77 @@ def test_memory_limits_default_to_one_worker_whatever_the_cpus(env: dict[str, st
 def test_only_secrets_may_come_from_a_file(env: dict[str, str], tmp_path: Path) -> None:
     (tmp_path / "env").write_text("development")
     assert settings_from({**env, "APP_ENV_FILE": str(tmp_path / "env")}).app_env == "test"
+
+
+# --- KEY_MAX_LIFETIME_DAYS -----------------------------------------------------------------------
+
+
+def lifetime_env(env: dict[str, str], *minted: MintedKey, days: str | None = "90") -> dict[str, str]:
+    entries = ",".join(m.entry for m in minted)
+    return {**env, "API_KEYS": entries, **({} if days is None else {"KEY_MAX_LIFETIME_DAYS": days})}
+
+
+def expiring(key_id: str, days: float) -> MintedKey:
+    return mint(
+        KEY_PREFIX, key_id=key_id, scopes=["a:b"], expires=dt.datetime.now(dt.UTC) + dt.timedelta(days=days)
+    )
+
+
+def test_without_a_maximum_lifetime_a_key_may_never_expire(env: dict[str, str]) -> None:
+    lasting = mint(KEY_PREFIX, key_id="ci", scopes=["a:b"])
+    settings = settings_from(lifetime_env(env, lasting, days=None))
+    assert settings.key_max_lifetime_days is None
+    assert settings.describe()["KEY_MAX_LIFETIME_DAYS"] is None
+
+
+def test_under_a_maximum_lifetime_a_key_without_expiry_stops_the_start_naming_its_id(
+    env: dict[str, str],
+) -> None:
+    error = refused(lifetime_env(env, expiring("soon", 30), mint(KEY_PREFIX, key_id="ci", scopes=["a:b"])))
+    assert str(error) == (
+        "KEY_MAX_LIFETIME_DAYS: entry 'ci' has no expiry; give it one at most 90 days ahead "
+        "('keys roll' does)"
+    )
+
+
+def test_under_a_maximum_lifetime_a_key_expiring_later_stops_the_start_naming_its_id(
+    env: dict[str, str],
+) -> None:
+    far = expiring("far", 92)
+    error = refused(lifetime_env(env, expiring("soon", 30), far))
+    assert far.key.expires is not None
+    expires = format_expiry(far.key.expires)
+    assert str(error) == f"KEY_MAX_LIFETIME_DAYS: entry 'far' expires {expires}, more than 90 days ahead"
+
+
+def test_under_a_maximum_lifetime_keys_expiring_within_it_or_already_expired_start(
+    env: dict[str, str],
+) -> None:
+    lapsed = mint(KEY_PREFIX, key_id="lapsed", scopes=["a:b"], expires=dt.date(2020, 1, 1))
+    settings = settings_from(lifetime_env(env, expiring("soon", 89), lapsed))
+    assert settings.key_max_lifetime_days == 90
+    assert [key.key_id for key in settings.keys] == ["lapsed", "soon"]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "ninety", "3651", "1.5"])
+def test_a_malformed_maximum_lifetime_is_named(env: dict[str, str], value: str) -> None:
+    error = refused(lifetime_env(env, expiring("soon", 1), days=value))
+    assert error.variable == "KEY_MAX_LIFETIME_DAYS"
+
+
+def test_the_keys_command_reads_the_maximum_lifetime_by_the_services_rules(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("KEY_MAX_LIFETIME_DAYS=30\n")
+    monkeypatch.delenv("KEY_MAX_LIFETIME_DAYS", raising=False)
+    monkeypatch.setenv("APP_ENV", "production")
+    assert key_max_lifetime_days() is None
+    monkeypatch.setenv("KEY_MAX_LIFETIME_DAYS", " 45 ")
+    assert key_max_lifetime_days() == 45
+    monkeypatch.setenv("KEY_MAX_LIFETIME_DAYS", "soon")
+    with pytest.raises(ConfigError, match=r"^KEY_MAX_LIFETIME_DAYS: must be a whole number$"):
+        key_max_lifetime_days()
+    monkeypatch.delenv("KEY_MAX_LIFETIME_DAYS")
+    monkeypatch.setenv("APP_ENV", "development")
+    assert key_max_lifetime_days() == 30

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import http.client
+import io
 import json
 import re
 import socket
@@ -204,6 +205,7 @@ def proxied_server(
         **database,
         "FORWARDED_ALLOW_IPS": proxies,
         "RATELIMIT_DEFAULT": "2 per minute",
+        "RATELIMIT_AUTH_FAILURES": "2 per minute",
     }
     return launch(settings, directory / "gunicorn.log", tls=False)
 
@@ -386,6 +388,15 @@ def _memory_limits_with_two_workers(given: Inputs) -> dict[str, str]:
     }
 
 
+def _no_header_deadline(given: Inputs) -> dict[str, str]:
+    return {**given.env, "GUNICORN_CMD_ARGS": "--keep-alive 0"}
+
+
+def _tls_with_the_stock_gevent_worker(given: Inputs) -> dict[str, str]:
+    tls = {"TLS_CERT_FILE": str(given.cert), "TLS_KEY_FILE": str(given.key)}
+    return {**given.env, **tls, "GUNICORN_CMD_ARGS": "--worker-class gevent"}
+
+
 def _trust_every_address(given: Inputs) -> dict[str, str]:
     return {**given.env, "FORWARDED_ALLOW_IPS": "10.0.0.5, 0.0.0.0/0"}
 
@@ -425,6 +436,8 @@ def _storage_password_with_a_hash(given: Inputs) -> dict[str, str]:
         pytest.param("RATELIMIT_DEFAULT", _invalid_limit, id="invalid-RATELIMIT_DEFAULT"),
         pytest.param("RATELIMIT_DEFAULT", _zero_window, id="zero-window-RATELIMIT_DEFAULT"),
         pytest.param("RATELIMIT_STORAGE_URI", _memory_limits_with_two_workers, id="memory-with-2-workers"),
+        pytest.param("keepalive", _no_header_deadline, id="keep-alive-0"),
+        pytest.param("worker_class", _tls_with_the_stock_gevent_worker, id="tls-with-another-worker-class"),
     ],
 )
 def test_bad_configuration_stops_gunicorn_with_one_line_naming_the_variable(
@@ -522,6 +535,31 @@ def test_security_headers_and_problem_json_on_500_without_internals(
     assert "sqlite" not in text.lower()
     assert "postgres" not in text.lower()
     assert keys.other_tenant.secret not in text
+
+
+@pytest.mark.parametrize(
+    ("sent", "status"),
+    [
+        (b"GET /a b c\r\nHost: localhost\r\n\r\n", 400),
+        (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n", 414),
+        (b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Padding: " + b"a" * 9000 + b"\r\n\r\n", 431),
+        (b"GET /healthz HTTP/1.1\r\n\r\n", 400),
+    ],
+    ids=["malformed-request-line", "uri-too-long", "header-too-large", "http-1.1-without-host"],
+)
+def test_requests_gunicorn_refuses_itself_get_problem_json_and_the_security_headers(
+    tls_server: TlsServer, client_context: ssl.SSLContext, sent: bytes, status: int
+) -> None:
+    """gunicorn answers these before the application sees them; its worker class (worker.py)
+    turns its HTML pages into problem+json with the service's headers."""
+    answer = raw_exchange(tls_server.port, client_context, sent)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, _, fields = head.decode("latin-1").partition("\r\n")
+    headers = http.client.parse_headers(io.BytesIO(fields.encode("latin-1") + b"\r\n\r\n"))
+    assert_problem(int(status_line.split()[1]), headers, body, status)
+    assert_security_headers(headers)
+    assert headers["Connection"] == "close"
+    assert b"html" not in answer.lower()
 
 
 # --- 5. Trusted proxies only ---------------------------------------------------------------------

@@ -9,7 +9,10 @@ if TYPE_CHECKING:
 
     from .settings import Settings
 
-__all__ = ["create_app"]
+__all__ = ["__version__", "create_app"]
+
+# The one place of the version: pyproject.toml reads it, and so does the OpenAPI document.
+__version__ = "0.1.0"
 
 
 def create_app(settings: Settings | None = None) -> Flask:

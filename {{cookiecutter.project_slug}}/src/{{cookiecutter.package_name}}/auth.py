@@ -2,26 +2,25 @@
 
 Keys in the URL are refused (400) because URLs end up in proxy logs, browser history and
 Referer headers. Every failed check answers the same 401, so a client learns nothing about
-which check failed. A valid key used from outside its entry's networks gets the same 403 as a
-missing scope.
+which check failed: a valid key used from outside its entry's networks included, since a 403
+would tell a thief that the stolen key still works. The request log and the metrics say why.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, Flask, Response, g, request
+from flask import g
 
-from .errors import fail, problem
 from .keys import InvalidKey, KeyRing, MalformedKey
 
 URL_KEY_PARAMETERS = frozenset({"api_key", "apikey", "api-key", "access_token"})
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="api"'}
 # Longer than any key; bounds the work done on a hostile header.
 MAX_PRESENTED = 256
+OUTSIDE_NETWORKS = "outside_networks"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,48 +59,37 @@ def presented_key(environ: Mapping[str, Any]) -> str | None:
     return key
 
 
-def _identify(ring: KeyRing, https_only: bool) -> Callable[[], Response | None]:
-    # Callers are frozen: one per configured key serves every request.
-    callers = {key.key_id: Caller(key.key_id, key.tenant, key.scopes) for key in ring}
+def key_in_url(query_names: Iterable[str]) -> bool:
+    """True when a query parameter's name is one that carries keys, in any letter case."""
+    return any(name.lower() in URL_KEY_PARAMETERS for name in query_names)
 
-    def identify() -> Response | None:
-        environ = request.environ
-        # Only a request with a query string needs it parsed (most have none).
-        if environ.get("QUERY_STRING") and any(name.lower() in URL_KEY_PARAMETERS for name in request.args):
-            g.auth_failure = "key_in_url"
-            return problem(400, "API keys are not accepted in the URL; send an Authorization header.")
-        g.caller = None
-        if https_only and not request.is_secure:
-            # Plain HTTP from a peer that is not a named proxy, or a proxy that took plain HTTP
-            # from its client: any key on it crossed the network in cleartext. Only a route that
-            # needs a key refuses it (current_caller): a health check over HTTP is no failure.
-            g.insecure_transport = True
-            return None
-        identified = None
+
+class Authenticator:
+    """Verifies the presented key and leaves the outcome on ``g`` for everyone else to read."""
+
+    def __init__(self, ring: KeyRing) -> None:
+        self.ring = ring
+        # Callers are frozen: one per configured key serves every request.
+        self.callers = {key.key_id: Caller(key.key_id, key.tenant, key.scopes) for key in ring}
+
+    def identify(self, environ: dict[str, Any]) -> Caller | None:
+        """The caller, or None with the reason in ``g.auth_failure`` (None: no key was sent)."""
         try:
             key = presented_key(environ)
-            if key is not None:
-                found = ring.verify(key)
-                environ["app.key_id"] = found.key_id
-                # REMOTE_ADDR is the peer, or what a trusted proxy reported (proxy.py): a client
-                # cannot choose it. Outside its networks, a valid key is most likely a stolen one.
-                if found.allows(environ.get("REMOTE_ADDR")):
-                    identified = callers[found.key_id]
-                else:
-                    g.auth_failure = "outside_networks"
-                    g.refused_key_id = found.key_id
+            if key is None:
+                return None
+            found = self.ring.verify(key)
         except InvalidKey as error:
             g.auth_failure = error.reason
-        g.caller = identified
-        return None
-
-    return identify
-
-
-def install_auth(app: Flask, ring: KeyRing, *, https_only: bool) -> None:
-    """Identify the caller before anything else runs, rate limiting included. With
-    ``https_only``, no key is even read from a request that did not arrive over HTTPS."""
-    app.before_request(_identify(ring, https_only))
+            return None
+        environ["app.key_id"] = found.key_id
+        # REMOTE_ADDR is the peer, or what a trusted proxy reported (proxy.py): a client cannot
+        # choose it. Outside its networks, a valid key is most likely a stolen one.
+        if not found.allows(environ.get("REMOTE_ADDR")):
+            g.auth_failure = OUTSIDE_NETWORKS
+            g.refused_key_id = found.key_id
+            return None
+        return self.callers[found.key_id]
 
 
 def caller() -> Caller | None:
@@ -123,39 +111,8 @@ def refused_key_id() -> str | None:
 
 
 def current_caller() -> Caller:
-    """The caller of a protected view: a request without a valid key stops here with 401."""
+    """The caller of a view that declared a key: the gate let no request without one reach it."""
     identified = caller()
     if identified is None:
-        if g.get("insecure_transport"):
-            g.auth_failure = "insecure_transport"
-            fail(403, "API keys are accepted over HTTPS only: connect through the TLS-terminating proxy.")
-        if failure() == "outside_networks":
-            fail(403)  # the body of any 403: nothing names the networks
-        g.auth_failure = failure() or "missing"
-        fail(401, headers=CHALLENGE)
+        raise RuntimeError("current_caller() in a view that declares no key: declare @requires(...)")
     return identified
-
-
-def scoped_blueprint(
-    name: str,
-    import_name: str,
-    *,
-    url_prefix: str,
-    scope: str | None,
-    write_scope: str | None = None,
-) -> Blueprint:
-    """A blueprint whose every route needs a valid key with ``scope``.
-
-    ``scope=None`` accepts any valid key. Methods that change state need ``write_scope``
-    when it is given. This is the one place a blueprint says what it needs.
-    """
-    blueprint = Blueprint(name, import_name, url_prefix=url_prefix)
-
-    @blueprint.before_request
-    def require_scope() -> None:
-        scopes = current_caller().scopes
-        needed = scope if request.method in SAFE_METHODS or write_scope is None else write_scope
-        if needed is not None and needed not in scopes:
-            fail(403)
-
-    return blueprint

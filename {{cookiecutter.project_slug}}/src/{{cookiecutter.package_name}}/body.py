@@ -9,12 +9,14 @@ from typing import Any
 
 import gevent
 from flask import current_app, request
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from .errors import fail
 
 # Seconds a client has to send its whole body once the request has started. The worker reads
 # the request line and headers under a deadline of its own (gunicorn.conf.py, keepalive).
 BODY_TIMEOUT = 10
+MALFORMED = "The request body is malformed."
 
 
 class SlowBody(Exception):
@@ -49,6 +51,15 @@ def json_body() -> Any:
             data = request.get_data(cache=True)
     except SlowBody:
         fail(408, headers={"Connection": "close"})
+    except ClientDisconnected:  # fewer bytes than Content-Length said
+        fail(400, MALFORMED)
+    except HTTPException:
+        raise
+    except Exception:  # noqa: BLE001 - see below
+        # A body that breaks HTTP framing (a bad chunk): the server's body reader raises classes
+        # of its own, which no server documents. The client's fault whatever the class, never a
+        # 500.
+        fail(400, MALFORMED)
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     if request.content_length is None and len(data) >= limit:
         # A chunked body stops being read at the limit: reaching it means it was larger.

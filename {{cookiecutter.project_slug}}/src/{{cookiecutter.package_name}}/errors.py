@@ -6,10 +6,8 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import NoReturn
 
-from flask import Flask, Response, abort, g, json, request
-from gunicorn.http.errors import NoMoreData, ParseException
-from werkzeug.exceptions import HTTPException
-from werkzeug.routing import RequestRedirect
+from flask import Flask, Response, abort, g, json
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -30,42 +28,41 @@ DETAILS = {
 }
 
 
-def problem(status: int, detail: str | None = None, headers: dict[str, str] | None = None) -> Response:
-    """An RFC 9457 problem response; ``detail`` must never quote request data."""
-    body = {
+def problem(
+    status: int,
+    detail: str | None = None,
+    headers: dict[str, str] | None = None,
+    errors: list[dict[str, str]] | None = None,
+) -> Response:
+    """An RFC 9457 problem response; ``detail`` and ``errors`` must never quote request data."""
+    body: dict[str, object] = {
         "type": "about:blank",
         "title": HTTPStatus(status).phrase,
         "status": status,
         "detail": detail or DETAILS.get(status, HTTPStatus(status).description),
         "request_id": g.get("request_id"),
     }
+    if errors is not None:
+        body["errors"] = errors
     return Response(json.dumps(body), status, headers=headers, mimetype=PROBLEM_JSON)
 
 
-def fail(status: int, detail: str | None = None, headers: dict[str, str] | None = None) -> NoReturn:
+def fail(
+    status: int,
+    detail: str | None = None,
+    headers: dict[str, str] | None = None,
+    errors: list[dict[str, str]] | None = None,
+) -> NoReturn:
     """Stop the request with a problem response."""
-    abort(problem(status, detail, headers))
-
-
-def _no_routing_redirect() -> Response | None:
-    # Routing would redirect a path without the trailing slash its route has to a URL built from
-    # the Host header, in HTML, and Flask answers that redirect itself, before any error
-    # handler: an API has one spelling for each resource, and says so with 404.
-    if isinstance(request.routing_exception, RequestRedirect):
-        return problem(404)
-    return None
+    abort(problem(status, detail, headers, errors))
 
 
 def _from_http_exception(error: HTTPException) -> Response:
-    status = error.code or 500
     headers = {}
-    if status == 405 and getattr(error, "valid_methods", None):
-        headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
-    return problem(status, headers=headers)
-
-
-def _malformed_body(_error: Exception) -> Response:
-    return problem(400, "The request body is malformed.")
+    if isinstance(error, MethodNotAllowed) and error.valid_methods:
+        # Only a caller with a valid key gets here: the request gate answers 401 to the others.
+        headers["Allow"] = ", ".join(error.valid_methods)
+    return problem(error.code or 500, headers=headers)
 
 
 def install_errors(app: Flask) -> None:
@@ -74,10 +71,6 @@ def install_errors(app: Flask) -> None:
     Flask logs an unhandled exception once (with its traceback, masked by the log filter)
     before it calls the 500 handler.
     """
-    app.url_map.merge_slashes = False  # "/v1//items" would be redirected too
-    app.before_request(_no_routing_redirect)
+    # "/v1//items" would be redirected to a URL built from the Host header, in HTML.
+    app.url_map.merge_slashes = False
     app.register_error_handler(HTTPException, _from_http_exception)
-    # gunicorn raises these while a view reads a body that breaks HTTP framing (a bad chunk,
-    # fewer bytes than Content-Length): the client's fault, not a 500.
-    app.register_error_handler(ParseException, _malformed_body)
-    app.register_error_handler(NoMoreData, _malformed_body)

@@ -7,19 +7,13 @@ clients that already sent their key in cleartext. Plain HTTP is refused at start
 
 from __future__ import annotations
 
-from flask import Flask, Response
+from flask import Flask
 from flask_talisman import Talisman
 
 from .settings import Settings
 
 ONE_YEAR = 365 * 24 * 60 * 60
 CSP = {"default-src": "'none'", "frame-ancestors": "'none'"}
-
-
-def _no_store(response: Response) -> Response:
-    # Responses carry per-key data: no shared or private cache may keep them.
-    response.headers["Cache-Control"] = "no-store"
-    return response
 
 
 def install_headers(app: Flask, settings: Settings) -> None:
@@ -39,4 +33,3 @@ def install_headers(app: Flask, settings: Settings) -> None:
         document_policy={},
         feature_policy={},
     )
-    app.after_request(_no_store)

@@ -11,13 +11,12 @@ own.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Protocol
 
-from flask import Flask, Response, current_app, g, request
-from flask_limiter import Limiter
+from flask import Blueprint, Flask, Response, current_app, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -29,10 +28,18 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from .auth import caller, failure, scoped_blueprint
+from .access import requires
+from .auth import caller, failure
 from .limits import limit
 from .logwriter import report_dropped_lines
-from .store import ItemStore
+
+
+class Pooled(Protocol):
+    """The database connections, as the metrics see them."""
+
+    def pool_usage(self) -> tuple[int, int, int] | None:
+        """Connections in use and idle, and requests waiting for one; None without a pool."""
+
 
 SCOPE = "metrics:read"
 # The scrape's own limit, per key: RATELIMIT_DEFAULT is tuned for clients and must not break a
@@ -93,31 +100,44 @@ FALLBACK = Gauge(
 )
 
 
-def _start() -> None:
-    g.metrics_started = time.perf_counter()
-
-
 @cache
 def _series(route: str, method: str, status: int) -> tuple[Counter, Histogram]:
     # Resolved once per combination (they are few: templates, methods, statuses), not per request.
     return REQUESTS.labels(route, method, str(status)), DURATION.labels(route, method)
 
 
-def _record(response: Response) -> Response:
-    rule = request.url_rule
-    method = request.method
-    route = UNMATCHED if rule is None else rule.rule
-    requests, duration = _series(route, method if method in METHODS else OTHER_METHOD, response.status_code)
-    requests.inc()
-    duration.observe(time.perf_counter() - g.metrics_started)
-    reason = failure()
-    if reason is not None:
-        AUTH_FAILURES.labels(reason).inc()
-    if response.status_code == 429:
-        RATE_LIMITED.labels(route, "address" if caller() is None else "key").inc()
-    elif response.status_code == 503:  # only the items store answers 503: its database is out
-        database_unavailable()
-    return response
+class Recorder:
+    """What each answer adds to the series, called once per request by the request gate."""
+
+    def __init__(self, database: Pooled) -> None:
+        self.database = database
+        self.on_fallback = False
+        FALLBACK.set(0)
+        WORKERS.set(1)
+
+    def record(self, response: Response, duration: float, *, on_fallback: bool) -> None:
+        rule = request.url_rule
+        method = request.method
+        route = UNMATCHED if rule is None else rule.rule
+        status = response.status_code
+        requests, histogram = _series(route, method if method in METHODS else OTHER_METHOD, status)
+        requests.inc()
+        histogram.observe(duration)
+        reason = failure()
+        if reason is not None:
+            AUTH_FAILURES.labels(reason).inc()
+        if status == 429:
+            RATE_LIMITED.labels(route, "address" if caller() is None else "key").inc()
+        elif status == 503:  # only a store answers 503: its database is out
+            database_unavailable()
+        usage = self.database.pool_usage()
+        if usage is not None:
+            database_pool(*usage)
+        if on_fallback != self.on_fallback:
+            # Flask-Limiter switched to (or back from) its in-memory fallback while it handled
+            # this request.
+            self.on_fallback = on_fallback
+            FALLBACK.set(int(on_fallback))
 
 
 @dataclass(frozen=True)
@@ -136,69 +156,23 @@ class Exposition:
         return generate_latest(registry)
 
 
-blueprint = scoped_blueprint("metrics", __name__, url_prefix="/metrics", scope=SCOPE)
+blueprint = Blueprint("metrics", __name__)
 
 
-@blueprint.get("")
+@blueprint.get("/metrics")
+@requires(SCOPE)
 @limit(SCRAPE_LIMIT)
 def scrape() -> Response:
+    """Prometheus series, summed over every worker."""
     exposition: Exposition = current_app.extensions["metrics"]
     return Response(exposition.text(), content_type=CONTENT_TYPE_LATEST)
 
 
-class StoreWatch:
-    """The items store's connection pool, reported after each request, once its connection is
-    back in the pool (stores without a pool report nothing)."""
-
-    def __init__(self, store: ItemStore) -> None:
-        self.store = store
-
-    def check(self, response: Response) -> Response:
-        usage = self.store.pool_usage()
-        if usage is not None:
-            database_pool(*usage)
-        return response
-
-
-def install_metrics(app: Flask, directory: Path | None) -> None:
-    """Count and time every request and serve ``GET /metrics``.
-
-    Call right after ``install_request_log``: every answer, including those of later hooks
-    (400, 401, 429), is counted then. Call before ``install_limits``, which applies the
-    scrape's own limit. ``directory`` is the multiprocess directory (serving.py), if any.
-    """
+def install_metrics(app: Flask, directory: Path | None, database: Pooled) -> Recorder:
+    """What ``GET /metrics`` reads, and the recorder that counts and times every request (the
+    request gate calls it). ``directory`` is the multiprocess directory (serving.py), if any."""
     app.extensions["metrics"] = Exposition(directory)
-    WORKERS.set(1)
-    app.before_request(_start)
-    app.after_request(_record)
-    app.after_request(StoreWatch(app.extensions["items"]).check)
-    app.register_blueprint(blueprint)
-
-
-class FallbackWatch:
-    """Whether this worker's limiter counts in its own memory.
-
-    Flask-Limiter switches to its in-memory fallback when the configured storage fails, and
-    back once a probe succeeds, in both cases while it handles a request; ``Limiter.limiter``
-    is the strategy in use, and its storage is the configured one only while that one works.
-    """
-
-    def __init__(self, limiter: Limiter) -> None:
-        self.limiter = limiter
-        self.on_fallback = False
-        FALLBACK.set(0)
-
-    def check(self, response: Response) -> Response:
-        on_fallback = self.limiter.limiter.storage is not self.limiter.storage
-        if on_fallback != self.on_fallback:
-            self.on_fallback = on_fallback
-            FALLBACK.set(int(on_fallback))
-        return response
-
-
-def watch_fallback(app: Flask, limiter: Limiter) -> None:
-    """Report in ``api_ratelimit_fallback_workers`` whether ``limiter`` is on its fallback."""
-    app.after_request(FallbackWatch(limiter).check)
+    return Recorder(database)
 
 
 @cache
@@ -230,6 +204,31 @@ def database_pool(in_use: int, idle: int, waiting: int) -> None:
 def database_unavailable() -> None:
     """For a store whose database did not answer: one more request answered 503."""
     _database()[1].inc()
+
+
+# --- Connections: reported by the gunicorn worker (worker.py), not by the request hooks --------
+
+CONNECTIONS_OPEN = Gauge(
+    "api_connections_open",
+    "Client connections open, summed over the live workers (each holds at most worker_connections).",
+    multiprocess_mode="livesum",
+    registry=SERIES,
+)
+CONNECTIONS_REFUSED = Counter(
+    "api_connections_refused",
+    "Connections closed at once because their client address (or proxy) held its cap.",
+    registry=SERIES,
+)
+
+
+def connections_open(count: int) -> None:
+    """For the worker: the connections it holds now."""
+    CONNECTIONS_OPEN.set(count)
+
+
+def connection_refused() -> None:
+    """For the worker: one more connection closed at once by a per-address cap."""
+    CONNECTIONS_REFUSED.inc()
 
 
 # --- Log lines dropped ------------------------------------------------------------------------

@@ -22,6 +22,27 @@ FORWARDED_HEADERS = (
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+# Set in the environ when a trusted proxy reported a client that is not an address: the request
+# gate refuses it (400), since it can be counted against no client's budget.
+UNREADABLE_CLIENT = "app.forwarded_client_unreadable"
+
+
+def client_address(hop: str) -> str | None:
+    """The address a proxy wrote as the last hop: ``a.b.c.d``, ``a.b.c.d:port``, an IPv6 address
+    or ``[v6]:port``; None for anything else, which would give every distinct text a budget."""
+    host = hop
+    if hop.startswith("["):
+        host, bracket, _ = hop[1:].partition("]")
+        if not bracket:
+            return None
+    elif hop.count(":") == 1:
+        host = hop.partition(":")[0]
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
+
+
 class TrustedProxies:
     """WSGI middleware: from a trusted peer, take the client address and scheme the proxy
     reports (the last hop, the one it added itself); from anyone, drop forwarded headers so
@@ -44,7 +65,11 @@ class TrustedProxies:
         if self._is_trusted(environ.get("REMOTE_ADDR")):
             forwarded_for = environ.get("HTTP_X_FORWARDED_FOR", "").rsplit(",", 1)[-1].strip()
             if forwarded_for:
-                environ["REMOTE_ADDR"] = forwarded_for
+                address = client_address(forwarded_for)
+                if address is None:
+                    environ[UNREADABLE_CLIENT] = True
+                else:
+                    environ["REMOTE_ADDR"] = address
             proto = environ.get("HTTP_X_FORWARDED_PROTO", "").rsplit(",", 1)[-1].strip().lower()
             if proto in ("http", "https"):
                 environ["wsgi.url_scheme"] = proto

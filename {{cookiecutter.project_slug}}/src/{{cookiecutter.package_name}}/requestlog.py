@@ -11,9 +11,8 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-import time
 
-from flask import Flask, Response, g, request
+from flask import Response, g, request
 
 from .auth import caller, failure, refused_key_id
 from .logging import Minted, request_id
@@ -23,44 +22,33 @@ logger = logging.getLogger(__name__)
 CLIENT_REQUEST_ID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 
 
-def _start() -> None:
-    # 128 random bits as 32 hex digits, the shape of a UUID's hex without uuid4()'s object;
-    # made here from nothing a client sent, so the masking filter need not scan it (Minted).
-    g.request_id = rid = Minted(secrets.token_hex(16))
-    g.started = time.perf_counter()
-    request_id.set(rid)
+class RequestLog:
+    """The request id at the start of a request, and its line at the end."""
 
+    def start(self) -> None:
+        # 128 random bits as 32 hex digits, the shape of a UUID's hex without uuid4()'s object;
+        # made here from nothing a client sent, so the masking filter need not scan it (Minted).
+        g.request_id = rid = Minted(secrets.token_hex(16))
+        request_id.set(rid)
 
-def _finish(response: Response) -> Response:
-    response.headers["X-Request-ID"] = g.request_id
-    if logger.isEnabledFor(logging.INFO):
-        duration = round((time.perf_counter() - g.started) * 1000, 2)
-        identified = caller()
-        method, path, status = request.method, request.path, response.status_code
-        incoming = request.environ.get("HTTP_X_REQUEST_ID", "")
-        extra = {
-            "method": method,
-            "path": path,
-            "status": status,
-            "duration_ms": duration,
-            # A valid key refused (auth_failure says why) is named too: used from outside its
-            # networks, it is probably stolen, and its id says which key to retire.
-            "key_id": identified.key_id if identified is not None else refused_key_id(),
-            "auth_failure": failure(),
-            "remote_addr": request.remote_addr,
-            "client_request_id": incoming if CLIENT_REQUEST_ID.fullmatch(incoming) else None,
-        }
-        # The path only in its field: a client's long path is written, cut, once per line.
-        logger.info("request", extra=extra)
-    return response
-
-
-def _forget(_error: BaseException | None) -> None:
-    request_id.set(None)
-
-
-def install_request_log(app: Flask) -> None:
-    """Registered first, so the request id exists before authentication or limits answer."""
-    app.before_request(_start)
-    app.after_request(_finish)
-    app.teardown_request(_forget)
+    def write(self, response: Response, duration: float) -> None:
+        if logger.isEnabledFor(logging.INFO):
+            identified = caller()
+            method, path, status = request.method, request.path, response.status_code
+            incoming = request.environ.get("HTTP_X_REQUEST_ID", "")
+            extra = {
+                "method": method,
+                "path": path,
+                "status": status,
+                "duration_ms": round(duration * 1000, 2),
+                # A valid key refused (auth_failure says why) is named too: used from outside its
+                # networks, it is probably stolen, and its id says which key to retire.
+                "key_id": identified.key_id if identified is not None else refused_key_id(),
+                "auth_failure": failure(),
+                "remote_addr": request.remote_addr,
+                "client_request_id": incoming if CLIENT_REQUEST_ID.fullmatch(incoming) else None,
+            }
+            # The path only in its field: a client's long path is written, cut, once per line.
+            logger.info("request", extra=extra)
+        # Lines logged after this one, on the same connection, belong to no request.
+        request_id.set(None)

@@ -3,14 +3,17 @@ reload that cannot break a running service, and connections that cannot hold a w
 
 The worker model is gevent: each connection is a greenlet, so a client that stalls in the TLS
 handshake or trickles its request headers holds a few kilobytes, not a thread. What bounds
-such a client:
+such a client (the worker class is worker.py's):
 
-* the TLS handshake, the request line and the headers, together: gunicorn's gevent worker
-  reads a request under a deadline of ``keepalive`` seconds, and :func:`lazy_handshakes`
-  moves the handshake into that first read;
+* the TLS handshake: ``keepalive`` seconds (the worker runs it, after the per-address cap);
+* the request line and headers: ``keepalive`` seconds again (gunicorn's own deadline);
 * the body: :mod:`.body` reads it under a deadline of its own;
-* the number of connections: ``worker_connections`` per worker; past it, new connections
-  wait in the listen backlog until a slot frees.
+* an answer the client does not take: ``WRITE_TIMEOUT`` seconds, then the connection is reset;
+* a kept-alive connection: ``CONNECTION_MAX_REQUESTS`` requests or ``CONNECTION_MAX_AGE`` seconds;
+* the number of connections: ``CONNECTIONS_PER_ADDRESS`` per client address (an IPv6 /64) and
+  ``worker_connections`` in all, per worker; past the cap a new connection is reset at once,
+  from 90 % of ``worker_connections`` every answer closes its connection, and past it a new
+  connection waits in the listen backlog until a slot frees.
 
 Metrics: each worker writes its series to one directory (prometheus_client's multiprocess
 mode), which the master prepares before the first fork and tidies as workers exit; a scrape
@@ -23,12 +26,10 @@ import dataclasses
 import resource
 import shutil
 import signal
-import ssl
 import sys
 import tempfile
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 from .settings import METRICS_DIR, ConfigError, Settings, export_metrics_dir, load_settings
 
@@ -82,6 +83,15 @@ def check_workers(settings: Settings, workers: int) -> None:
         print(f"warning: RATELIMIT_STORAGE_URI: {problem}", file=sys.stderr)
 
 
+def check_deadlines(keepalive: int) -> None:
+    """Refuse a ``keepalive`` of 0: gunicorn would then read a request's headers without any
+    deadline, and the worker's TLS handshake would have none either."""
+    if keepalive < 1:
+        raise ConfigError(
+            "keepalive", "must be at least 1 s: the deadline of the TLS handshake and of a request's headers"
+        )
+
+
 def reserve_descriptors(worker_connections: int) -> None:
     """Raise this process's open-file limit to what the connections need, up to the hard limit.
 
@@ -116,26 +126,6 @@ def stop_while_booting() -> None:
 
 def _exit_at_once(signum: int, frame: FrameType | None) -> None:
     sys.exit(0)
-
-
-def lazy_handshakes(context: ssl.SSLContext) -> ssl.SSLContext:
-    """Make ``context`` wrap sockets without their TLS handshake, which then happens on the
-    first read: the read of the request, under gunicorn's ``keepalive`` deadline.
-
-    gevent's server would otherwise run the handshake as it wraps an accepted socket, before
-    gunicorn sees the connection: with no deadline (a client that sends half a ClientHello
-    holds its greenlet until it leaves), and racing a graceful stop, which drops connections
-    still in their handshake when a worker is replaced (gevent issue 2071). The context is
-    ours, made by gunicorn's ``ssl_context`` hook; only the default of one argument changes.
-    """
-    wrap = context.wrap_socket
-
-    def wrap_socket(sock: Any, *args: Any, **options: Any) -> ssl.SSLSocket:
-        options.setdefault("do_handshake_on_connect", False)
-        return wrap(sock, *args, **options)
-
-    context.wrap_socket = wrap_socket  # type: ignore[method-assign]
-    return context
 
 
 def start_metrics() -> None:

@@ -10,6 +10,7 @@ with (key ids, never keys), or the one line that says why it would not start.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import ipaddress
 import json
 import os
@@ -24,7 +25,7 @@ from urllib.parse import urlsplit
 
 from limits import RateLimitItem, parse_many
 
-from .keys import KEY_PREFIX, EntryError, KeyRing
+from .keys import KEY_PREFIX, EntryError, KeyRing, format_expiry
 
 if TYPE_CHECKING:
     # Where items live has its own table, in the module of the database this project uses.
@@ -42,10 +43,13 @@ ZERO_WINDOW = re.compile(r"(?:\bper|/)\s*0+\s*[a-z]", re.IGNORECASE)
 NO_KEYS = "not set: add the entry printed by 'keys new'"
 # prometheus_client's own variable: the library reads it too, when it is first imported.
 METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+# Read by `keys new` and `keys roll` too (key_max_lifetime_days), to mint keys the service accepts.
+KEY_MAX_LIFETIME = "KEY_MAX_LIFETIME_DAYS"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 EVERY_IPV4 = ipaddress.IPv4Network("0.0.0.0/0")
 EVERY_IPV6 = ipaddress.IPv6Network("::/0")
-EVERY_MAPPED_IPV4 = ipaddress.IPv6Network("::ffff:0:0/96")
+# Every IPv4 address, as a dual-stack socket (IPv4-mapped) and a NAT64 gateway spell it.
+IPV4_SPELLINGS = (ipaddress.IPv6Network("::ffff:0:0/96"), ipaddress.IPv6Network("64:ff9b::/96"))
 
 
 class ConfigError(ValueError):
@@ -185,9 +189,22 @@ def directory(text: str) -> Path:
     return path
 
 
+def _as_ipv4(network: Network) -> ipaddress.IPv4Network | None:
+    """The IPv4 clients an IPv6 range holds under another spelling: a dual-stack socket shows an
+    IPv4 client as ::ffff:a.b.c.d, a NAT64 gateway as 64:ff9b::a.b.c.d."""
+    if isinstance(network, ipaddress.IPv4Network):
+        return network
+    for spelling in IPV4_SPELLINGS:
+        if network.subnet_of(spelling):
+            start = int(network.network_address) - int(spelling.network_address)
+            return ipaddress.IPv4Network((start, network.prefixlen - 96))
+    return None
+
+
 def proxy_networks(text: str) -> tuple[Network, ...]:
-    """The TLS-terminating proxies to trust; a list that covers every address trusts every
-    client to report its own address and scheme, so it is refused."""
+    """The TLS-terminating proxies to trust. A list that covers every client, alone or together,
+    under any spelling of an address, would let every client report its own address and scheme,
+    so it is refused."""
     parts = [part.strip() for part in text.split(",") if part.strip()]
     if "*" in parts:
         raise Invalid("'*' trusts every client; name the proxies")
@@ -195,13 +212,14 @@ def proxy_networks(text: str) -> tuple[Network, ...]:
         networks = tuple(ipaddress.ip_network(part, strict=False) for part in parts)
     except ValueError:
         raise Invalid("must be IP addresses or networks, comma-separated") from None
-    v4 = [n for n in networks if isinstance(n, ipaddress.IPv4Network)]
     v6 = [n for n in networks if isinstance(n, ipaddress.IPv6Network)]
-    if EVERY_IPV4 in ipaddress.collapse_addresses(v4) or EVERY_IPV6 in ipaddress.collapse_addresses(v6):
-        raise Invalid("covers every address, so any client could forge its own; name the proxies")
-    # A dual-stack socket shows IPv4 clients as ::ffff:a.b.c.d: this range is every IPv4 client.
-    if any(EVERY_MAPPED_IPV4.subnet_of(n) for n in v6):
-        raise Invalid("covers every IPv4 client (::ffff:0:0/96); name the proxies")
+    v4 = [found for n in networks if (found := _as_ipv4(n)) is not None]
+    if (
+        EVERY_IPV4 in ipaddress.collapse_addresses(v4)
+        or EVERY_IPV6 in ipaddress.collapse_addresses(v6)
+        or any(spelling.subnet_of(n) for n in v6 for spelling in IPV4_SPELLINGS)
+    ):
+        raise Invalid("covers every client under some spelling of its address; name the proxies")
     return networks
 
 
@@ -242,6 +260,7 @@ class Settings:
     keys: KeyRing = field(
         metadata=read("API_KEYS", key_ring, missing=NO_KEYS, from_file=True, show=_show_keys)
     )
+    key_max_lifetime_days: int | None = field(metadata=read(KEY_MAX_LIFETIME, whole(1, 3650)))
     ratelimit_storage_uri: str = field(
         metadata=read(
             "RATELIMIT_STORAGE_URI", storage_uri, PER_PROCESS_STORAGE, from_file=True, show=redacted_uri
@@ -252,6 +271,11 @@ class Settings:
     ratelimit_auth_failures: str = field(
         metadata=read("RATELIMIT_AUTH_FAILURES", rate_limit, "20 per minute")
     )
+    # Requests that match no route (404, 405) per client address: each is a path or a method that
+    # exists nowhere, logged and counted like any other request.
+    ratelimit_unmatched: str = field(metadata=read("RATELIMIT_UNMATCHED", rate_limit, "1000 per minute"))
+    # One budget for all the keys of a tenant: minting more keys buys no more quota.
+    ratelimit_tenant: str | None = field(metadata=read("RATELIMIT_TENANT", rate_limit))
     tls_cert_file: Path | None = field(metadata=read("TLS_CERT_FILE", readable_file, show=_show_optional))
     tls_key_file: Path | None = field(metadata=read("TLS_KEY_FILE", readable_file, show=_show_optional))
     forwarded_allow_ips: tuple[Network, ...] = field(
@@ -264,6 +288,16 @@ class Settings:
     log_line_limit: int = field(metadata=read("LOG_LINE_LIMIT", whole(256, 65536), "1024"))
     bind: str = field(metadata=read("BIND", str, "127.0.0.1:8443"))
     workers: int = field(metadata=read("WEB_CONCURRENCY", whole(1, 64), _default_workers))
+    # Per gunicorn worker (worker.py): what one client address, or one trusted proxy, may hold.
+    connections_per_address: int = field(metadata=read("CONNECTIONS_PER_ADDRESS", whole(1, 100_000), "64"))
+    connections_per_proxy: int = field(metadata=read("CONNECTIONS_PER_PROXY", whole(1, 100_000), "1000"))
+    # A kept-alive connection ends after this many requests or seconds, so none is held forever.
+    connection_max_requests: int = field(
+        metadata=read("CONNECTION_MAX_REQUESTS", whole(1, 1_000_000), "1000")
+    )
+    connection_max_age: int = field(metadata=read("CONNECTION_MAX_AGE", whole(1, 86_400), "300"))
+    # Seconds an answer may wait for the client to take it (one that stopped reading) before a reset.
+    write_timeout: int = field(metadata=read("WRITE_TIMEOUT", whole(1, 3_600), "30"))
     metrics_dir: Path | None = field(metadata=read(METRICS_DIR, directory, show=_show_optional))
     database: DatabaseSettings = field(metadata={"table": "database"})
 
@@ -314,6 +348,7 @@ def settings_from(env: Mapping[str, str], cpu_count: int = 1) -> Settings:
     del values["cpu_count"]
     settings = Settings(**values, database=database_settings_from(env))
     _check_transport(settings)
+    _check_key_lifetimes(settings.keys, settings.key_max_lifetime_days, dt.datetime.now(dt.UTC))
     return settings
 
 
@@ -327,19 +362,42 @@ def database_settings_from(env: Mapping[str, str]) -> DatabaseSettings:
 def _read(table: type, env: Mapping[str, str], values: dict[str, Any]) -> dict[str, Any]:
     """Parse each variable of ``table`` into ``values``; defaults may read earlier values."""
     for name, spec in _variables(table).items():
-        source, text = _raw(env, spec)
-        default = spec.default(values) if callable(spec.default) else spec.default
-        text = default if text is None else text
-        if text is None:
-            if spec.missing is not None:
-                raise ConfigError(spec.name, spec.missing)
-            values[name] = None
-            continue
-        try:
-            values[name] = spec.parse(text.strip())
-        except Invalid as error:
-            raise ConfigError(source, str(error)) from None
+        values[name] = _value(spec, env, values)
     return values
+
+
+def _value(spec: Variable, env: Mapping[str, str], values: Mapping[str, Any]) -> Any:
+    source, text = _raw(env, spec)
+    default = spec.default(values) if callable(spec.default) else spec.default
+    text = default if text is None else text
+    if text is None:
+        if spec.missing is not None:
+            raise ConfigError(spec.name, spec.missing)
+        return None
+    try:
+        return spec.parse(text.strip())
+    except Invalid as error:
+        raise ConfigError(source, str(error)) from None
+
+
+def _check_key_lifetimes(keys: KeyRing, max_days: int | None, now: dt.datetime) -> None:
+    """Under a maximum lifetime, every key expires within it: a key minted before the rule, or
+    given a far expiry by hand, would otherwise outlive every rotation the rule is there to force."""
+    if max_days is None:
+        return
+    latest = now + dt.timedelta(days=max_days)
+    for key in keys:
+        if key.expires is None:
+            raise ConfigError(
+                KEY_MAX_LIFETIME,
+                f"entry {key.key_id!r} has no expiry; give it one at most {max_days} days ahead "
+                "('keys roll' does)",
+            )
+        if key.accepted_after(latest):
+            raise ConfigError(
+                KEY_MAX_LIFETIME,
+                f"entry {key.key_id!r} expires {format_expiry(key.expires)}, more than {max_days} days ahead",
+            )
 
 
 def _check_transport(settings: Settings) -> None:
@@ -375,6 +433,14 @@ def load_settings() -> Settings:
     """
     _load_dotenv()
     return settings_from(os.environ, cpu_count=os.cpu_count() or 1)
+
+
+def key_max_lifetime_days() -> int | None:
+    """KEY_MAX_LIFETIME_DAYS alone, by the same rules: what `keys new` and `keys roll` default an
+    expiry to and refuse to exceed, without needing the rest of the service's configuration."""
+    _load_dotenv()
+    days: int | None = _value(_variables()["key_max_lifetime_days"], os.environ, {})
+    return days
 
 
 def load_database_settings() -> DatabaseSettings:

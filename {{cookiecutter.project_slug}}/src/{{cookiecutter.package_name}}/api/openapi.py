@@ -1,24 +1,21 @@
 """The OpenAPI document, served only when OPENAPI_ENABLED says so: no map of the API by default."""
 
-from functools import cache
-from importlib import resources
+from flask import Blueprint, Response, current_app, json
 
-from flask import Blueprint, Response
-
+from ..access import public
 from ..limits import exempt
-
-# The top-level package: the document ships next to app.py as package data.
-PACKAGE = __name__.split(".", 1)[0]
+from ..openapi import document
 
 blueprint = Blueprint("openapi", __name__)
 
 
-@cache
-def document() -> bytes:
-    return resources.files(PACKAGE).joinpath("openapi.json").read_bytes()
-
-
 @blueprint.get("/openapi.json")
+@public
 @exempt
 def openapi_json() -> Response:
-    return Response(document(), mimetype="application/json")
+    """This document."""
+    # Built at the first request: Flask refuses new routes from then on.
+    built: bytes | None = current_app.extensions.get("openapi")
+    if built is None:
+        built = current_app.extensions["openapi"] = json.dumps(document(current_app)).encode()
+    return Response(built, mimetype="application/json")

@@ -1,0 +1,82 @@
+"""Request bodies that cannot end in a 500 or hold a connection: text that is not JSON or not
+Unicode, nesting deep enough to exhaust the parser, another media type, a body over the size
+limit, chunked or not. Sent to ``POST /v1/items``, the reference resource's write."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from flask.testing import FlaskClient
+
+from .support import KeySet, bearer
+
+
+def test_body_that_is_not_json_is_400(client: FlaskClient, keys: KeySet) -> None:
+    response = client.post(
+        "/v1/items", headers=bearer(keys.writer), data=b"\xff\xfe{not json", content_type="application/json"
+    )
+    assert response.status_code == 400
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * 2000 + b"]" * 2000, b'{"a":' * 2000 + b"1" + b"}" * 2000],
+    ids=["nested-lists", "nested-objects"],
+)
+def test_deeply_nested_json_is_400_not_500(client: FlaskClient, keys: KeySet, body: bytes) -> None:
+    response = client.post(
+        "/v1/items", headers=bearer(keys.writer), data=body, content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert response.content_type == "application/problem+json"
+
+
+@pytest.mark.parametrize(
+    "body", [b'{"name": "\\ud800"}', b'{"name": "a\\udfffb"}', b'{"\\ud800": 1, "name": "x"}']
+)
+def test_a_lone_surrogate_is_400_not_500(client: FlaskClient, keys: KeySet, body: bytes) -> None:
+    response = client.post(
+        "/v1/items", headers=bearer(keys.writer), data=body, content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert "Unicode" in response.get_json()["detail"]
+
+
+def test_a_surrogate_pair_is_just_text(client: FlaskClient, keys: KeySet) -> None:
+    body = b'{"name": "\\ud83d\\ude00"}'
+    response = client.post(
+        "/v1/items", headers=bearer(keys.writer), data=body, content_type="application/json"
+    )
+    assert response.status_code == 201
+    assert response.get_json()["name"] == "\U0001f600"
+
+
+def test_a_chunked_body_over_the_size_limit_is_413(make_app, keys: KeySet) -> None:
+    client = make_app(MAX_CONTENT_LENGTH="1024").test_client()
+    body = b'{"name": "' + b"x" * 2000 + b'"}'
+    response = client.post(
+        "/v1/items",
+        headers={**bearer(keys.writer), "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        input_stream=io.BytesIO(body),
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert response.status_code == 413
+    assert response.content_type == "application/problem+json"
+
+
+def test_body_of_another_type_is_415(client: FlaskClient, keys: KeySet) -> None:
+    response = client.post("/v1/items", headers=bearer(keys.writer), data="name=x")
+    assert response.status_code == 415
+
+
+def test_body_over_the_size_limit_is_413(make_app, keys: KeySet) -> None:
+    client = make_app(MAX_CONTENT_LENGTH="1024").test_client()
+    response = client.post(
+        "/v1/items",
+        headers=bearer(keys.writer),
+        data=b'{"name": "' + b"x" * 2000 + b'"}',
+        content_type="application/json",
+    )
+    assert response.status_code == 413
+    assert response.content_type == "application/problem+json"
