@@ -15,15 +15,18 @@ import traceback
 from collections.abc import Callable, Iterator
 
 import pytest
+from flask import Flask
 from werkzeug.datastructures import Headers
 
 from {{ cookiecutter.package_name }} import keys as keys_module
-from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, MintedKey
+from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, MintedKey, mint
 from {{ cookiecutter.package_name }}.logging import (
     CLEAN_REMEMBERED,
+    LINE_LIMIT,
     MASK,
     JsonFormatter,
     MaskSecrets,
+    Name,
     TextFormatter,
     configure,
     logging_config,
@@ -462,6 +465,51 @@ def test_the_key_id_stays_visible(emit: Emit, key: MintedKey) -> None:
     assert_masked(output, key.secret)
     assert "accepted as reader" in output
     assert "key_id=reader" in emit("ok", extra={"key_id": "reader"}, formatter=TextFormatter())
+
+
+# Names the key ring accepts although they start like a key: they hold no whole key.
+LOOKALIKE_NAMES = [f"{KEY_PREFIX}_{name}" for name in ("integrations", "corporation1", "Billing2026Team")]
+
+
+@pytest.mark.parametrize("name", LOOKALIKE_NAMES)
+@pytest.mark.parametrize("formatter", [TextFormatter(), JsonFormatter()], ids=["text", "json"])
+def test_a_name_that_only_starts_like_a_key_stays_visible_in_its_field(
+    emit: Emit, name: str, formatter: logging.Formatter
+) -> None:
+    """As the key ring draws the line (holds_a_key), so does the filter: the line names its caller."""
+    output = emit("request", extra={"key_id": Name(name)}, formatter=formatter)
+    assert name in output
+    assert MASK not in output
+    # The same text sent by a client is masked like any piece of a key: nothing vouches for it.
+    assert name not in emit("GET /%s", name)
+
+
+@pytest.mark.parametrize("shape", ["{key}", "team-{key}", "{body}"], ids=["key", "glued", "without-prefix"])
+def test_a_name_that_holds_a_whole_key_is_masked(emit: Emit, key: MintedKey, shape: str) -> None:
+    name = Name(shape.format(key=key.secret, body=key.secret[len(KEY_PREFIX) + 1 :]))
+    assert_masked(emit("request", extra={"key_id": name}, formatter=JsonFormatter()), key.secret)
+
+
+def test_a_name_longer_than_a_line_is_masked_unread(emit: Emit) -> None:
+    """No name the ring accepts is that long; whatever was wrapped as one is not scanned."""
+    output = emit("request", extra={"key_id": Name("n" * (LINE_LIMIT + 1))}, formatter=JsonFormatter())
+    assert json.loads(output)["key_id"] == MASK
+
+
+def test_the_request_line_names_a_key_whose_id_and_tenant_start_like_a_key(
+    make_app: Callable[..., Flask], caplog: pytest.LogCaptureFixture
+) -> None:
+    key_id, tenant = LOOKALIKE_NAMES[:2]
+    minted = mint(KEY_PREFIX, key_id=key_id, scopes=["items:read"], tenant=tenant)
+    client = make_app(API_KEYS=minted.entry).test_client()
+    with caplog.at_level(logging.INFO):
+        response = client.get("/v1/whoami", headers={"Authorization": f"Bearer {minted.secret}"})
+    assert response.status_code == 200
+    assert response.json == {"key_id": key_id, "tenant": tenant, "scopes": ["items:read"]}
+    (line,) = [r for r in caplog.records if r.name.endswith("requestlog")]
+    stream = io.StringIO()
+    handler_for(stream, JsonFormatter()).handle(line)
+    assert json.loads(stream.getvalue())["key_id"] == key_id
 
 
 @pytest.mark.parametrize(

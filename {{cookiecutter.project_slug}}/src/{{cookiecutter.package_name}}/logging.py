@@ -24,7 +24,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
-from .keys import BODY_LENGTH, CHECKSUM_LENGTH, MIN_KEY_PIECE
+from .keys import BODY_LENGTH, CHECKSUM_LENGTH, MIN_KEY_PIECE, holds_a_key
 from .logwriter import CAPACITY, BackgroundHandler
 
 MASK = "[MASKED]"
@@ -95,6 +95,14 @@ ESCAPES = str.maketrans({code: json.dumps(chr(code))[1:-1] for code in CONTROLS}
 class Minted(str):
     """Text the service made itself from nothing a client sent (its request ids). The filter
     passes it as it is; any other text, a plain ``str`` included, is masked."""
+
+
+class Name(str):
+    """A key id or tenant from the key ring, given as an extra field. The ring refuses a name
+    that holds a whole key (``holds_a_key``) and accepts one that only starts like a key
+    (``acme_integrations``): the filter draws the same line, so such a name identifies its
+    caller in every line instead of showing as the marker. Inside a message it is masked as
+    any text is: pass names as extra fields."""
 
 
 # Values that cannot hold a client's text: the filter leaves them as they are without a look.
@@ -202,6 +210,7 @@ class MaskSecrets(logging.Filter):
 
     def __init__(self, key_prefix: str, limit: int = LINE_LIMIT) -> None:
         super().__init__()
+        self.key_prefix = key_prefix
         self.pattern = masking_pattern(key_prefix)
         self.encoded_prefix = f"{key_prefix}_".encode()
         self.limit = limit
@@ -241,6 +250,10 @@ class MaskSecrets(logging.Filter):
         return self.mask(cut_lines(text, TRACEBACK_LIMIT, self.limit))
 
     def _mask_value(self, value: Any) -> Any:
+        if type(value) is Name:
+            # A name is configuration, not client text: short, and masked only as the ring
+            # refuses a name, when it holds a whole key.
+            return MASK if len(value) > self.limit or holds_a_key(value, self.key_prefix) else value
         if isinstance(value, str):
             return self.cut_and_mask(value)
         if value is None or isinstance(value, bool | int | float):
