@@ -85,11 +85,11 @@ HAND_MADE = {
         "tests/test_errors.py::test_the_query_string_never_reaches_the_request_log_line",
     ),
     "request-id-echoed": (
-        f"src/{PACKAGE}/requestlog.py",
+        f"src/{PACKAGE}/gate.py",
         [
             (
-                'response.headers["X-Request-ID"] = g.request_id',
-                'response.headers["X-Request-ID"] = request.headers.get("X-Request-ID", g.request_id)',
+                'headers["X-Request-ID"] = g.request_id',
+                'headers["X-Request-ID"] = request.headers.get("X-Request-ID", g.request_id)',
             )
         ],
         "tests/test_errors.py::test_a_key_sent_as_request_id_is_neither_echoed_nor_logged",

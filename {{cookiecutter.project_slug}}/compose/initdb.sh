@@ -1,6 +1,6 @@
 #!/bin/sh
 # First start of compose.yaml's PostgreSQL: the two roles of the items database, as production
-# has them (README, "Roles"). items_owner owns the database and its tables and runs the
+# has them (docs/operations.md, "Roles"). items_owner owns the database and its tables and runs the
 # migrations; items_service, the service's role, is no superuser, bypasses nothing, owns
 # nothing, and may only read and write rows, in every table the owner makes now or later.
 # psql quotes the passwords (:'owner', :'service').

@@ -226,14 +226,29 @@ def test_a_page_holds_at_most_what_the_client_asks_and_at_most_100(app: Flask, h
     assert too_many.get_json()["errors"][0]["pointer"] == "limit"
 
 
-@pytest.mark.parametrize("cursor", ["x", "not-base64!", "MjAyNi0wMS0wMQ", "A" * 129])
-def test_a_cursor_the_service_did_not_make_is_a_422(
+@pytest.mark.parametrize(
+    "cursor", ["zz", "MjAyNi0wMS0wMQ", "A" * 129, "1" * 9 + "a" * 32, "1" * 10 + "A" * 32, "1" * 42 + "a"]
+)
+def test_a_cursor_not_of_the_documented_pattern_is_a_422(
     client: FlaskClient, holders: Holders, cursor: str
 ) -> None:
     response = client.get(f"{PATH}?cursor={cursor}", headers=bearer(holders.reader))
     assert response.status_code == 422
     assert response.get_json()["errors"][0]["pointer"] == "cursor"
     assert cursor not in response.get_data(as_text=True)
+
+
+def test_a_cursor_of_the_documented_pattern_is_read_as_a_position(app: Flask, holders: Holders) -> None:
+    """Every cursor the document allows is one the stores can read: before every row, the whole
+    list; past every row, an empty page (never a 422, nor a 500)."""
+    store = app.extensions["stores"]["items"]
+    made = {store.add("acme", f"item {n}").id for n in range(3)}
+    client = app.test_client()
+    before = client.get(f"{PATH}?cursor={'0' * 42}", headers=bearer(holders.reader))
+    past = client.get(f"{PATH}?cursor={'9' * 10}{'f' * 32}", headers=bearer(holders.reader))
+    assert before.status_code == past.status_code == 200
+    assert {item["id"] for item in before.get_json()["items"]} == made
+    assert past.get_json() == {"items": [], "next": None}
 
 
 def test_items_come_oldest_first_across_pages(app: Flask, holders: Holders) -> None:

@@ -22,7 +22,7 @@ def bare_env(**variables: str) -> dict[str, str]:
 
 def test_make_migrate_is_alembic_upgrade_head_in_development() -> None:
     result = subprocess.run(
-        ["make", "-n", "migrate", f"PYTHON={sys.executable}"],
+        ["make", "--no-print-directory", "-n", "migrate", f"PYTHON={sys.executable}"],
         cwd=PROJECT,
         capture_output=True,
         text=True,

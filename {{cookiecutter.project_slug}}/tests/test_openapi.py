@@ -158,10 +158,18 @@ def test_every_operation_documents_the_statuses_it_can_meet(method: str, route: 
         expected |= WITH_A_SCOPE
     if "requestBody" in found:
         expected |= {"408", "413", "415", "422"}
+    if any(parameter["in"] == "query" for parameter in found.get("parameters", ())):
+        expected.add("422")
     assert expected <= set(found["responses"])
     for status, response in found["responses"].items():
         if status.startswith(("4", "5")):
             assert set(resolve(response)["content"]) == {"application/problem+json"}, status
+
+
+@pytest.mark.parametrize(("method", "route"), OPERATIONS, ids=[f"{m} {r}" for m, r in OPERATIONS])
+def test_every_operation_documents_its_success(method: str, route: str) -> None:
+    """A client generated from the document must know what a success looks like, on every route."""
+    assert [status for status in operation(method, route)["responses"] if status.startswith("2")]
 
 
 def test_challenge_and_quota_headers_are_documented() -> None:

@@ -421,23 +421,23 @@ def test_a_refused_connection_is_named_without_quoting_the_url(
     assert not any(part in problem for part in (PASSWORD, "items_service", "no_such_database", "127.0.0.1"))
 
 
-def test_the_readme_compose_and_make_db_set_up_the_same_roles() -> None:
-    """One set of statements in three places: what an administrator runs (README), what the
+def test_the_documented_compose_and_make_db_roles_are_the_same() -> None:
+    """One set of statements in three places: what an administrator runs (docs/operations.md), what the
     compose server runs at its first start, and what make db and the tests run."""
 
     def statements(text: str) -> str:
         return " ".join(text.split("<<'SQL'\n", 1)[1].split("\nSQL\n", 1)[0].split())
 
-    readme = statements((PROJECT / "README.md").read_text())
+    documented = statements((PROJECT / "docs" / "operations.md").read_text())
     initdb = statements((PROJECT / "compose" / "initdb.sh").read_text())
-    assert readme == initdb
+    assert documented == initdb
     for statement, roles in local_postgres.PRIVILEGES:
         assert " ".join(statement.format(*roles).split()) + ";" in initdb
 
 
 def test_make_db_runs_the_local_server_script() -> None:
     commands = subprocess.run(
-        ["make", "-n", "db", "db-stop", "DB_PORT=5433", f"PYTHON={sys.executable}"],
+        ["make", "--no-print-directory", "-n", "db", "db-stop", "DB_PORT=5433", f"PYTHON={sys.executable}"],
         cwd=PROJECT,
         capture_output=True,
         text=True,

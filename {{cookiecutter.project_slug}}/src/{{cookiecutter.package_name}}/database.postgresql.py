@@ -43,7 +43,7 @@ NO_SCHEMA = "the database has no schema yet: run `alembic upgrade head`"
 MIGRATION_URL = "DATABASE_MIGRATION_URL"
 # How long a caller of Alembic's API that passes its own URL waits for the server.
 API_CONNECT_TIMEOUT = 10
-ROLES = "README, 'Roles'"
+ROLES = "docs/operations.md, 'Roles'"
 # Roles that the service's role is, or can become with SET ROLE, and that row-level security
 # does not bind: a superuser, BYPASSRLS, or CREATEROLE (which can grant itself the tables'
 # owner on PostgreSQL 15 and older).

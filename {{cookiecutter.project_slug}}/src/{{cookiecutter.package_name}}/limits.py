@@ -294,7 +294,7 @@ def prepare_limits(settings: Settings) -> Limits:
         storage_uri=settings.ratelimit_storage_uri,
         storage_options=REDIS_OPTIONS if shared else {},
         # Redis down: count in this process's memory and probe Redis again, rather than
-        # answer 500 or stop limiting (see the README, "Rate limits").
+        # answer 500 or stop limiting (see docs/operations.md, "Rate limits").
         in_memory_fallback_enabled=shared,
         # Flask-Limiter switches to memory once per process, on the first failed request;
         # requests already in flight meet the same storage error. Those few pass uncounted

@@ -32,6 +32,7 @@ from .access import requires
 from .auth import caller, failure
 from .limits import limit
 from .logwriter import report_dropped_lines
+from .shapes import answers
 
 
 class Pooled(Protocol):
@@ -162,6 +163,7 @@ blueprint = Blueprint("metrics", __name__)
 @blueprint.get("/metrics")
 @requires(SCOPE)
 @limit(SCRAPE_LIMIT)
+@answers(200, description="Prometheus text exposition, summed over every worker.")
 def scrape() -> Response:
     """Prometheus series, summed over every worker."""
     exposition: Exposition = current_app.extensions["metrics"]

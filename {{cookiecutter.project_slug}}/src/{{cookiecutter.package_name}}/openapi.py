@@ -245,7 +245,9 @@ class Builder:
             "tags": [self._tag(rule, view)],
             "summary": _first_line(view.__doc__),
             "security": _security(access, method),
-            "responses": self._responses(answered(view), access, limited, body=shapes.body is not None),
+            "responses": self._responses(
+                answered(view), access, limited, body=shapes.body is not None, query=shapes.query is not None
+            ),
         }
         if shapes.body is not None:
             content = {"application/json": {"schema": self._schema(shapes.body)}}
@@ -255,7 +257,7 @@ class Builder:
         return found
 
     def _responses(
-        self, answers: tuple[Answer, ...], access: Access, limited: bool, *, body: bool
+        self, answers: tuple[Answer, ...], access: Access, limited: bool, *, body: bool, query: bool
     ) -> dict[str, Any]:
         statuses = {400, 500}
         if not access.public:
@@ -264,6 +266,8 @@ class Builder:
             statuses.add(429)
         if body:
             statuses |= {408, 413, 415, 422}
+        if query:
+            statuses.add(422)
         responses: dict[str, Any] = {
             str(status): _ref("responses", PROBLEMS[status][0]) for status in statuses
         }

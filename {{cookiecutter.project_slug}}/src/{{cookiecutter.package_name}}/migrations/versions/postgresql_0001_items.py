@@ -9,7 +9,7 @@ query that forgets the tenant (a missed WHERE, CWE-639) still sees only the rows
 that the transaction set in ``app.tenant``, and none at all when it set none. FORCE applies
 the policy to the table's owner too (the role that runs these migrations), should it ever serve.
 
-No GRANT here: the owner's default privileges (README, "Roles") give the service's role
+No GRANT here: the owner's default privileges (docs/operations.md, "Roles") give the service's role
 SELECT, INSERT, UPDATE and DELETE on every table a migration creates, and nothing more.
 """
 
