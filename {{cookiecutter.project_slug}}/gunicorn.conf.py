@@ -73,8 +73,17 @@ proxy_allow_ips = ""  # no PROXY protocol.
 control_socket_disable = True  # no admin socket: signals (HUP, TERM) are the interface.
 accesslog = None  # the app writes one line per request itself (requestlog.py).
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(M)sms rid=%({x-request-id}o)s key=%({app.key_id}e)s'
+# In each worker, lines are written by a native thread from a bounded queue: a stalled log reader
+# cannot freeze the event loop; when the queue is full, lines are dropped and counted
+# (api_log_lines_dropped). The master writes its own few lines itself (logwriter.py says why).
 logconfig_dict = with_bind_hint(
-    logging_config(key_prefix=KEY_PREFIX, json_lines=not settings.development, level=settings.log_level)
+    logging_config(
+        key_prefix=KEY_PREFIX,
+        json_lines=not settings.development,
+        level=settings.log_level,
+        line_limit=settings.log_line_limit,
+        background=True,
+    )
 )
 
 if settings.tls:

@@ -20,8 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, KeyRing, key_pattern
 
 ALLOW_MARKER = "pragma: allowlist secret"
-# Not inside a longer token: a key is delimited by anything that is not a key character.
-SERVICE_KEY = re.compile(r"(?<![0-9A-Za-z_])" + key_pattern(KEY_PREFIX) + r"(?![0-9A-Za-z])")
+# Every place a key could start, whatever it is glued to (`X_acme_...`, `&kacme_...`, a key
+# followed by more letters): a zero-width match at each start, so candidates may overlap. The
+# checksum, not the characters around it, decides which candidate is a key.
+SERVICE_KEY = re.compile(f"(?=({key_pattern(KEY_PREFIX)}))")
 OTHER_SECRETS = {
     "private key": re.compile(r"-----BEGIN[A-Z ]*PRIVATE KEY-----"),
     "AWS access key id": re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
@@ -38,7 +40,7 @@ def findings(text: str) -> Iterator[tuple[int, str]]:
     for number, line in enumerate(text.splitlines(), start=1):
         if ALLOW_MARKER in line:
             continue
-        if any(WELL_FORMED.is_well_formed(match.group()) for match in SERVICE_KEY.finditer(line)):
+        if any(WELL_FORMED.is_well_formed(match.group(1)) for match in SERVICE_KEY.finditer(line)):
             yield number, f"{KEY_PREFIX}_ API key"
         for kind, pattern in OTHER_SECRETS.items():
             if pattern.search(line):

@@ -1,27 +1,36 @@
 """Keys sent in every place a client can put one, through a real gunicorn with its access log
 and DEBUG logging on: no key, nor any 12-character piece of one, reaches stdout or stderr,
-while the key ids, the request lines and the one traceback of a failed request do."""
+while the key ids, the request lines and the one traceback of a failed request do. And a client
+that floods the log: no line over 1 KiB, no key, and a log reader that stops reading does not
+stop the service."""
 
 from __future__ import annotations
 
 import base64
 import http.client
 import json
+import os
 import re
+import signal
 import socket
 import ssl
+import subprocess
+import sys
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from {{ cookiecutter.package_name }}.keys import KEY_PREFIX
+from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, mint
 from {{ cookiecutter.package_name }}.logging import MASK
 
 from .database import Databases
-from .support import KeySet, Server, free_port, run_gunicorn, wait_until_serving
+from .support import PROJECT, KeySet, Server, free_port, run_gunicorn, server_env, wait_until_serving
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +64,7 @@ class Sent:
     """A request that reached the application, as its log lines should show it."""
 
     method: str
-    path: str  # as logged: no query string, keys masked
+    path: str  # as logged (or how it starts): no query string, keys masked
     status: int
     request_id: str
     key_id: str | None
@@ -110,16 +119,10 @@ class Client:
         return int(match.group(1)) if match else 0
 
 
-def start(
-    keys: KeySet,
-    tls_files: tuple[Path, Path],
-    directory: Path,
-    database: dict[str, str],
-    *args: str,
-    **overrides: str,
-) -> Server:
-    port = free_port()
-    env = {
+def environment(
+    keys: KeySet, tls_files: tuple[Path, Path], database: dict[str, str], port: int, **overrides: str
+) -> dict[str, str]:
+    return {
         "APP_ENV": "test",
         "API_KEYS": keys.entries,
         **database,
@@ -129,6 +132,18 @@ def start(
         "LOG_LEVEL": "DEBUG",
         **overrides,
     }
+
+
+def start(
+    keys: KeySet,
+    tls_files: tuple[Path, Path],
+    directory: Path,
+    database: dict[str, str],
+    *args: str,
+    **overrides: str,
+) -> Server:
+    port = free_port()
+    env = environment(keys, tls_files, database, port, **overrides)
     log_path = directory / "gunicorn.log"
     server = Server(port, run_gunicorn(env, log_path, *ACCESS_LOG, *args), log_path)
     wait_until_serving(server)
@@ -291,24 +306,41 @@ def test_the_key_ids_are_logged(run: Run) -> None:
 
 
 def test_every_request_is_logged_with_method_path_status_request_id_and_key_id(run: Run) -> None:
-    """The app's request line and gunicorn's access line (asked for here) both carry it all."""
+    """The app's request line (its path once, in its field) and gunicorn's access line (asked
+    for here) both carry it all."""
     assert len(run.sent) >= 15
     for sent in run.sent:
-        lines = lines_with(run.logs, "requestlog", sent.request_id)
-        lines += lines_with(run.logs, "gunicorn.access", f"rid={sent.request_id}")
-        assert lines, sent
+        (request_line,) = lines_with(run.logs, "requestlog", sent.request_id)
+        assert re.search(rf"\bmethod\W+{sent.method}\b", request_line), (sent, request_line)
+        assert re.search(rf"\bpath\W+{re.escape(sent.path)}", request_line), (sent, request_line)
+        assert request_line.count(sent.path) == 1, request_line
+        access_lines = lines_with(run.logs, "gunicorn.access", f"rid={sent.request_id}")
+        assert all(f"{sent.method} {sent.path}" in line for line in access_lines), (sent, access_lines)
         key_id = re.escape(sent.key_id) if sent.key_id else "(?:null|None|-)"
-        for line in lines:
-            assert f"{sent.method} {sent.path}" in line, (sent, line)
+        for line in [request_line, *access_lines]:
             assert re.search(rf"(?<![\d.]){sent.status}(?![\d.])", line), (sent, line)
             assert re.search(r"duration_ms|\d+ms", line), (sent, line)
             assert re.search(rf"\bkey(?:_id)?\W+{key_id}(?![\w-])", line), (sent, line)
             assert "?" not in line, line
 
 
-def test_the_access_log_format_omits_the_query_string(run: Run) -> None:
-    resolved = re.search(r"access_log_format: (.*?)(?:\\n|\n)", run.logs)
-    assert resolved, "gunicorn printed no configuration at DEBUG level"
+def test_the_access_log_format_omits_the_query_string(
+    keys: KeySet, tls_files: tuple[Path, Path], database_env: dict[str, str]
+) -> None:
+    """As gunicorn resolves it for the servers above (its DEBUG dump of the configuration is
+    one record, cut to a line like any other: --print-config shows it whole)."""
+    env = environment(keys, tls_files, database_env, free_port())
+    printed = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "--print-config", *ACCESS_LOG],
+        cwd=PROJECT,
+        env=server_env(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    resolved = re.search(r"^access_log_format\s+= (.*)$", printed, flags=re.MULTILINE)
+    assert resolved, printed
     access_log_format = resolved.group(1)
     assert "%(U)s" in access_log_format
     for atom in ("%(r)s", "%(q)s", "%(f)s"):  # request line, query, Referer: all carry queries
@@ -316,6 +348,9 @@ def test_the_access_log_format_omits_the_query_string(run: Run) -> None:
     assert not re.search(r"%\(\{[^}]*\}i\)s", access_log_format), "request headers carry keys"
     assert "x-request-id" in access_log_format
     assert "key_id" in access_log_format
+
+
+def test_no_access_line_holds_a_query_string(run: Run) -> None:
     access_lines = lines_with(run.logs, "gunicorn.access")
     assert access_lines
     assert not [line for line in access_lines if "?" in line]
@@ -411,3 +446,261 @@ def test_gunicorn_error_lines_for_failed_requests_are_masked(
     assert lines_with(logs, "Error handling request", MASK)
     assert "the application failed outside Flask" in logs
     assert not leaks(logs, [ghost])
+
+
+# A client that floods the log ----------------------------------------------------------------
+
+ATTACKER, LEGITIMATE = "127.0.0.2", "127.0.0.3"
+LINE_LIMIT = 1024
+# gunicorn refuses a request line over 4,094 bytes: "GET " + path + " HTTP/1.1" must fit.
+PATH_LENGTH = 4000
+
+
+def crafted_paths(secrets: list[str]) -> list[str]:
+    """4 KB paths that aim at the masking patterns, with keys at the start, across the point
+    where a line is cut (1 KiB), split, percent-encoded and base64-encoded."""
+
+    def padded(path: str, pad: str = "a") -> str:
+        return (path + pad * PATH_LENGTH)[:PATH_LENGTH]
+
+    paths = [
+        "/%3F" + "key" * 1328,
+        padded("/x", "&token"),
+        padded("/x;", "apikey"),
+        padded("/", "Ab1Cd2Ef3Gh-"),
+    ]
+    for secret in secrets:
+        basic = base64.b64encode(f"user:{secret}".encode()).decode()
+        paths += [
+            padded(f"/{secret}/"),
+            padded(f"/v1/items/{percent_encoded(secret)}/"),
+            padded("/" + "/".join(secret[i : i + 10] for i in range(0, len(secret), 10)) + "/"),
+            padded(f"/{basic}/"),
+            *(padded("/" + "b" * offset + secret + "/") for offset in range(960, 1040, 9)),
+        ]
+    return paths
+
+
+def keep_alive_requests(
+    port: int, context: ssl.SSLContext, source: str, targets: Iterable[str], seconds: float = 120
+) -> list[int]:
+    """GET each target from ``source`` on one kept-alive connection (a new one whenever the
+    server closes it); the statuses, 0 for a request that got no answer (and for every request
+    after ``seconds``: a server that stopped answering fails the test, it does not hang it)."""
+    deadline = time.monotonic() + seconds
+    statuses = []
+    connection: http.client.HTTPSConnection | None = None
+    for target in targets:
+        status = 0
+        for _ in range(3):
+            if time.monotonic() > deadline:
+                break
+            if connection is None:
+                connection = http.client.HTTPSConnection(
+                    "localhost", port, context=context, timeout=15, source_address=(source, 0)
+                )
+            try:
+                connection.request("GET", target)
+                response = connection.getresponse()
+                response.read()
+                status = response.status
+            except (http.client.HTTPException, OSError):
+                connection.close()
+                connection = None
+                continue
+            if response.will_close:
+                connection.close()
+                connection = None
+            break
+        statuses.append(status)
+    if connection is not None:
+        connection.close()
+    return statuses
+
+
+def flood(port: int, context: ssl.SSLContext, targets: list[str], connections: int = 4) -> list[int]:
+    """The targets spread over a few connections from the attacker's address, all at once."""
+    with ThreadPoolExecutor(connections) as pool:
+        shares = pool.map(
+            lambda share: keep_alive_requests(port, context, ATTACKER, targets[share::connections]),
+            range(connections),
+        )
+        return [status for statuses in shares for status in statuses]
+
+
+def invalid_header_name(port: int, context: ssl.SSLContext, secret: str) -> bytes:
+    """An 8 KB header name gunicorn refuses and quotes in its error line: a key first, then text
+    aimed at the query-parameter pattern."""
+    name = (secret + "?" + "key" * 3000)[:8100]
+    head = f"GET / HTTP/1.1\r\nHost: localhost\r\n{name}: 1\r\n\r\n".encode()
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(ATTACKER, 0))
+    with context.wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(head)
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+    return answer
+
+
+def long_lines(logs: str) -> list[str]:
+    return [line for line in logs.splitlines() if len(line.encode("utf-8", "backslashreplace")) > LINE_LIMIT]
+
+
+@dataclass
+class Flooded:
+    logs: str
+    statuses: list[int]
+    header_answer: bytes
+
+
+@pytest.fixture(scope="module")
+def flooded(
+    keys: KeySet,
+    tls_files: tuple[Path, Path],
+    client_context: ssl.SSLContext,
+    tmp_path_factory: pytest.TempPathFactory,
+    databases: Databases,
+) -> Flooded:
+    """1,500 unmatched requests with crafted 4 KB paths from one address, then an invalid 8 KB
+    header name, against a gunicorn logging at DEBUG with its access log on: every line the
+    service and gunicorn write."""
+    directory = tmp_path_factory.mktemp("flood")
+    server = start(keys, tls_files, directory, databases.new())
+    paths = crafted_paths([keys.reader.secret, keys.unconfigured.secret])
+    try:
+        statuses = flood(server.port, client_context, [paths[n % len(paths)] for n in range(1500)])
+        header_answer = invalid_header_name(server.port, client_context, keys.unconfigured.secret)
+    finally:
+        logs = server.stop()
+    return Flooded(logs, statuses, header_answer)
+
+
+def test_crafted_unmatched_paths_leave_every_line_within_1_kib_and_no_key(
+    flooded: Flooded, keys: KeySet
+) -> None:
+    # 404, or 429 where a budget for unmatched routes stops the client: never no answer.
+    assert set(flooded.statuses) <= {404, 429}, sorted(set(flooded.statuses))
+    assert len(flooded.statuses) == 1500
+    assert not long_lines(flooded.logs), long_lines(flooded.logs)[:1]
+    assert not leaks(flooded.logs, [keys.reader.secret, keys.unconfigured.secret])
+    request_lines = [json.loads(line) for line in lines_with(flooded.logs, "requestlog", ATTACKER)]
+    assert len(request_lines) >= 1500
+    assert all(entry["message"] == "request" and "[CUT " in entry["path"] for entry in request_lines)
+    assert lines_with(flooded.logs, "gunicorn.access", "[CUT ")
+
+
+def test_gunicorns_line_for_an_invalid_8_kb_header_name_is_cut_and_masked(
+    flooded: Flooded, keys: KeySet
+) -> None:
+    assert flooded.header_answer.startswith(b"HTTP/1.1 400 ")
+    (line,) = lines_with(flooded.logs, f"Invalid request from ip={ATTACKER}", "header name")
+    assert len(line.encode()) <= LINE_LIMIT
+    message = json.loads(line)["message"]
+    assert MASK in message
+    assert "[CUT " in message
+    assert not leaks(line, [keys.unconfigured.secret])
+
+
+# A log reader that stops reading ---------------------------------------------------------------
+
+# The service's own configuration, with a queue of 500 lines instead of 10,000: hundreds of
+# requests fill it, instead of ten thousand.
+SMALL_QUEUE_CONFIG = """\
+import runpy
+globals().update(runpy.run_path({config!r}))
+for handler in logconfig_dict["handlers"].values():
+    handler["capacity"] = 500
+"""
+
+
+def healthz_delays(port: int, context: ssl.SSLContext, until: threading.Event) -> list[float]:
+    """From the legitimate client's address, a fresh connection for GET /healthz every 0.2 s until
+    ``until`` is set: how long each answer took (infinity for none)."""
+    delays = []
+    while not until.wait(0.2):
+        started = time.monotonic()
+        statuses = keep_alive_requests(port, context, LEGITIMATE, ["/healthz"], seconds=15)
+        delays.append(time.monotonic() - started if statuses == [200] else float("inf"))
+    return delays
+
+
+def dropped_in_metrics(port: int, context: ssl.SSLContext, scraper: str) -> float:
+    connection = http.client.HTTPSConnection(
+        "localhost", port, context=context, timeout=15, source_address=(LEGITIMATE, 0)
+    )
+    try:
+        connection.request("GET", "/metrics", headers={"Authorization": f"Bearer {scraper}"})
+        text = connection.getresponse().read().decode()
+    finally:
+        connection.close()
+    (line,) = [line for line in text.splitlines() if line.startswith("api_log_lines_dropped_total ")]
+    return float(line.split()[1])
+
+
+def test_a_log_reader_that_stops_reading_does_not_stop_the_service(
+    keys: KeySet,
+    tls_files: tuple[Path, Path],
+    client_context: ssl.SSLContext,
+    tmp_path: Path,
+    database_env: dict[str, str],
+) -> None:
+    """gunicorn's output is a pipe nobody reads (a stalled collector): writing to it would block
+    the worker's event loop, and every client with it."""
+    scraper = mint(KEY_PREFIX, key_id="prometheus", scopes=["metrics:read"], tenant="ops")
+    config = tmp_path / "gunicorn.conf.py"
+    config.write_text(SMALL_QUEUE_CONFIG.format(config=str(PROJECT / "gunicorn.conf.py")))
+    port = free_port()
+    env = {
+        "APP_ENV": "test",
+        "API_KEYS": f"{keys.entries},{scraper.entry}",
+        **database_env,
+        "BIND": f"127.0.0.1:{port}",
+        "TLS_CERT_FILE": str(tls_files[0]),
+        "TLS_KEY_FILE": str(tls_files[1]),
+        "LOG_LEVEL": "DEBUG",
+    }
+    reading, writing = os.pipe()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", str(config)],
+        cwd=PROJECT,
+        env=server_env(env),
+        stdout=writing,
+        stderr=writing,
+    )
+    os.close(writing)
+    drained: list[bytes] = []
+    reader = threading.Thread(target=lambda: drained.extend(iter(lambda: os.read(reading, 65536), b"")))
+    try:
+        wait_until_serving(Server(port, process, tmp_path / "unused.log"))
+        done = threading.Event()
+        with ThreadPoolExecutor(1) as pool:
+            legitimate = pool.submit(healthz_delays, port, client_context, done)
+            paths = crafted_paths([keys.unconfigured.secret])
+            statuses = flood(port, client_context, [paths[n % len(paths)] for n in range(1500)])
+            time.sleep(1)
+            done.set()
+            delays = legitimate.result()
+        dropped = dropped_in_metrics(port, client_context, scraper.secret)
+        # The reader comes back: what was queued is written, and a notice of what was dropped.
+        reader.start()
+        keep_alive_requests(port, client_context, LEGITIMATE, ["/healthz"] * 3)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if reader.ident is not None:
+        reader.join(30)
+    os.close(reading)
+    logs = b"".join(drained).decode("utf-8", "replace")
+    assert set(statuses) <= {404, 429}, sorted(set(statuses))
+    assert delays
+    assert max(delays) < 5, delays
+    assert dropped > 0
+    notices = [json.loads(line) for line in lines_with(logs, "log lines dropped")]
+    assert notices
+    assert all(notice["dropped_lines"] > 0 for notice in notices)
+    assert not long_lines(logs), long_lines(logs)[:1]
+    assert not leaks(logs, [keys.unconfigured.secret])

@@ -15,15 +15,18 @@ import traceback
 from collections.abc import Callable, Iterator
 
 import pytest
+from flask import Flask
 from werkzeug.datastructures import Headers
 
 from {{ cookiecutter.package_name }} import keys as keys_module
-from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, MintedKey
+from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, MintedKey, mint
 from {{ cookiecutter.package_name }}.logging import (
     CLEAN_REMEMBERED,
+    LINE_LIMIT,
     MASK,
     JsonFormatter,
     MaskSecrets,
+    Name,
     TextFormatter,
     configure,
     logging_config,
@@ -309,6 +312,16 @@ def test_a_key_split_by_a_character_outside_its_alphabet_is_masked(
     assert_masked(output, key.secret)
 
 
+@pytest.mark.parametrize("split", [" ", "\t", "/", "+", "%20", "%2F", "%2f", "%09", "\\t", "\\x00", "\n  "])
+@pytest.mark.parametrize("position", [2, len(KEY_PREFIX), len(KEY_PREFIX) + 1, len(KEY_PREFIX) + 3, 20, 45])
+def test_a_key_split_by_one_character_outside_its_alphabet_is_masked_whole(
+    emit: Emit, key: MintedKey, split: str, position: int
+) -> None:
+    """Not only its pieces: nothing of the key is left around the marker, the prefix included."""
+    output = emit("GET /v1/items/%s HTTP/1.1", key.secret[:position] + split + key.secret[position:])
+    assert output == f"INFO GET /v1/items/{MASK} HTTP/1.1\n"
+
+
 def test_the_part_of_a_key_that_lost_its_prefix_is_masked(emit: Emit, key: MintedKey) -> None:
     rest = key.secret[20:]
     output = emit("Invalid request from ip=127.0.0.1: Invalid HTTP Version: %r", f"{rest} HTTP/1.1")
@@ -452,6 +465,51 @@ def test_the_key_id_stays_visible(emit: Emit, key: MintedKey) -> None:
     assert_masked(output, key.secret)
     assert "accepted as reader" in output
     assert "key_id=reader" in emit("ok", extra={"key_id": "reader"}, formatter=TextFormatter())
+
+
+# Names the key ring accepts although they start like a key: they hold no whole key.
+LOOKALIKE_NAMES = [f"{KEY_PREFIX}_{name}" for name in ("integrations", "corporation1", "Billing2026Team")]
+
+
+@pytest.mark.parametrize("name", LOOKALIKE_NAMES)
+@pytest.mark.parametrize("formatter", [TextFormatter(), JsonFormatter()], ids=["text", "json"])
+def test_a_name_that_only_starts_like_a_key_stays_visible_in_its_field(
+    emit: Emit, name: str, formatter: logging.Formatter
+) -> None:
+    """As the key ring draws the line (holds_a_key), so does the filter: the line names its caller."""
+    output = emit("request", extra={"key_id": Name(name)}, formatter=formatter)
+    assert name in output
+    assert MASK not in output
+    # The same text sent by a client is masked like any piece of a key: nothing vouches for it.
+    assert name not in emit("GET /%s", name)
+
+
+@pytest.mark.parametrize("shape", ["{key}", "team-{key}", "{body}"], ids=["key", "glued", "without-prefix"])
+def test_a_name_that_holds_a_whole_key_is_masked(emit: Emit, key: MintedKey, shape: str) -> None:
+    name = Name(shape.format(key=key.secret, body=key.secret[len(KEY_PREFIX) + 1 :]))
+    assert_masked(emit("request", extra={"key_id": name}, formatter=JsonFormatter()), key.secret)
+
+
+def test_a_name_longer_than_a_line_is_masked_unread(emit: Emit) -> None:
+    """No name the ring accepts is that long; whatever was wrapped as one is not scanned."""
+    output = emit("request", extra={"key_id": Name("n" * (LINE_LIMIT + 1))}, formatter=JsonFormatter())
+    assert json.loads(output)["key_id"] == MASK
+
+
+def test_the_request_line_names_a_key_whose_id_and_tenant_start_like_a_key(
+    make_app: Callable[..., Flask], caplog: pytest.LogCaptureFixture
+) -> None:
+    key_id, tenant = LOOKALIKE_NAMES[:2]
+    minted = mint(KEY_PREFIX, key_id=key_id, scopes=["items:read"], tenant=tenant)
+    client = make_app(API_KEYS=minted.entry).test_client()
+    with caplog.at_level(logging.INFO):
+        response = client.get("/v1/whoami", headers={"Authorization": f"Bearer {minted.secret}"})
+    assert response.status_code == 200
+    assert response.json == {"key_id": key_id, "tenant": tenant, "scopes": ["items:read"]}
+    (line,) = [r for r in caplog.records if r.name.endswith("requestlog")]
+    stream = io.StringIO()
+    handler_for(stream, JsonFormatter()).handle(line)
+    assert json.loads(stream.getvalue())["key_id"] == key_id
 
 
 @pytest.mark.parametrize(
@@ -722,6 +780,15 @@ def test_configure_sets_up_masked_logging_once_when_nothing_else_has(
     logging.getLogger("tests.configured.app").warning("app sees %s", key.secret)
     (line,) = capsys.readouterr().err.splitlines()
     assert json.loads(line)["message"] == f"app sees {MASK}"
+
+
+@pytest.mark.usefixtures("process_logging")
+def test_configure_applies_the_line_limit_it_is_given(capsys: pytest.CaptureFixture[str]) -> None:
+    logging.getLogger().handlers.clear()
+    configure(key_prefix=KEY_PREFIX, json_lines=True, level="WARNING", line_limit=2048)
+    logging.getLogger("tests.configured.app").warning("%s", "a" * 5000)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert 2000 < len(line) <= 2048
 
 
 def test_extra_fields_inside_containers_and_objects_keep_what_holds_no_secret(emit: Emit) -> None:

@@ -34,7 +34,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     """
     if settings is None:
         settings = serving_settings()
-    logs.configure(key_prefix=KEY_PREFIX, json_lines=not settings.development, level=settings.log_level)
+    logs.configure(
+        key_prefix=KEY_PREFIX,
+        json_lines=not settings.development,
+        level=settings.log_level,
+        line_limit=settings.log_line_limit,
+    )
 
     # No static folder: an API serves no files, and /static/<path> would be a route of its own.
     app = Flask(__name__, static_folder=None)

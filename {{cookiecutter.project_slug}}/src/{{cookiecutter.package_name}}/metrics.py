@@ -31,6 +31,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from .access import requires
 from .auth import caller, failure
 from .limits import limit
+from .logwriter import report_dropped_lines
 from .shapes import answers
 
 
@@ -261,3 +262,14 @@ def connections_open(count: int) -> None:
 def connection_refused() -> None:
     """For the worker: one more connection closed at once by a per-address cap."""
     CONNECTIONS_REFUSED.inc()
+
+
+# --- Log lines dropped ------------------------------------------------------------------------
+# The log writer (logwriter.py, standard library only) counts the lines it drops when the log
+# reader does not keep up; this series reports them, summed over the workers like the rest.
+LOG_LINES_DROPPED = Counter(
+    "api_log_lines_dropped",
+    "Log lines dropped because the log reader did not keep up (the writer's queue was full).",
+    registry=SERIES,
+)
+report_dropped_lines(LOG_LINES_DROPPED.inc)

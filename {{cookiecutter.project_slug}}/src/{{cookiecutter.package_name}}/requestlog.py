@@ -15,7 +15,7 @@ import secrets
 from flask import Response, g, request
 
 from .auth import caller, failure, refused_key_id
-from .logging import Minted, request_id
+from .logging import Minted, Name, request_id
 
 logger = logging.getLogger(__name__)
 
@@ -36,18 +36,20 @@ class RequestLog:
             identified = caller()
             method, path, status = request.method, request.path, response.status_code
             incoming = request.environ.get("HTTP_X_REQUEST_ID", "")
+            # A valid key refused (auth_failure says why) is named too: used from outside its
+            # networks, it is probably stolen, and its id says which key to retire.
+            key_id = identified.key_id if identified is not None else refused_key_id()
             extra = {
                 "method": method,
                 "path": path,
                 "status": status,
                 "duration_ms": round(duration * 1000, 2),
-                # A valid key refused (auth_failure says why) is named too: used from outside its
-                # networks, it is probably stolen, and its id says which key to retire.
-                "key_id": identified.key_id if identified is not None else refused_key_id(),
+                "key_id": None if key_id is None else Name(key_id),
                 "auth_failure": failure(),
                 "remote_addr": request.remote_addr,
                 "client_request_id": incoming if CLIENT_REQUEST_ID.fullmatch(incoming) else None,
             }
-            logger.info("%s %s %s", method, path, status, extra=extra)
+            # The path only in its field: a client's long path is written, cut, once per line.
+            logger.info("request", extra=extra)
         # Lines logged after this one, on the same connection, belong to no request.
         request_id.set(None)

@@ -218,6 +218,7 @@ class Settings:
     hsts_preload: bool = field(metadata=read("HSTS_PRELOAD", flag, "false"))
     openapi_enabled: bool = field(metadata=read("OPENAPI_ENABLED", flag, _openapi_default))
     log_level: str = field(metadata=read("LOG_LEVEL", choice(*LOG_LEVELS), "INFO"))
+    log_line_limit: int = field(metadata=read("LOG_LINE_LIMIT", whole(256, 65536), "1024"))
     bind: str = field(metadata=read("BIND", str, "127.0.0.1:8443"))
     workers: int = field(metadata=read("WEB_CONCURRENCY", whole(1, 64), _default_workers))
     # Per gunicorn worker (worker.py): what one client address, or one trusted proxy, may hold.
