@@ -66,22 +66,28 @@ def use_variants(root: Path) -> None:
 
 
 def write_compose_secrets(root: Path, api_keys: str) -> str:
-    """Passwords for the local PostgreSQL of compose.yaml, fresh on every bake, and the dev
-    key's entry for its service; returns the .env line that reaches it from this host."""
+    """Passwords of the local PostgreSQL (compose.yaml's, or make db's: the same three), fresh on
+    every bake, and the dev key's entry for compose's service; returns the .env lines that
+    reach it from this host: the service's role, and the tables' owner for the migrations."""
     directory = root / ".dev"
     directory.mkdir(mode=0o700, exist_ok=True)
-    superuser, service = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    superuser, owner, service = (secrets.token_urlsafe(24) for _ in range(3))
     files = {
         "postgres-password": superuser,
+        "items-owner-password": owner,
         "items-password": service,
-        "database-url": f"postgresql://items:{service}@postgres:5432/items",
+        "database-url": f"postgresql://items_service:{service}@postgres:5432/items",
+        "database-migration-url": f"postgresql://items_owner:{owner}@postgres:5432/items",
         "api-keys": api_keys,
     }
     for name, value in files.items():
         # Readable inside the containers, whose users differ from yours: .dev/ itself is 0700.
         (directory / name).write_text(value + "\n", encoding="utf-8")
         (directory / name).chmod(0o644)
-    return f"DATABASE_URL=postgresql://items:{service}@127.0.0.1:5432/items\n"
+    return (
+        f"DATABASE_URL=postgresql://items_service:{service}@127.0.0.1:5432/items\n"
+        f"DATABASE_MIGRATION_URL=postgresql://items_owner:{owner}@127.0.0.1:5432/items\n"
+    )
 
 
 def write_dev_env(root: Path) -> str:
@@ -114,8 +120,9 @@ def main() -> int:
     use_variants(root)
     secret = write_dev_env(root)
     database = (
-        "    docker compose up -d postgres redis   # PostgreSQL and Redis (compose.yaml)\n"
-        "    alembic upgrade head                  # the schema\n"
+        "    make db           # PostgreSQL on this host, without containers\n"
+        "                      # (or, with Docker Compose v2: docker compose up -d postgres)\n"
+        "    make migrate      # the schema, as the tables' owner\n"
         if CHOSEN["postgresql"]
         else ""
     )

@@ -18,18 +18,19 @@ class LocalDatabase:
 
     def __init__(self, workdir: Path) -> None:
         self.cluster = PostgresCluster()
+        # The service's role only: the owner's URL is for the migrations, never the service.
         self.env = {"DATABASE_URL": self.cluster.url("items")}
         self.started = False
 
     def start(self) -> None:
-        """The first start makes the server, the service's role and its migrated database."""
+        """The first start makes the server, its two roles and the migrated database."""
         if self.started:
             self.cluster.start()
             return
         self.cluster.initialize().start()
-        self.cluster.create_service_role()
+        self.cluster.create_roles()
         self.cluster.create_database("items")
-        migrate(self.env["DATABASE_URL"], PROJECT)
+        migrate(self.cluster.urls("items"), PROJECT)
         self.started = True
 
     def stop(self) -> None:

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# What `alembic upgrade head` cannot use, and the variable its one line of error names.
+UNUSABLE_DATABASE = ({"ITEMS_DB": "/dev/null/items.sqlite3"}, "ITEMS_DB")  # under a file: never made
+
 
 class Databases:
     """Fresh databases on demand, and a way to break one (the project's PostgreSQL version of
@@ -20,6 +23,10 @@ class Databases:
         """The environment of a database of its own, empty: the service migrates it at start."""
         self.count += 1
         return {"ITEMS_DB": str(self.directory / f"items-{self.count}.sqlite3")}
+
+    def empty(self) -> dict[str, str]:
+        """What ``alembic`` reads to migrate a database of its own, not migrated yet."""
+        return self.new()
 
     def drop_items(self, env: Mapping[str, str]) -> None:
         """Remove the items table under a running service: its item routes then fail (500)."""

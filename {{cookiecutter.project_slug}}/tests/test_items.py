@@ -7,6 +7,7 @@ in pages without losing a row, and the routes in the OpenAPI document.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -144,6 +145,30 @@ def test_sql_in_an_id_is_just_an_unknown_id(client: FlaskClient, holders: Holder
     create(client, holders.other_tenant)
     response = client.get(f"{PATH}/x' OR '1'='1", headers=bearer(holders.reader))
     assert response.status_code == 404
+
+
+@pytest.mark.parametrize("path", [f"{PATH}/x%00", f"{PATH}/%00", f"{PATH}/0123456789abcdef%000123"])
+def test_an_id_holding_a_nul_byte_is_not_found(
+    client: FlaskClient, holders: Holders, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    """PostgreSQL's driver refuses a NUL byte in a parameter (DataError): that was a 500."""
+    create(client, holders.writer)
+    response = client.get(path, headers=bearer(holders.reader))
+    assert response.status_code == 404
+    assert response.content_type == "application/problem+json"
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR or record.exc_info]
+
+
+@pytest.mark.parametrize("name", ["a\u0000b", "\u0000", "widget\u0000"])
+def test_a_name_holding_a_nul_byte_is_refused_naming_the_field(
+    client: FlaskClient, holders: Holders, caplog: pytest.LogCaptureFixture, name: str
+) -> None:
+    response = client.post(PATH, headers=bearer(holders.writer), json={"name": name})
+    assert response.status_code == 422
+    assert response.content_type == "application/problem+json"
+    assert [error["pointer"] for error in response.get_json()["errors"]] == ["#/name"]
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR or record.exc_info]
+    assert client.get(PATH, headers=bearer(holders.reader)).get_json()["items"] == []
 
 
 def test_tenant_and_id_in_the_body_are_ignored(client: FlaskClient, holders: Holders) -> None:

@@ -1,6 +1,8 @@
 """PostgreSQL in-process: the URL and its password, the pool size, row-level security as the
-second line of tenant isolation (CWE-639, API1:2023), migrations up, down and from two hosts at
-once, the schema check at start, and 503 when the server cannot be reached."""
+second line of tenant isolation (CWE-639, API1:2023), the two roles (the owner migrates; the
+service's role owns nothing and bypasses nothing, or the start is refused), migrations up, down
+and from two hosts at once, alembic's one-line errors, the schema check at start, and 503 when
+the server cannot be reached."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from {{ cookiecutter.package_name }}.database import MIGRATION_LOCK, pool_size, 
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, mint
 from {{ cookiecutter.package_name }}.settings import ConfigError, database_settings_from, settings_from
 
-from .database import Databases
+from .database import PROBE_PASSWORD, Databases, local_postgres
 from .support import PROJECT, KeySet, bearer, free_port
 
 PASSWORD = "s3cret-Passw0rd"
@@ -81,6 +83,13 @@ def test_make_settings_shows_the_database_url_without_any_password(env: dict[str
     assert shown == "postgresql://***@db.internal/items?sslmode=verify-full&password=***"
 
 
+def test_make_settings_shows_the_migration_url_without_its_password(env: dict[str, str]) -> None:
+    env["DATABASE_MIGRATION_URL"] = f"postgresql://items_owner:{PASSWORD}@db.internal/items"
+    shown = settings_from(env).describe()
+    assert shown["DATABASE_MIGRATION_URL"] == "postgresql://***@db.internal/items"
+    assert PASSWORD not in str(shown)
+
+
 def test_make_settings_prints_no_password(env: dict[str, str], tmp_path: Path) -> None:
     secret_file = tmp_path / "database-url"
     secret_file.write_text(f"postgresql://items:{PASSWORD}@127.0.0.1:5432/items\n")
@@ -96,6 +105,20 @@ def test_make_settings_prints_no_password(env: dict[str, str], tmp_path: Path) -
     )
     assert '"DATABASE_URL": "postgresql://***@127.0.0.1:5432/items"' in result.stdout
     assert PASSWORD not in result.stdout + result.stderr
+
+
+def test_production_warns_when_the_service_holds_the_owners_url(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only alembic reads it: a service that has it could become the tables' owner."""
+    production = {"APP_ENV": "production", "FORWARDED_ALLOW_IPS": "10.0.0.1"}
+    owner = f"postgresql://items_owner:{PASSWORD}@127.0.0.1:{free_port()}/items"
+    prepare_database(settings_from({**env, **production, "DATABASE_MIGRATION_URL": owner}), 1, 1000)
+    warning = capsys.readouterr().err
+    assert warning.startswith("warning: DATABASE_MIGRATION_URL: the service never uses it")
+    assert PASSWORD not in warning
+    prepare_database(settings_from({**env, **production}), 1, 1000)
+    assert capsys.readouterr().err == ""
 
 
 # --- the pool ------------------------------------------------------------------------------------
@@ -185,7 +208,131 @@ def test_a_role_that_bypasses_row_level_security_is_refused_at_start(
     superuser = databases.cluster.superuser_url(env["DATABASE_URL"].rsplit("/", 1)[1])
     problem = schema_problem(settings_from({**env, "DATABASE_URL": superuser}).database)
     assert problem is not None
-    assert "bypasses row-level security" in problem
+    assert problem.startswith("its role is, or can become, a superuser")
+
+
+# --- roles: the service's owns nothing and bypasses nothing ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("statements", "refusal"),
+    [
+        (["ALTER TABLE items OWNER TO {role}"], "its role owns table items, or can become its owner"),
+        (["GRANT items_owner TO {role}"], "its role owns table items, or can become its owner"),
+        (
+            ["ALTER DATABASE {database} OWNER TO {role}"],
+            "its role owns the database, or can become its owner",
+        ),
+        (
+            ["CREATE ROLE {role}_above NOLOGIN SUPERUSER", "GRANT {role}_above TO {role}"],
+            "its role is, or can become, a superuser or a role with BYPASSRLS",
+        ),
+        (
+            ["CREATE ROLE {role}_above NOLOGIN BYPASSRLS", "GRANT {role}_above TO {role}"],
+            "its role is, or can become, a superuser or a role with BYPASSRLS",
+        ),
+        (
+            ["ALTER ROLE {role} CREATEROLE"],
+            "its role is, or can become, a superuser or a role with BYPASSRLS",
+        ),
+        (["GRANT SELECT, INSERT ON items TO {role}"], "its role cannot read alembic_version"),
+    ],
+    ids=[
+        "owns-the-table",
+        "member-of-the-owner",
+        "owns-the-database",
+        "member-of-a-superuser-role",
+        "member-of-a-bypassrls-role",
+        "createrole",
+        "cannot-read-alembic-version",
+    ],
+)
+def test_a_role_that_row_level_security_would_not_bind_is_refused_at_start_in_one_line(
+    role_env: Callable[..., dict[str, str]], statements: list[str], refusal: str
+) -> None:
+    problem = schema_problem(database_settings_from(role_env(*statements)))
+    assert problem is not None
+    assert problem.startswith(refusal)
+    assert "\n" not in problem
+    assert PROBE_PASSWORD not in problem
+
+
+def test_a_role_with_only_the_services_privileges_is_accepted(
+    role_env: Callable[..., dict[str, str]],
+) -> None:
+    env = role_env(
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON items TO {role}", "GRANT SELECT ON alembic_version TO {role}"
+    )
+    assert schema_problem(database_settings_from(env)) is None
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "ALTER TABLE items NO FORCE ROW LEVEL SECURITY",
+        "ALTER TABLE items DISABLE ROW LEVEL SECURITY",
+        "DROP POLICY items_of_the_current_tenant ON items",
+        "TRUNCATE items",
+        "CREATE TABLE copied (tenant text)",
+        "CREATE TEMPORARY TABLE copied (tenant text)",
+        "UPDATE alembic_version SET version_num = '0000'",
+        "SET ROLE items_owner",
+    ],
+    ids=[
+        "no-force",
+        "disable",
+        "drop-policy",
+        "truncate",
+        "create",
+        "create-temporary",
+        "alembic-version",
+        "set-role",
+    ],
+)
+def test_the_services_role_can_neither_lift_the_policy_nor_change_the_schema(
+    env: dict[str, str], statement: str
+) -> None:
+    """TRUNCATE, which row-level security does not filter, and the version table's rows
+    included: the service's role reads and writes rows of its tables, and does nothing else."""
+    with psycopg.connect(env["DATABASE_URL"]) as service, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        service.execute(statement)
+
+
+def test_a_table_a_later_migration_creates_is_usable_by_the_services_role_without_a_grant(
+    databases: Databases,
+) -> None:
+    """The owner's default privileges: a resource's migration copied from the items one needs
+    no GRANT of its own, and the version table stays the owner's to write. (A name no resource
+    would take: `make resource` may have made any plural already.)"""
+    env = databases.new()
+    try:
+        with psycopg.connect(databases.migrating(env)["DATABASE_MIGRATION_URL"], autocommit=True) as owner:
+            owner.execute("CREATE TABLE later_table (id text PRIMARY KEY, tenant text NOT NULL)")
+        with psycopg.connect(env["DATABASE_URL"], autocommit=True) as service:
+            service.execute("INSERT INTO later_table VALUES ('o1', 'acme')")
+            assert service.execute("SELECT tenant FROM later_table").fetchall() == [("acme",)]
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                service.execute("TRUNCATE later_table")
+    finally:
+        databases.drop(env)
+
+
+def test_no_request_can_choose_the_tenant_its_transaction_reads(
+    client, keys: KeySet, env: dict[str, str], databases: Databases
+) -> None:
+    """``app.tenant`` comes from the key alone: no parameter, header or field a client sends
+    reaches it (the service's role could set it in SQL: see the threat model, T41)."""
+    theirs = client.post("/v1/items", headers=bearer(keys.other_tenant), json={"name": "theirs"}).get_json()
+    chosen = {"X-Tenant": "globex", "App-Tenant": "globex", "X-App-Tenant": "globex"}
+    headers = {**bearer(keys.writer), **chosen}
+    query = "?tenant=globex&app.tenant=globex"
+    assert client.get(f"/v1/items/{theirs['id']}{query}", headers=headers).status_code == 404
+    assert client.get(f"/v1/items{query}", headers=headers).get_json()["items"] == []
+    made = client.post(
+        f"/v1/items{query}", headers=headers, json={"name": "mine", "tenant": "globex"}
+    ).get_json()
+    with databases.superuser(env) as admin:
+        assert admin.execute("SELECT tenant FROM items WHERE id = %s", (made["id"],)).fetchone() == ("acme",)
 
 
 # --- migrations ------------------------------------------------------------------------------------
@@ -195,13 +342,13 @@ def test_migrations_go_up_and_down(databases: Databases) -> None:
     env = databases.new(migrated=False)
     table = "SELECT to_regclass('items') IS NOT NULL"
     try:
-        assert "Running upgrade  -> 0001" in finished(alembic(env, "upgrade", "head"))
+        assert "Running upgrade  -> 0001" in finished(alembic(databases.migrating(env), "upgrade", "head"))
         with databases.superuser(env) as admin:
             assert admin.execute(table).fetchone() == (True,)
-        finished(alembic(env, "downgrade", "base"))
+        finished(alembic(databases.migrating(env), "downgrade", "base"))
         with databases.superuser(env) as admin:
             assert admin.execute(table).fetchone() == (False,)
-        finished(alembic(env, "upgrade", "head"))
+        finished(alembic(databases.migrating(env), "upgrade", "head"))
         assert schema_problem(database_settings_from(env)) is None
     finally:
         databases.drop(env)
@@ -213,7 +360,7 @@ def test_two_upgrades_at_once_wait_for_each_other_and_both_succeed(databases: Da
         with psycopg.connect(env["DATABASE_URL"], autocommit=True) as holder:
             # Hold the migration lock, as a third host in the middle of its upgrade would.
             holder.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
-            runs = [alembic(env, "upgrade", "head") for _ in range(2)]
+            runs = [alembic(databases.migrating(env), "upgrade", "head") for _ in range(2)]
             time.sleep(3)
             assert [run.poll() for run in runs] == [None, None], "an upgrade did not wait for the lock"
             holder.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
@@ -222,6 +369,41 @@ def test_two_upgrades_at_once_wait_for_each_other_and_both_succeed(databases: Da
         assert schema_problem(database_settings_from(env)) is None
     finally:
         databases.drop(env)
+
+
+def test_alembic_that_cannot_connect_names_the_variable_without_quoting_the_url(databases: Databases) -> None:
+    env = databases.migrating(databases.new(migrated=False))
+    try:
+        env["DATABASE_MIGRATION_URL"] = env["DATABASE_MIGRATION_URL"].replace(
+            databases.cluster.passwords[local_postgres.OWNER_ROLE], PASSWORD
+        )
+        run = alembic(env, "upgrade", "head")
+        output, _ = run.communicate(timeout=120)
+    finally:
+        databases.drop(env)
+    assert run.returncode != 0
+    assert output.strip().splitlines() == [
+        "error: DATABASE_MIGRATION_URL: cannot connect: no answer within DATABASE_CONNECT_TIMEOUT (2 s), "
+        "or the server refused the role, its password or the database"
+    ]
+
+
+def test_migrating_as_the_services_role_is_refused_in_one_line(databases: Databases) -> None:
+    """Without DATABASE_MIGRATION_URL, alembic says it falls back to DATABASE_URL, whose role (the
+    service's) cannot create a table: one line, before any migration starts."""
+    env = databases.new(migrated=False)
+    try:
+        run = alembic(env, "upgrade", "head")
+        output, _ = run.communicate(timeout=120)
+    finally:
+        databases.drop(env)
+    lines = output.strip().splitlines()
+    assert run.returncode != 0
+    assert lines[0].startswith("note: DATABASE_MIGRATION_URL is not set: migrating as DATABASE_URL's role")
+    assert lines[1:] == [
+        "error: DATABASE_URL: its role cannot create tables: "
+        "migrate as the tables' owner (DATABASE_MIGRATION_URL)"
+    ], output
 
 
 @pytest.mark.parametrize("wrong", ["password", "database"])
@@ -237,6 +419,34 @@ def test_a_refused_connection_is_named_without_quoting_the_url(
     assert problem is not None
     assert problem.startswith("cannot connect: ")
     assert not any(part in problem for part in (PASSWORD, "items_service", "no_such_database", "127.0.0.1"))
+
+
+def test_the_readme_compose_and_make_db_set_up_the_same_roles() -> None:
+    """One set of statements in three places: what an administrator runs (README), what the
+    compose server runs at its first start, and what make db and the tests run."""
+
+    def statements(text: str) -> str:
+        return " ".join(text.split("<<'SQL'\n", 1)[1].split("\nSQL\n", 1)[0].split())
+
+    readme = statements((PROJECT / "README.md").read_text())
+    initdb = statements((PROJECT / "compose" / "initdb.sh").read_text())
+    assert readme == initdb
+    for statement, roles in local_postgres.PRIVILEGES:
+        assert " ".join(statement.format(*roles).split()) + ";" in initdb
+
+
+def test_make_db_runs_the_local_server_script() -> None:
+    commands = subprocess.run(
+        ["make", "-n", "db", "db-stop", "DB_PORT=5433", f"PYTHON={sys.executable}"],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert commands.stdout.splitlines() == [
+        f"{sys.executable} scripts/local_postgres.py up --port 5433",
+        f"{sys.executable} scripts/local_postgres.py down",
+    ]
 
 
 def test_the_schema_check_names_alembic_upgrade_head_for_an_empty_database(databases: Databases) -> None:

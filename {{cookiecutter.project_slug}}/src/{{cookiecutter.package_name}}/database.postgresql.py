@@ -1,5 +1,6 @@
 """Where items live: PostgreSQL, shared by every worker and host. A password never reaches a
-log line, an error or ``make settings``; a schema older than the code stops the start.
+log line, an error or ``make settings``; a schema older than the code, or a role that row-level
+security would not bind, stops the start.
 
 The seam between the service and its database: the database's settings, the stores that
 ``create_app`` opens, the check that the gunicorn master runs once at start, and what
@@ -15,6 +16,8 @@ import logging
 import multiprocessing
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
@@ -22,6 +25,9 @@ from urllib.parse import parse_qsl, urlsplit
 from .settings import UNPARSABLE_URI, ConfigError, Invalid, read, redacted_uri, whole
 
 if TYPE_CHECKING:
+    import psycopg
+    from sqlalchemy.engine import Connection
+
     from .settings import Settings
     from .stores import Stores
 
@@ -33,6 +39,46 @@ DEFAULT_CONCURRENCY = 1000
 # Any fixed 64-bit number, the same for every host: `alembic upgrade head` runs one at a time.
 MIGRATION_LOCK = 0x6974656D735F6462
 BEHIND = "the database schema is older than this code: run `alembic upgrade head`"
+NO_SCHEMA = "the database has no schema yet: run `alembic upgrade head`"
+MIGRATION_URL = "DATABASE_MIGRATION_URL"
+# How long a caller of Alembic's API that passes its own URL waits for the server.
+API_CONNECT_TIMEOUT = 10
+ROLES = "README, 'Roles'"
+# Roles that the service's role is, or can become with SET ROLE, and that row-level security
+# does not bind: a superuser, BYPASSRLS, or CREATEROLE (which can grant itself the tables'
+# owner on PostgreSQL 15 and older).
+ABOVE_THE_POLICY = (
+    "SELECT coalesce(bool_or(rolsuper OR rolbypassrls OR rolcreaterole), false) FROM pg_roles"
+    " WHERE pg_has_role(current_user, oid, 'MEMBER')"
+)
+# Tables the service's role owns, or can become the owner of: an owner can switch row-level
+# security off (ALTER TABLE ... NO FORCE ROW LEVEL SECURITY), or drop the policy.
+OWNED_TABLE = (
+    "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE c.relkind IN ('r', 'p') AND n.nspname <> 'information_schema'"
+    " AND n.nspname NOT LIKE 'pg\\_%' AND pg_has_role(current_user, c.relowner, 'MEMBER')"
+    " ORDER BY c.relrowsecurity DESC, c.relname LIMIT 1"
+)
+OWNED_DATABASE = (
+    "SELECT pg_has_role(current_user, datdba, 'MEMBER') FROM pg_database WHERE datname = current_database()"
+)
+# Only the migration role writes the version table; the service's role reads it (the start
+# check). The owner's default privileges give every role they name write access to every new
+# table, this one included: taken back after each migration.
+VERSION_TABLE_READ_ONLY = """
+DO $$
+DECLARE grantee text;
+BEGIN
+  FOR grantee IN
+    SELECT DISTINCT a.grantee::regrole::text
+    FROM pg_class c, aclexplode(c.relacl) a
+    WHERE c.oid = to_regclass('alembic_version') AND a.grantee NOT IN (0, c.relowner)
+      AND a.privilege_type <> 'SELECT'
+  LOOP
+    EXECUTE format('REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON alembic_version FROM %s', grantee);
+  END LOOP;
+END $$
+"""
 
 
 def database_url(text: str) -> str:
@@ -59,6 +105,10 @@ def show_url(text: str) -> str:
     return location + question + SECRET_PARAMETERS.sub(r"\1***", query)
 
 
+def _show_optional_url(url: str | None) -> str | None:
+    return None if url is None else show_url(url)
+
+
 @dataclass(frozen=True)
 class DatabaseSettings:
     """The database's rows of the settings table."""
@@ -72,12 +122,19 @@ class DatabaseSettings:
             show=show_url,
         )
     )
-    # The longest a request waits for a connection: to open one, or for one to come free.
+    # The longest a request waits for a connection that answers: to open one, or for one to
+    # come free, and for its first statement.
     connect_timeout: int = field(metadata=read("DATABASE_CONNECT_TIMEOUT", whole(2, 60), "2"))
-    # The longest one statement runs on the server before it is cancelled.
+    # The longest one statement runs on the server before it is cancelled (a server that cannot
+    # cancel it, being stopped, is given up a second later: store.ANSWER_SLACK).
     statement_timeout: int = field(metadata=read("DATABASE_STATEMENT_TIMEOUT", whole(1, 300), "5"))
     # Connections this host may open in all: each worker gets its share.
     max_connections: int = field(metadata=read("DATABASE_MAX_CONNECTIONS", whole(1, 10_000), "10"))
+    # What `alembic upgrade head` connects as: the role that owns the tables. Never used by the
+    # service, whose own role must own nothing; unset, alembic migrates as DATABASE_URL's role.
+    migration_url: str | None = field(
+        metadata=read(MIGRATION_URL, database_url, from_file=True, show=_show_optional_url)
+    )
 
 
 def pool_size(max_connections: int, workers: int, worker_connections: int) -> int:
@@ -114,8 +171,8 @@ def open_stores(settings: Settings) -> Stores:
 
 def prepare_database(settings: Settings, workers: int, worker_connections: int) -> None:
     """In the gunicorn master, before any worker starts: size the pools, and refuse a
-    database this code cannot serve (unreachable, a role that bypasses row-level security,
-    a schema that is missing, older or newer), with one line naming the problem."""
+    database this code cannot serve (unreachable, a role that row-level security would not
+    bind, a schema that is missing, unreadable, older or newer), with one line naming the problem."""
     global _pool_max
     database = settings.database
     if database.max_connections < workers:
@@ -128,6 +185,12 @@ def prepare_database(settings: Settings, workers: int, worker_connections: int) 
         print(
             "warning: DATABASE_URL: without sslmode=verify-full, the connection to a server on "
             "another host can be read or taken over on the way",
+            file=sys.stderr,
+        )
+    if settings.app_env == "production" and database.migration_url is not None:
+        print(
+            f"warning: {MIGRATION_URL}: the service never uses it; keep the password of the tables' "
+            "owner out of the service's environment",
             file=sys.stderr,
         )
     # In a child process, so that this one (the workers' parent) never imports psycopg.
@@ -145,18 +208,42 @@ def schema_problem(database: DatabaseSettings) -> str | None:
 
     try:
         with psycopg.connect(database.url, connect_timeout=database.connect_timeout, autocommit=True) as db:
-            bypass = "SELECT bool_or(rolsuper OR rolbypassrls) FROM pg_roles WHERE rolname = current_user"
-            if db.execute(bypass).fetchone() != (False,):
-                return (
-                    "its role bypasses row-level security (a superuser, or BYPASSRLS): "
-                    "give the service a role of its own"
-                )
+            problem = _role_problem(db)
+            if problem is not None:
+                return problem
             found = db.execute("SELECT to_regclass('alembic_version') IS NOT NULL").fetchone()
-            versions = "SELECT version_num FROM alembic_version"
-            current = {row[0] for row in db.execute(versions)} if found == (True,) else set()
+            if found != (True,):
+                return NO_SCHEMA
+            if db.execute("SELECT has_table_privilege('alembic_version', 'SELECT')").fetchone() != (True,):
+                return f"its role cannot read alembic_version: grant it SELECT ({ROLES})"
+            current = {row[0] for row in db.execute("SELECT version_num FROM alembic_version")}
     except psycopg.OperationalError:
         return _connection_problem(database.connect_timeout)
+    except psycopg.Error as error:
+        # Anything else the server refused: named by its SQLSTATE, never by its text.
+        return f"the start check failed (SQLSTATE {error.sqlstate})"
     return _revision_problem(current)
+
+
+def _role_problem(db: psycopg.Connection[Any]) -> str | None:
+    """Why row-level security would not bind the service's role (``db`` is connected as it)."""
+    if db.execute(ABOVE_THE_POLICY).fetchone() != (False,):
+        return (
+            "its role is, or can become, a superuser or a role with BYPASSRLS or CREATEROLE, "
+            f"which row-level security does not bind: give the service a role of its own ({ROLES})"
+        )
+    owned = db.execute(OWNED_TABLE).fetchone()
+    if owned is not None:
+        return (
+            f"its role owns table {owned[0]}, or can become its owner, and so can turn row-level "
+            f"security off: migrate as the owner ({MIGRATION_URL}), serve as another role ({ROLES})"
+        )
+    if db.execute(OWNED_DATABASE).fetchone() != (False,):
+        return (
+            "its role owns the database, or can become its owner, and so can drop its tables: "
+            f"serve as a role that owns nothing ({ROLES})"
+        )
+    return None
 
 
 def _connection_problem(timeout: int) -> str:
@@ -173,7 +260,7 @@ def _revision_problem(current: set[str]) -> str | None:
 
     scripts = ScriptDirectory.from_config(_alembic_config())
     if not current:
-        return "the database has no schema yet: run `alembic upgrade head`"
+        return NO_SCHEMA
     if current == set(scripts.get_heads()):
         return None
     known = {script.revision for script in scripts.walk_revisions()}
@@ -191,16 +278,14 @@ def _alembic_config() -> Any:
 
 
 def run_migrations(context: Any) -> None:
-    """The body of ``migrations/env.py``: the database of DATABASE_URL (or of the ``url``
-    attribute, for callers of Alembic's API), in one transaction, one host at a time."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.pool import NullPool
+    """The body of ``migrations/env.py``: the database of DATABASE_MIGRATION_URL (the tables'
+    owner; DATABASE_URL when unset, or the ``url`` attribute, for callers of Alembic's API), in
+    one transaction, one host at a time."""
+    from sqlalchemy import text
 
-    from .settings import load_database_settings
-
-    url = context.config.attributes.get("url") or load_database_settings().url
-    engine = create_engine("postgresql+psycopg://" + url.partition("://")[2], poolclass=NullPool)
-    with engine.connect() as connection:
+    url = context.config.attributes.get("url")
+    variable, url, timeout = _migration_target() if url is None else (MIGRATION_URL, url, API_CONNECT_TIMEOUT)
+    with _owners_connection(variable, url, timeout) as connection:
         # Hosts that migrate at once queue here; each later one finds nothing left to do.
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         # A table lock that the service holds makes the migration fail, rather than queue every
@@ -209,4 +294,46 @@ def run_migrations(context: Any) -> None:
         context.configure(connection=connection, transaction_per_migration=False)
         with context.begin_transaction():
             context.run_migrations()
+        connection.execute(text(VERSION_TABLE_READ_ONLY))
         connection.commit()
+
+
+@contextmanager
+def _owners_connection(variable: str, url: str, timeout: int) -> Iterator[Connection]:
+    """A connection as a role that may create tables, or a ConfigError naming ``variable``: a
+    server it cannot reach, or a role that cannot create (the service's, most often, when
+    DATABASE_MIGRATION_URL is unset), is one line, not a traceback from the first CREATE TABLE."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(
+        "postgresql+psycopg://" + url.partition("://")[2],
+        poolclass=NullPool,
+        connect_args={"connect_timeout": timeout},
+    )
+    try:
+        connection = engine.connect()
+    except OperationalError:
+        raise ConfigError(variable, _connection_problem(timeout)) from None
+    with connection:
+        if not connection.execute(text("SELECT has_schema_privilege(current_schema(), 'CREATE')")).scalar():
+            raise ConfigError(
+                variable, f"its role cannot create tables: migrate as the tables' owner ({MIGRATION_URL})"
+            )
+        yield connection
+
+
+def _migration_target() -> tuple[str, str, int]:
+    """The variable alembic connects by, its URL, and the connect timeout, from the environment."""
+    from .settings import load_database_settings
+
+    database = load_database_settings()
+    if database.migration_url is not None:
+        return MIGRATION_URL, database.migration_url, database.connect_timeout
+    print(
+        f"note: {MIGRATION_URL} is not set: migrating as DATABASE_URL's role, which then owns the "
+        "tables; the service refuses to start as their owner",
+        file=sys.stderr,
+    )
+    return "DATABASE_URL", database.url, database.connect_timeout

@@ -86,23 +86,32 @@ def prepare_database(settings: Settings, workers: int, worker_connections: int) 
 def run_migrations(context: Any) -> None:
     """The body of ``migrations/env.py``: the file that ITEMS_DB names (or that
     ``apply_migrations`` passed), created private, one process at a time, with SQLite's batch
-    mode for the table changes that SQLite's ALTER TABLE cannot make."""
+    mode for the table changes that SQLite's ALTER TABLE cannot make. A file it cannot open or
+    create is one ConfigError; an error in a migration itself stays the migration's own."""
+    from contextlib import ExitStack
+
     from sqlalchemy import create_engine
+    from sqlalchemy.exc import DBAPIError
     from sqlalchemy.pool import NullPool
 
     from .settings import load_database_settings
 
     path = context.config.attributes.get("path") or load_database_settings().items_db
-    mode = prepare_file(path)
-    if mode & OTHERS:
-        # The operator's choice, left as it is; but every tenant's items are in it.
-        print(
-            f"warning: ITEMS_DB: other users of this host may read or change the file (mode {mode:04o}); "
-            "chmod 600 it, and its -wal and -shm files",
-            file=sys.stderr,
-        )
     engine = create_engine(f"sqlite:///{path}", poolclass=NullPool)
-    with exclusive(path), engine.connect() as connection:
+    with ExitStack() as opened:
+        try:
+            mode = prepare_file(path)
+            opened.enter_context(exclusive(path))
+            connection = opened.enter_context(engine.connect())
+        except (OSError, sqlite3.Error, DBAPIError) as error:
+            raise ConfigError("ITEMS_DB", f"cannot be migrated ({type(error).__name__})") from None
+        if mode & OTHERS:
+            # The operator's choice, left as it is; but every tenant's items are in it.
+            print(
+                f"warning: ITEMS_DB: other users of this host may read or change the file (mode {mode:04o}); "
+                "chmod 600 it, and its -wal and -shm files",
+                file=sys.stderr,
+            )
         context.configure(connection=connection, render_as_batch=True)
         with context.begin_transaction():
             context.run_migrations()

@@ -40,7 +40,8 @@ ENCODED_SLASHES = ("%2f", "%2F", "%5c", "%5C")
 def _odd_path(environ: dict[str, object]) -> bool:
     path = str(environ.get("PATH_INFO", ""))
     raw = str(environ.get("RAW_URI") or environ.get("REQUEST_URI") or "").partition("?")[0]
-    return path.startswith("//") or "//" in path or any(code in raw for code in ENCODED_SLASHES)
+    # No id holds a NUL byte (no database's text can): such a path is no resource, in any store.
+    return "//" in path or "\x00" in path or any(code in raw for code in ENCODED_SLASHES)
 
 
 class Gate:

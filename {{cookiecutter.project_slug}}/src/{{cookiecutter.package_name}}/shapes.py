@@ -2,8 +2,9 @@
 model validates what a client sends (422 problem+json naming the fields at fault, never quoting
 what was sent, which may hold a key) and describes the route in the OpenAPI document.
 
-* ``@accepts(body=NewOrder)`` reads the JSON body (body.py: 415, 413, 408, 400), validates it
-  strictly (no coercion: ``{"name": 7}`` is not a name) and passes the model to the view;
+* ``@accepts(body=NewOrder)`` (a subclass of :class:`Body`) reads the JSON body (body.py: 415,
+  413, 408, 400), validates it strictly (no coercion: ``{"name": 7}`` is not a name) and passes
+  the model to the view;
   ``@accepts(query=Page)`` does the same for the query string (where everything is text, so
   numbers are read from it).
 * ``@answers(201, Order)`` and ``@answers(404)`` say what the route answers, for the document
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from flask import request
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, field_validator
 
 from .body import json_body
 from .errors import fail
@@ -28,6 +29,19 @@ Model = type[BaseModel]
 
 ACCEPTS = "accepts"
 ANSWERS = "answers"
+
+
+class Body(BaseModel):
+    """The base of every request body's shape: text that no database stores is refused, by name."""
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: object) -> object:
+        # PostgreSQL refuses a NUL byte in text (a 500 were it to reach the driver), and C code
+        # reading SQLite's text stops at it: a 422 naming the field, in every database.
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain a NUL character (U+0000)")
+        return value
 
 
 @dataclass(frozen=True, slots=True)

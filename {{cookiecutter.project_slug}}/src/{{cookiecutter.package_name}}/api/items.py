@@ -17,7 +17,7 @@ from ..access import guard
 from ..auth import current_caller
 from ..errors import fail
 from ..limits import limit
-from ..shapes import accepts, answers
+from ..shapes import Body, accepts, answers
 from ..stores.items import ItemStore
 from .pages import PageQuery, page
 
@@ -28,7 +28,7 @@ blueprint = guard(
 )
 
 
-class NewItem(BaseModel):
+class NewItem(Body):
     """What a client sends to create one of the items; a tenant or an id it sends is ignored."""
 
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME)]

@@ -7,7 +7,10 @@ Created: 2026-12-01
 Every query of the service names its tenant; the policy is the second line of defence: a
 query that forgets the tenant (a missed WHERE, CWE-639) still sees only the rows of the tenant
 that the transaction set in ``app.tenant``, and none at all when it set none. FORCE applies
-the policy to the table's owner too: the service's own role, which runs these migrations.
+the policy to the table's owner too (the role that runs these migrations), should it ever serve.
+
+No GRANT here: the owner's default privileges (README, "Roles") give the service's role
+SELECT, INSERT, UPDATE and DELETE on every table a migration creates, and nothing more.
 """
 
 from collections.abc import Sequence
