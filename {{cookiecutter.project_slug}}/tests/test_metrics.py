@@ -595,6 +595,13 @@ def eventually_true(condition: Callable[[], bool], timeout: float = 20) -> None:
         time.sleep(0.1)
 
 
+def waiting_on(path: Path) -> bool:
+    """True while some process waits to lock ``path`` (Linux lists a waiter as ``->`` in
+    /proc/locks, against the file's inode)."""
+    inode = f":{path.stat().st_ino} "
+    return any("->" in line and inode in line for line in Path("/proc/locks").read_text().splitlines())
+
+
 @pytest.mark.slow
 def test_a_scrape_waiting_on_the_files_leaves_its_worker_serving(
     start_server: Callable[..., Server],
@@ -615,7 +622,7 @@ def test_a_scrape_waiting_on_the_files_leaves_its_worker_serving(
         fcntl.flock(descriptor, fcntl.LOCK_EX)
         with ThreadPoolExecutor(max_workers=1) as pool:
             scrape = pool.submit(call, server, client_context, "/metrics", scraper)
-            time.sleep(0.5)  # the scrape reaches the lock
+            eventually_true(lambda: waiting_on(lock))
             assert [call(server, client_context, "/healthz", keys.reader)[0] for _ in range(3)] == [200] * 3
             assert not scrape.done(), "the scrape did not wait for the files"
             fcntl.flock(descriptor, fcntl.LOCK_UN)

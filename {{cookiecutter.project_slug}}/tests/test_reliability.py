@@ -149,25 +149,25 @@ def test_a_reload_that_a_start_would_refuse_on_gunicorns_own_values_keeps_the_pr
     redis_server: RedisServer,
     tmp_path: Path,
 ) -> None:
-    """gunicorn runs two workers (-w 2) and the storage switches to memory:// before a HUP:
+    """gunicorn runs four workers (-w 4) and the storage switches to memory:// before a HUP:
     each worker would count alone. The settings pass alone, since WEB_CONCURRENCY would be 1;
     gunicorn's resolved count makes production refuse it, as a start would."""
     storage = tmp_path / "storage-uri"
     storage.write_text(redis_server.uri)
-    server = start_server("--workers", "2", APP_ENV="production", RATELIMIT_STORAGE_URI_FILE=str(storage))
-    eventually(lambda: len(children(server.process.pid)) == 2)
+    server = start_server("--workers", "4", APP_ENV="production", RATELIMIT_STORAGE_URI_FILE=str(storage))
+    eventually(lambda: len(children(server.process.pid)) == 4, timeout=60)
     assert status(server, client_context, keys.reader) == 200
     booted = children(server.process.pid)
     storage.write_text("memory://")
     reload(server)
-    eventually(replaced(server.process.pid, booted))
-    eventually(lambda: len(children(server.process.pid)) == 2)
+    eventually(replaced(server.process.pid, booted), timeout=60)
+    eventually(lambda: len(children(server.process.pid)) == 4, timeout=60)
     redis_server.command(b"FLUSHALL")
     assert [status(server, client_context, keys.reader) for _ in range(4)] == [200] * 4
     assert redis_server.command(b"DBSIZE") != b":0\r\n", "the new workers count in memory"
     refusals = [line for line in server.logs().splitlines() if "reload refused" in line]
     assert refusals == [
-        "error: RATELIMIT_STORAGE_URI: memory:// with 2 workers multiplies every rate limit by 2; "
+        "error: RATELIMIT_STORAGE_URI: memory:// with 4 workers multiplies every rate limit by 4; "
         "use redis:// or one worker; reload refused, still serving the previous configuration"
     ]
 
@@ -237,24 +237,24 @@ def test_a_binary_upgrade_after_a_reload_keeps_every_route_and_the_metrics_answe
     assert answers() == [200] * 9
     booted = children(old)
     reload(server)
-    eventually(replaced(old, booted))
+    eventually(replaced(old, booted), timeout=60)
     assert answers() == [200] * 9
 
     os.kill(old, signal.SIGUSR2)
     upgraded = Path(f"{pidfile}.2")
-    eventually(lambda: upgraded.exists() and upgraded.read_text().strip().isdigit())
+    eventually(lambda: upgraded.exists() and upgraded.read_text().strip().isdigit(), timeout=60)
     new = int(upgraded.read_text())
     try:
-        eventually(lambda: len(children(new)) == 1)
+        eventually(lambda: len(children(new)) == 1, timeout=60)
         assert answers() == [200] * 9
         server.process.send_signal(signal.SIGTERM)  # retired: its workers finish what they serve
         assert server.process.wait(timeout=60) == 0
-        eventually(lambda: pidfile.exists() and pidfile.read_text().strip() == str(new))
+        eventually(lambda: pidfile.exists() and pidfile.read_text().strip() == str(new), timeout=60)
         assert answers() == [200] * 9
 
         booted = children(new)
         os.kill(new, signal.SIGHUP)
-        eventually(replaced(new, booted))
+        eventually(replaced(new, booted), timeout=60)
         assert answers() == [200] * 9
         assert not gone(new)
     finally:

@@ -61,6 +61,10 @@ def test_a_directory_that_another_master_made_is_never_taken_for_the_operators(t
     assert metrics_home(inherited) == tmp_path
     assert metrics_home(tmp_path / "metrics") == tmp_path / "metrics"
     assert metrics_home(tmp_path / "metrics-prod") == tmp_path / "metrics-prod"
+    # A name like a master's, but no master's fold lock in it: the operator's.
+    named = tmp_path / "metrics-2027-prod"
+    named.mkdir()
+    assert metrics_home(named) == named
     assert metrics_home(None) is None  # the system's temporary directory
 
 

@@ -9,14 +9,13 @@ port unhealthy, and one that called plain HTTP would never meet the TLS the clie
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import ssl
 import sys
 from pathlib import Path
 
 from .settings import ConfigError, health_target
 
-# A server bound to every address answers on loopback, which the check can always reach.
-LOOPBACK = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104 - read, never bound
 GUNICORN_PORT = 8000  # gunicorn's port when BIND names none
 TIMEOUT = 2  # seconds: the HEALTHCHECK allows 3 for the whole command
 
@@ -36,7 +35,21 @@ def address(bind: str) -> tuple[str, int]:
         number = int(port) if port else GUNICORN_PORT
     except ValueError:
         raise ValueError("BIND: the port is not a number") from None
-    return LOOPBACK.get(host, host), number
+    return reachable(host), number
+
+
+def reachable(host: str) -> str:
+    """The address to call for a BIND host: a server bound to every address (none named, or the
+    unspecified address) answers on loopback of the same family, which the check can always reach."""
+    if not host:
+        return "127.0.0.1"
+    try:
+        bound = ipaddress.ip_address(host)
+    except ValueError:  # a name
+        return host
+    if not bound.is_unspecified:
+        return host
+    return "::1" if bound.version == 6 else "127.0.0.1"
 
 
 def connection(bind: str, certificate: Path | None) -> http.client.HTTPConnection:

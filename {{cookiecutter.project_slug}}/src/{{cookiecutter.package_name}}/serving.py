@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 from types import FrameType
 
-from .metricfiles import make_lock, retire
+from .metricfiles import LOCK, make_lock, retire
 from .settings import METRICS_DIR, ConfigError, Settings, export_metrics_dir, load_settings
 
 # File descriptors a worker needs beyond its client connections (listeners, logs, Redis, SQLite).
@@ -51,9 +51,9 @@ _previous: Settings | None = None
 _made_metrics_dir: Path | None = None
 # The name of such a directory. A successor started by USR2 inherits the environment of its
 # parent master, where this path stands in PROMETHEUS_MULTIPROC_DIR after any reload (gunicorn
-# reads the environment afresh on SIGHUP); the name tells it apart from a directory the operator
-# named, so that the successor makes its own beside it instead of sharing one that its parent
-# removes on retiring.
+# reads the environment afresh on SIGHUP); the name and the fold lock inside tell it apart from a
+# directory the operator named, so that the successor makes its own beside it instead of sharing
+# one that its parent removes on retiring.
 MADE_BY_A_MASTER = re.compile(r"metrics-\d+-.+")
 
 
@@ -186,7 +186,7 @@ def start_metrics() -> None:
 def metrics_home(named: Path | None) -> Path | None:
     """Where this master makes its directory: in the one the operator named, in the system's
     temporary directory (None), or beside a directory another master made (inherited by USR2)."""
-    if named is not None and MADE_BY_A_MASTER.fullmatch(named.name):
+    if named is not None and MADE_BY_A_MASTER.fullmatch(named.name) and (named / LOCK).is_file():
         return named.parent
     return named
 
