@@ -141,12 +141,16 @@ def test_a_reload_onto_a_role_that_can_become_a_superuser_is_refused_and_items_a
     keys: KeySet,
     client_context: ssl.SSLContext,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A reload applies the start's database checks: DATABASE_URL_FILE rewritten to name a role
     that can become a superuser is refused in one line, and the new workers serve items as
     before, with the role the start checked."""
     url_file = tmp_path / "database-url"
     url_file.write_text(env["DATABASE_URL"])
+    # The server inherits this process's environment, where a development .env read by another
+    # test may have left a DATABASE_URL: the file must be the only source.
+    monkeypatch.delenv("DATABASE_URL", raising=False)
     server = start_server(DATABASE_URL=None, DATABASE_URL_FILE=str(url_file))
     assert call(server, client_context, keys.reader, "/v1/items")[0] == 200
     booted = worker_pids(server)
