@@ -10,7 +10,7 @@ PACKAGE = "{{ cookiecutter.package_name }}"
 # Each optional feature is a set of whole files; unchosen ones are removed here, so no
 # template conditionals end up inside the code.
 OPTIONAL_PATHS = {
-    "container": ("Dockerfile", ".dockerignore"),
+    "container": ("Dockerfile", ".dockerignore", "tests/test_container.py"),
     "github_actions": (".github",),
     "sqlite": (
         f"src/{PACKAGE}/migrations/versions/sqlite_0001_items.py",

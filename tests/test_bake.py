@@ -20,7 +20,7 @@ LEFTOVER_SYNTAX = re.compile(r"(?<!\$)\{\{|\{%|\{#|cookiecutter\.")
 CHOICES = {"container": ("yes", "no"), "github_actions": ("yes", "no"), "database": ("sqlite", "postgresql")}
 # The files each choice brings, present exactly when it is made.
 OPTIONAL_FILES = {
-    ("container", "yes"): ("Dockerfile", ".dockerignore"),
+    ("container", "yes"): ("Dockerfile", ".dockerignore", "tests/test_container.py"),
     ("github_actions", "yes"): (".github",),
     ("database", "sqlite"): (
         "src/acme_widgets_api/migrations/versions/sqlite_0001_items.py",

@@ -5,6 +5,8 @@ Every value here can be overridden with GUNICORN_CMD_ARGS or the command line, a
 documents; `gunicorn --print-config` shows what was resolved.
 """
 
+import os
+import signal
 import ssl
 import sys
 from collections.abc import Callable
@@ -21,13 +23,15 @@ from {{ cookiecutter.package_name }}.serving import (
     log_reload,
     reload_settings,
     reserve_descriptors,
+    restore_previous,
     start_metrics,
     stop_metrics,
     stop_while_booting,
     with_bind_hint,
+    warn_test_environment,
     worker_exited,
 )
-from {{ cookiecutter.package_name }}.settings import ConfigError
+from {{ cookiecutter.package_name }}.settings import ConfigError, Settings
 from {{ cookiecutter.package_name }}.worker import check_worker_class, deferred_tls
 
 # Mozilla "intermediate": TLS 1.2 only with ECDHE and AEAD; TLS 1.3 suites are all AEAD.
@@ -101,24 +105,63 @@ def ssl_context(conf: object, default_factory: Callable[[], ssl.SSLContext]) -> 
     return deferred_tls(context)
 
 
+def check_resolved(server: Any, settings: Settings) -> None:
+    """The checks on the values gunicorn resolved (-w or GUNICORN_CMD_ARGS may change them, and a
+    reload reads this file again): the worker count against the limits' storage, the deadlines,
+    the worker class."""
+    check_workers(settings, server.cfg.workers)
+    check_deadlines(server.cfg.keepalive)
+    check_worker_class(server.cfg.worker_class, settings.tls)
+
+
 def on_starting(server: Any) -> None:
-    """Before the first worker is forked: checks on the values gunicorn resolved (-w or
-    GUNICORN_CMD_ARGS may change them), the metrics directory and the database."""
+    """Before the first worker is forked: the checks above, the metrics directory, the database."""
     try:
-        check_workers(settings, server.cfg.workers)
-        check_deadlines(server.cfg.keepalive)
-        check_worker_class(server.cfg.worker_class, settings.tls)
+        check_resolved(server, settings)
         start_metrics()
         prepare_database(settings, server.cfg.workers, server.cfg.worker_connections)
     except ConfigError as error:
         sys.exit(f"error: {error}")
+    warn_test_environment(settings)
     reserve_descriptors(server.cfg.worker_connections)
 
 
 def on_reload(server: Any) -> None:
-    """After a SIGHUP, once gunicorn has configured logging anew: one line saying what the reload
-    changed (key ids added, removed, changed) or why it was refused."""
+    """On SIGHUP, once gunicorn has read its configuration again and before it forks the new
+    workers: every check a start applies, on what gunicorn resolved now (the settings alone were
+    checked as this file was read)."""
+    try:
+        check_resolved(server, settings)
+        prepare_database(settings, server.cfg.workers, server.cfg.worker_connections)
+    except ConfigError as error:
+        keep_previous(server, error)
+    try:
+        start_metrics()
+    except ConfigError as error:
+        stop(error)
+    reserve_descriptors(server.cfg.worker_connections)
+    # Last, once gunicorn has configured logging anew: one line saying what the reload changed
+    # (key ids added, removed, changed) or why it was refused.
     log_reload()
+
+
+def keep_previous(server: Any, refused: ConfigError) -> None:
+    """A reload refused: the new workers serve the settings in force before it, whose database
+    was prepared when they were read (one that fails now, an outage, gets 503s until it is back).
+    gunicorn applies its own values (this file, its command line) on a reload whatever the
+    service decides, so when those fail a start's check even with the previous settings, the
+    service stops."""
+    previous = restore_previous(refused)
+    try:
+        check_resolved(server, previous)
+    except ConfigError as error:
+        stop(error)
+
+
+def stop(error: ConfigError) -> None:
+    """What a start would refuse, on a reload: one line, then a graceful stop (SIGTERM)."""
+    print(f"error: {error}; a start would refuse it: stopping", file=sys.stderr)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def post_fork(server: Any, worker: Any) -> None:
@@ -127,7 +170,8 @@ def post_fork(server: Any, worker: Any) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """In the master, for every worker that exits: its live gauges leave the metrics' sums."""
+    """In the master, for every worker that exits: its live gauges leave the metrics' sums, and
+    its counts join those of the dead workers, in files that do not grow in number."""
     worker_exited(worker.pid)
 
 
@@ -138,8 +182,12 @@ def on_exit(server: Any) -> None:
 class AccessLogger(Logger):  # type: ignore[misc]
     """gunicorn's logger, writing access lines only when --access-logfile asks for them.
 
-    With a logging config, gunicorn would otherwise build every access line and then write
-    it: the app's own request line already says all of it, once.
+    With any logging configuration (``logconfig_dict`` included), gunicorn builds every access
+    line, a dict of the whole environ and of every header, even when ``accesslog`` is unset,
+    then hands it to its access logger: the app's own request line already says all of it, once.
+    gunicorn documents ``logger_class`` as a class that quacks like its Logger, not the signature
+    of ``access``: tests/test_serving.py fails when a release changes that signature, or stops
+    building those lines (and this class is no longer needed).
     """
 
     def access(self, resp: object, req: object, environ: object, request_time: object) -> None:

@@ -119,16 +119,28 @@ def server_env(overrides: Mapping[str, str]) -> dict[str, str]:
     return environ
 
 
-def run_gunicorn(overrides: Mapping[str, str], log_path: Path, *args: str) -> subprocess.Popen[bytes]:
+def run_gunicorn(
+    overrides: Mapping[str, str], log_path: Path, *args: str, command: tuple[str, ...] | None = None
+) -> subprocess.Popen[bytes]:
+    """``python -m gunicorn`` with ``args``, or ``command`` (gunicorn's own script, say)."""
     # gunicorn gets its own copy of the file descriptor; ours closes at once.
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", *args],
+            [*(command or (sys.executable, "-m", "gunicorn")), *args],
             cwd=PROJECT,
             env=server_env(overrides),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+
+
+def children(pid: int) -> set[int]:
+    """The processes ``pid`` started that still run: a gunicorn master's workers (Linux)."""
+    try:
+        listed = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except FileNotFoundError:  # the process is gone
+        return set()
+    return {int(child) for child in listed.split()}
 
 
 def wait_until_serving(server: Server, timeout: float = 20) -> None:

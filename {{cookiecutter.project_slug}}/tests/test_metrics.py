@@ -8,6 +8,7 @@ Series are process-wide, like the workers' own: each test compares two scrapes.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
 import re
 import signal
@@ -26,8 +27,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.values import MultiProcessValue
 
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, MintedKey, mint
+from {{ cookiecutter.package_name }}.metricfiles import FOLD_WAIT, LOCK, make_lock, reading, retire
 from {{ cookiecutter.package_name }}.metrics import (
     METHODS,
     OTHER_METHOD,
@@ -35,10 +38,11 @@ from {{ cookiecutter.package_name }}.metrics import (
     UNMATCHED,
     database_pool,
     database_unavailable,
+    summed,
 )
 from {{ cookiecutter.package_name }}.settings import METRICS_DIR, ConfigError, export_metrics_dir, settings_from
 
-from .support import KeySet, Server, bearer, free_port, run_gunicorn
+from .support import KeySet, Server, bearer, children, free_port, run_gunicorn
 
 Sample = tuple[str, frozenset[tuple[str, str]]]
 SERIES = (
@@ -313,6 +317,95 @@ def test_no_piece_of_any_key_appears_in_the_output(
     assert KEY_PREFIX + "_" not in text
 
 
+# --- The files of workers that exited ----------------------------------------------------------
+
+
+@pytest.fixture
+def metrics_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A directory as a master makes it; prometheus_client's value class writes where the
+    variable points, as in a worker."""
+    monkeypatch.setenv(METRICS_DIR, str(tmp_path))
+    make_lock(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def dead_pids() -> Iterator[int]:
+    """Process ids that no process can have: above the kernel's largest."""
+    return iter(range(int(Path("/proc/sys/kernel/pid_max").read_text()) + 1, 1 << 31))
+
+
+def worked(pid: int, requests: float, seconds: dict[str, float]) -> None:
+    """The files a worker leaves, written by prometheus_client's own value class: a counter, and
+    a histogram's buckets (each its own count, as a worker writes them) and sum."""
+    values = MultiProcessValue(lambda: pid)
+    route = ("route",), ("/v1/whoami",)
+    values("counter", "api_requests", "api_requests_total", *route, "Requests.").inc(requests)
+    for bound, count in seconds.items():
+        values("histogram", "api_seconds", "api_seconds_bucket", ("le",), (bound,), "Seconds.").inc(count)
+    values("histogram", "api_seconds", "api_seconds_sum", (), (), "Seconds.").inc(sum(seconds.values()) / 10)
+    values.close_all_files()
+
+
+def scraped(directory: Path) -> dict[Sample, float]:
+    return parse(summed(directory).decode())
+
+
+def test_the_files_of_workers_that_exited_fold_into_one_per_kind_and_every_total_stays(
+    metrics_dir: Path, dead_pids: Iterator[int]
+) -> None:
+    first, second, third = next(dead_pids), next(dead_pids), next(dead_pids)
+    worked(first, 3, {"0.1": 2, "1.0": 1, "+Inf": 0})
+    worked(second, 5, {"0.1": 1, "1.0": 3, "+Inf": 1})
+    before = scraped(metrics_dir)
+    retire(metrics_dir, first)
+    assert scraped(metrics_dir) == before
+    retire(metrics_dir, second)
+    assert scraped(metrics_dir) == before
+    assert sorted(path.name for path in metrics_dir.glob("*.db")) == ["counter_dead.db", "histogram_dead.db"]
+
+    worked(third, 7, {"0.1": 0, "1.0": 0, "+Inf": 7})
+    retire(metrics_dir, third)
+    after = scraped(metrics_dir)
+    assert sorted(path.name for path in metrics_dir.glob("*.db")) == ["counter_dead.db", "histogram_dead.db"]
+    assert value(after, "api_requests_total", route="/v1/whoami") == 15
+    buckets = [value(after, "api_seconds_bucket", le=bound) for bound in ("0.1", "1.0", "+Inf")]
+    assert buckets == [3, 7, 15]  # cumulative, as Prometheus reads them, and each count once
+    assert value(after, "api_seconds_count") == 15
+
+
+def test_a_fold_never_runs_while_a_scrape_reads_and_the_next_exit_catches_up(
+    metrics_dir: Path, dead_pids: Iterator[int]
+) -> None:
+    first, second = next(dead_pids), next(dead_pids)
+    worked(first, 3, {"0.1": 3})
+    before = scraped(metrics_dir)
+    with reading(metrics_dir):  # a scrape in the middle of its reads
+        started = time.monotonic()
+        retire(metrics_dir, first)
+        waited = time.monotonic() - started
+        assert (metrics_dir / f"counter_{first}.db").exists(), "folded under a scrape's feet"
+    assert FOLD_WAIT < waited < FOLD_WAIT + 30
+    assert scraped(metrics_dir) == before
+
+    worked(second, 4, {"0.1": 4})
+    retire(metrics_dir, second)
+    assert sorted(path.name for path in metrics_dir.glob("*.db")) == ["counter_dead.db", "histogram_dead.db"]
+    assert value(scraped(metrics_dir), "api_requests_total", route="/v1/whoami") == 7
+
+
+def test_a_file_that_cannot_be_folded_stays_counted_and_the_master_carries_on(
+    metrics_dir: Path, dead_pids: Iterator[int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = next(dead_pids)
+    # A first entry that claims to run past the end of the file: prometheus_client refuses it.
+    used, entry = (64).to_bytes(4, "little"), (5000).to_bytes(4, "little")
+    (metrics_dir / f"counter_{broken}.db").write_bytes(used + bytes(4) + entry + bytes(52))
+    retire(metrics_dir, broken)
+    assert (metrics_dir / f"counter_{broken}.db").exists()
+    assert capsys.readouterr().err == "warning: metrics: could not fold a worker's files (RuntimeError)\n"
+
+
 # --- Two real gunicorn workers ----------------------------------------------------------------
 
 
@@ -328,10 +421,6 @@ def call(server: Server, context: ssl.SSLContext, path: str, key: MintedKey) -> 
 def answered_by(server: Server) -> Counter[int]:
     """Requests per worker process id, from the test-only access lines."""
     return Counter(int(pid) for pid in ACCESS_LINE.findall(server.logs()))
-
-
-def children(pid: int) -> set[int]:
-    return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
 
 
 def served_scrape(server: Server, context: ssl.SSLContext, scraper: MintedKey) -> dict[Sample, float]:
@@ -353,7 +442,11 @@ def two_workers(start_server: Callable[..., Server], tmp_path: Path) -> Iterator
 
 @pytest.mark.slow
 def test_one_scrape_sums_the_requests_of_two_gunicorn_workers_and_keeps_a_dead_workers_counts(
-    two_workers: tuple[Server, Path], keys: KeySet, scraper: MintedKey, client_context: ssl.SSLContext
+    two_workers: tuple[Server, Path],
+    keys: KeySet,
+    scraper: MintedKey,
+    client_context: ssl.SSLContext,
+    app: Flask,
 ) -> None:
     server, _ = two_workers
     sent = 0
@@ -373,6 +466,11 @@ def test_one_scrape_sums_the_requests_of_two_gunicorn_workers_and_keeps_a_dead_w
     labels = {"route": "/v1/whoami", "method": "GET"}
     assert value(samples, "api_request_duration_seconds_count", **labels) == sent
     assert value(samples, "api_workers") == 2
+    # The database's series: a store with a pool reports it after every request, and the outage
+    # counter with it; the SQLite store has no pool, and no request was answered 503.
+    pooled = app.extensions["stores"].database.pool_usage() is not None
+    shown = {name for name, _ in samples if name.startswith("api_database")}
+    assert shown == ({"api_database_pool", "api_database_unavailable_total"} if pooled else set())
 
     # A worker dies and gunicorn replaces it. Once the replacement has served a request (so it
     # counts itself), one scrape still holds the dead worker's requests, and no longer counts it
@@ -407,7 +505,7 @@ def test_the_master_makes_a_private_metrics_directory_and_removes_it_at_exit(
 
 
 @pytest.mark.slow
-def test_a_named_metrics_directory_starts_empty_and_outlives_the_service(
+def test_in_a_named_metrics_directory_each_master_makes_its_own_and_the_named_one_outlives_them(
     start_server: Callable[..., Server],
     keys: KeySet,
     scraper: MintedKey,
@@ -419,8 +517,13 @@ def test_a_named_metrics_directory_starts_empty_and_outlives_the_service(
     for _ in range(3):
         assert call(first, client_context, "/v1/whoami", keys.reader)[0] == 200
     assert requests(served_scrape(first, client_context, scraper), "/v1/whoami") == 3
+    (made,) = directory.iterdir()
+    assert made.name.startswith(f"metrics-{first.process.pid}-")
+    assert stat.S_IMODE(made.stat().st_mode) == 0o700
+    assert list(made.glob("*.db")), "the workers write their series there"
     first.stop()
-    assert list(directory.glob("*.db"))
+    assert directory.is_dir()
+    assert list(directory.iterdir()) == []
 
     second = start_server(**{METRICS_DIR: str(directory)})
     assert requests(served_scrape(second, client_context, scraper), "/v1/whoami") == 0
@@ -447,3 +550,82 @@ def test_an_unusable_metrics_directory_stops_gunicorn_with_one_line(
     assert errors == [f"error: {METRICS_DIR}: cannot prepare the directory (NotADirectoryError)"], output
     assert "Traceback" not in output
     assert str(blocker) not in output
+
+
+@pytest.mark.slow
+def test_worker_restarts_leave_a_bounded_number_of_files_and_totals_that_never_go_backwards(
+    start_server: Callable[..., Server],
+    keys: KeySet,
+    scraper: MintedKey,
+    client_context: ssl.SSLContext,
+    tmp_path: Path,
+) -> None:
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    # Each worker is replaced after 5 requests (gunicorn's max_requests): a dozen come and go.
+    server = start_server(*WORKER_LOG, "--max-requests", "5", WEB_CONCURRENCY="2", TMPDIR=str(temporary))
+
+    def files() -> list[Path]:
+        return list(temporary.glob("metrics-*/*.db"))
+
+    # A worker past max_requests stops within a second or so: requests a little apart, until a
+    # dozen workers have come and gone, and a scrape after every few.
+    sent, totals, most = 0, [], 0
+    deadline = time.monotonic() + 120
+    while len(answered_by(server)) < 12 and time.monotonic() < deadline:
+        for _ in range(4):
+            assert call(server, client_context, "/v1/whoami", keys.reader)[0] == 200
+            sent += 1
+            time.sleep(0.1)
+        samples = served_scrape(server, client_context, scraper)
+        totals.append((requests(samples, "/v1/whoami"), sent))
+        most = max(most, len(files()))
+    assert len(answered_by(server)) >= 12, f"workers were not replaced: {answered_by(server)}"
+    assert [total for total, _ in totals] == [sent_then for _, sent_then in totals]
+    # Two live workers' files (a counter, a histogram, the live gauges) and the dead's two, with
+    # room for a worker being replaced while a scrape counted.
+    assert most <= 3 * 3 + 2, sorted(path.name for path in files())
+    eventually_true(lambda: len(files()) <= 2 * 3 + 2)
+
+
+def eventually_true(condition: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+def waiting_on(path: Path) -> bool:
+    """True while some process waits to lock ``path`` (Linux lists a waiter as ``->`` in
+    /proc/locks, against the file's inode)."""
+    inode = f":{path.stat().st_ino} "
+    return any("->" in line and inode in line for line in Path("/proc/locks").read_text().splitlines())
+
+
+@pytest.mark.slow
+def test_a_scrape_waiting_on_the_files_leaves_its_worker_serving(
+    start_server: Callable[..., Server],
+    keys: KeySet,
+    scraper: MintedKey,
+    client_context: ssl.SSLContext,
+    tmp_path: Path,
+) -> None:
+    """One worker; the files held (as the master holds them while it folds): the scrape waits in a
+    thread of its own, while the worker's event loop goes on answering other requests."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    server = start_server(TMPDIR=str(temporary))
+    assert call(server, client_context, "/healthz", keys.reader)[0] == 200
+    (lock,) = temporary.glob(f"metrics-*/{LOCK}")
+    descriptor = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            scrape = pool.submit(call, server, client_context, "/metrics", scraper)
+            eventually_true(lambda: waiting_on(lock))
+            assert [call(server, client_context, "/healthz", keys.reader)[0] for _ in range(3)] == [200] * 3
+            assert not scrape.done(), "the scrape did not wait for the files"
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+            assert scrape.result(timeout=15)[0] == 200
+    finally:
+        os.close(descriptor)

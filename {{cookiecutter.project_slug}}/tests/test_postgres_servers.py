@@ -1,14 +1,15 @@
 """PostgreSQL under real gunicorn masters: a schema that is missing, or a role that row-level
-security would not bind, stops the start in one line; two hosts share one database and one
-Redis; a stopped or frozen server costs 503s in time and nothing else; a slow query does not
-hold up the gevent worker that waits for it; and the first run works as printed (make db,
-make migrate, a request), as does compose.yaml's set-up script."""
+security would not bind, stops the start in one line, and a reload onto it is refused; two hosts
+share one database and one Redis; a stopped or frozen server costs 503s in time and nothing else;
+a slow query does not hold up the gevent worker that waits for it; and the first run works as
+printed (make db, make migrate, a request), as does compose.yaml's set-up script."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -130,6 +131,41 @@ def test_a_service_whose_role_row_level_security_would_not_bind_refuses_to_start
     assert len(errors) == 1, lines
     assert errors[0].startswith(refusal)
     assert all("Starting gunicorn" in line for line in lines if line != errors[0]), lines
+
+
+def test_a_reload_onto_a_role_that_can_become_a_superuser_is_refused_and_items_are_served_on(
+    start_server: Callable[..., Server],
+    env: dict[str, str],
+    role_env: Callable[..., dict[str, str]],
+    keys: KeySet,
+    client_context: ssl.SSLContext,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reload applies the start's database checks: DATABASE_URL_FILE rewritten to name a role
+    that can become a superuser is refused in one line, and the new workers serve items as
+    before, with the role the start checked."""
+    url_file = tmp_path / "database-url"
+    url_file.write_text(env["DATABASE_URL"])
+    # The server inherits this process's environment, where a development .env read by another
+    # test may have left a DATABASE_URL: the file must be the only source.
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    server = start_server(DATABASE_URL=None, DATABASE_URL_FILE=str(url_file))
+    assert call(server, client_context, keys.reader, "/v1/items")[0] == 200
+    booted = worker_pids(server)
+    above = role_env("CREATE ROLE {role}_above NOLOGIN SUPERUSER", "GRANT {role}_above TO {role}")
+    url_file.write_text(above["DATABASE_URL"])
+    server.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 60
+    while not (worker_pids(server) and not worker_pids(server) & booted):
+        assert time.monotonic() < deadline, "the reload started no new workers"
+        time.sleep(0.1)
+    assert [call(server, client_context, keys.reader, "/v1/items")[0] for _ in range(3)] == [200] * 3
+    refusals = [line for line in server.logs().splitlines() if "reload refused" in line]
+    assert len(refusals) == 1, refusals
+    assert refusals[0].startswith("error: DATABASE_URL: its role is, or can become, a superuser")
+    assert refusals[0].endswith("; reload refused, still serving the previous configuration")
+    assert above["DATABASE_URL"].split("@")[0].rsplit(":", 1)[1] not in server.logs()
 
 
 # --- two hosts ----------------------------------------------------------------------------------

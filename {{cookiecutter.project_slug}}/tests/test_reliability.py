@@ -1,4 +1,5 @@
-"""Key rotation without downtime, graceful shutdown and bounded memory, through real processes."""
+"""Key rotation without downtime, binary upgrades, reloads that a start would refuse, graceful
+shutdown and bounded memory, through real processes."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import dataclasses
 import datetime as dt
 import http.client
 import logging
+import os
 import secrets
 import signal
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections import Counter
@@ -23,15 +26,25 @@ from limits.storage import MemoryStorage
 from {{ cookiecutter.package_name }} import requestlog
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, MintedKey, mint, parse_network, roll
 
-from .support import KeySet, Server
+from .support import (
+    PROJECT,
+    KeySet,
+    RedisServer,
+    Server,
+    children,
+    free_port,
+    run_gunicorn,
+    wait_until_serving,
+)
 
 pytestmark = pytest.mark.slow
 
 
-def status(server: Server, context: ssl.SSLContext, key: MintedKey) -> int:
+def status(server: Server, context: ssl.SSLContext, key: MintedKey | None, path: str = "/v1/whoami") -> int:
     connection = http.client.HTTPSConnection("localhost", server.port, context=context, timeout=10)
     try:
-        connection.request("GET", "/v1/whoami", headers={"Authorization": f"Bearer {key.secret}"})
+        headers = {} if key is None else {"Authorization": f"Bearer {key.secret}"}
+        connection.request("GET", path, headers=headers)
         return connection.getresponse().status
     finally:
         connection.close()
@@ -126,15 +139,148 @@ def test_reload_with_a_broken_keys_file_keeps_the_working_keys(
     assert keys.writer.secret[len(KEY_PREFIX) + 1 :][:12] not in server.logs()
 
 
+def replaced(pid: int, booted: set[int]) -> Callable[[], bool]:
+    """True once the master ``pid`` has workers again, none of them one it had before a reload."""
+    return lambda: bool(children(pid)) and not children(pid) & booted
+
+
+def test_a_reload_that_a_start_would_refuse_on_gunicorns_own_values_keeps_the_previous_settings(
+    start_server: Callable[..., Server],
+    keys: KeySet,
+    client_context: ssl.SSLContext,
+    redis_server: RedisServer,
+    tmp_path: Path,
+) -> None:
+    """gunicorn runs four workers (-w 4) and the storage switches to memory:// before a HUP:
+    each worker would count alone. The settings pass alone, since WEB_CONCURRENCY would be 1;
+    gunicorn's resolved count makes production refuse it, as a start would."""
+    storage = tmp_path / "storage-uri"
+    storage.write_text(redis_server.uri)
+    server = start_server("--workers", "4", APP_ENV="production", RATELIMIT_STORAGE_URI_FILE=str(storage))
+    eventually(lambda: len(children(server.process.pid)) == 4, timeout=60)
+    assert status(server, client_context, keys.reader) == 200
+    booted = children(server.process.pid)
+    storage.write_text("memory://")
+    reload(server)
+    eventually(replaced(server.process.pid, booted), timeout=60)
+    eventually(lambda: len(children(server.process.pid)) == 4, timeout=60)
+    redis_server.command(b"FLUSHALL")
+    assert [status(server, client_context, keys.reader) for _ in range(4)] == [200] * 4
+    assert redis_server.command(b"DBSIZE") != b":0\r\n", "the new workers count in memory"
+    refusals = [line for line in server.logs().splitlines() if "reload refused" in line]
+    assert refusals == [
+        "error: RATELIMIT_STORAGE_URI: memory:// with 4 workers multiplies every rate limit by 4; "
+        "use redis:// or one worker; reload refused, still serving the previous configuration"
+    ]
+
+
+def test_a_reload_of_a_gunicorn_conf_py_that_a_start_would_refuse_stops_the_service(
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    """gunicorn applies its own file whatever the service decides: a keepalive of 0 (no deadline
+    for a TLS handshake) cannot be refused on a reload, so the service stops, with one line."""
+    config = tmp_path / "gunicorn.conf.py"
+    config.write_text((PROJECT / "gunicorn.conf.py").read_text())
+    server = start_server("-c", str(config))
+    config.write_text(config.read_text().replace("\nkeepalive = 5", "\nkeepalive = 0", 1))
+    reload(server)
+    assert server.process.wait(timeout=60) == 0
+    errors = [line for line in server.logs().splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: keepalive: must be at least 1 s: the deadline of the TLS handshake and of a request's "
+        "headers; a start would refuse it: stopping"
+    ]
+
+
+def gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie that no parent reaped yet counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rpartition(")")[2].split()[0] == "Z"
+
+
+def test_a_binary_upgrade_after_a_reload_keeps_every_route_and_the_metrics_answering(
+    env: dict[str, str],
+    keys: KeySet,
+    tls_files: tuple[Path, Path],
+    client_context: ssl.SSLContext,
+    tmp_path: Path,
+) -> None:
+    """HUP (a key rotation), USR2 (new code), the old master retired, HUP again: the new master
+    inherits the old one's environment after a reload, metrics directory included, and must not
+    lose it when the old master removes its own."""
+    scraper = mint(KEY_PREFIX, key_id="prometheus", scopes=["metrics:read"], tenant="ops")
+    pidfile, temporary = tmp_path / "gunicorn.pid", tmp_path / "tmp"
+    temporary.mkdir()
+    port = free_port()
+    environment = {
+        **env,
+        "API_KEYS": f"{keys.entries},{scraper.entry}",
+        "BIND": f"127.0.0.1:{port}",
+        "TLS_CERT_FILE": str(tls_files[0]),
+        "TLS_KEY_FILE": str(tls_files[1]),
+        "TMPDIR": str(temporary),
+    }
+    # Started by its own script, as the image starts it: USR2 runs the same command line again,
+    # and `python -m gunicorn` run again would put gunicorn's directory first on the import path.
+    script = (str(Path(sys.executable).with_name("gunicorn")),)
+    log = tmp_path / "gunicorn.log"
+    server = Server(port, run_gunicorn(environment, log, "--pid", str(pidfile), command=script), log)
+    wait_until_serving(server)
+    routes = (("/healthz", None), ("/v1/whoami", keys.reader), ("/metrics", scraper))
+
+    def answers() -> list[int]:
+        # Three rounds: a worker that has not served yet fails where one that has may not.
+        return [status(server, client_context, key, path) for _ in range(3) for path, key in routes]
+
+    old = server.process.pid
+    assert answers() == [200] * 9
+    booted = children(old)
+    reload(server)
+    eventually(replaced(old, booted), timeout=60)
+    assert answers() == [200] * 9
+
+    os.kill(old, signal.SIGUSR2)
+    upgraded = Path(f"{pidfile}.2")
+    eventually(lambda: upgraded.exists() and upgraded.read_text().strip().isdigit(), timeout=60)
+    new = int(upgraded.read_text())
+    try:
+        eventually(lambda: len(children(new)) == 1, timeout=60)
+        assert answers() == [200] * 9
+        server.process.send_signal(signal.SIGTERM)  # retired: its workers finish what they serve
+        assert server.process.wait(timeout=60) == 0
+        eventually(lambda: pidfile.exists() and pidfile.read_text().strip() == str(new), timeout=60)
+        assert answers() == [200] * 9
+
+        booted = children(new)
+        os.kill(new, signal.SIGHUP)
+        eventually(replaced(new, booted), timeout=60)
+        assert answers() == [200] * 9
+        assert not gone(new)
+    finally:
+        server.stop()
+        if not gone(new):
+            os.kill(new, signal.SIGTERM)
+            eventually(lambda: gone(new), timeout=60)
+    assert list(temporary.iterdir()) == [], "each master removes the metrics directory it made"
+    assert "Traceback" not in server.logs()
+
+
 def test_sighup_applies_limits_networks_instants_and_a_roll_while_a_busy_client_sees_no_failure(
     start_server: Callable[..., Server], keys: KeySet, client_context: ssl.SSLContext, tmp_path: Path
 ) -> None:
-    # The busy client's own limit keeps it clear of RATELIMIT_DEFAULT however fast it goes.
-    busy = mint(KEY_PREFIX, key_id="busy", scopes=["items:read"], limit="100000 per minute")
+    # A key's own limit adds to the route's: the route's default is raised too, so that the busy
+    # client meets neither however fast it goes and however long the reload's checks take.
+    unmetered = "100000 per minute"
+    busy = mint(KEY_PREFIX, key_id="busy", scopes=["items:read"], limit=unmetered)
     fenced, metered, lapsing = (mint(KEY_PREFIX, key_id=name, scopes=["a:b"]) for name in ("f", "m", "l"))
     keys_file = tmp_path / "api-keys"
     write_keys(keys_file, busy, keys.reader, fenced, metered, lapsing)
-    server = start_server("--workers", "2", API_KEYS=None, API_KEYS_FILE=str(keys_file))
+    server = start_server(
+        "--workers", "2", API_KEYS=None, API_KEYS_FILE=str(keys_file), RATELIMIT_DEFAULT=unmetered
+    )
     hammer = Hammer(server, client_context, busy)
     hammer.start()
     eventually(lambda: len(hammer.answers) >= 5)

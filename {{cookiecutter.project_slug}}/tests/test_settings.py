@@ -9,6 +9,7 @@ import ipaddress
 import json
 import locale
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from {{ cookiecutter.package_name }}.settings import (
     Invalid,
     Settings,
     choice,
+    cpu_quota,
     database_settings_from,
     flag,
     key_max_lifetime_days,
@@ -28,11 +30,12 @@ from {{ cookiecutter.package_name }}.settings import (
     load_settings,
     read,
     settings_from,
+    usable_cpus,
     whole,
 )
 from {{ cookiecutter.package_name }}.settings import main as settings_main
 
-from .support import PROJECT, KeySet
+from .support import PROJECT, KeySet, Server
 
 
 def refused(env: dict[str, str]) -> ConfigError:
@@ -448,14 +451,94 @@ def test_describe_hides_the_storage_credentials_and_nothing_else(
     assert settings_from(env).describe()["RATELIMIT_STORAGE_URI"] == shown
 
 
-def test_the_environment_sizes_redis_backed_workers_by_this_machine(
-    monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
+@pytest.fixture
+def one_cpu() -> Iterator[None]:
+    """This process confined to one of its CPUs (as ``taskset`` or a container's cpuset would)."""
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})
+    yield
+    os.sched_setaffinity(0, allowed)
+
+
+def test_the_environment_sizes_redis_backed_workers_by_the_cpus_this_process_may_use(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], one_cpu: None
 ) -> None:
     for name, value in {**env, "RATELIMIT_STORAGE_URI": "redis://localhost:6379/0"}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
-    monkeypatch.setattr(os, "cpu_count", lambda: 3)
-    assert load_settings().workers == 3
+    assert usable_cpus() == 1
+    assert load_settings().workers == 1
+
+
+CgroupFiles = Callable[[dict[str, str]], Path]
+V2 = "cpu.max"
+V1_QUOTA, V1_PERIOD = "cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us"
+
+
+@pytest.fixture
+def cgroup(tmp_path: Path) -> CgroupFiles:
+    """A cgroup directory holding the given files, by their paths in it."""
+
+    def make(files: dict[str, str]) -> Path:
+        for name, text in files.items():
+            (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name).write_text(text)
+        return tmp_path
+
+    return make
+
+
+@pytest.mark.parametrize(
+    ("files", "cpus"),
+    [
+        ({V2: "max 100000\n"}, None),
+        ({V2: "200000 100000\n"}, 2),
+        ({V2: "150000 100000\n"}, 2),
+        ({V2: "100000 100000\n"}, 1),
+        ({V2: "50000 100000\n"}, 1),
+        ({V1_QUOTA: "300000\n", V1_PERIOD: "100000\n"}, 3),
+        ({V1_QUOTA: "250000\n", V1_PERIOD: "100000\n"}, 3),
+        ({V1_QUOTA: "-1\n", V1_PERIOD: "100000\n"}, None),
+        ({V2: "max 100000\n", V1_QUOTA: "100000\n", V1_PERIOD: "100000\n"}, None),
+        ({V2: "0 100000\n"}, None),
+        ({V2: "100000 0\n"}, None),
+        ({V2: "a few cpus, say\n"}, None),
+        ({V1_QUOTA: "100000\n"}, None),
+        ({}, None),
+    ],
+    ids=[
+        "v2-unlimited",
+        "v2-two",
+        "v2-one-and-a-half-rounds-up",
+        "v2-one",
+        "v2-half-is-one",
+        "v1-three",
+        "v1-two-and-a-half-rounds-up",
+        "v1-unlimited",
+        "v2-wins-over-v1",
+        "v2-zero-quota-ignored",
+        "v2-zero-period-ignored",
+        "v2-unreadable-ignored",
+        "v1-without-period-ignored",
+        "no-cgroup-files",
+    ],
+)
+def test_the_cgroup_cpu_quota_is_read_in_whole_cpus_rounded_up(
+    cgroup: CgroupFiles, files: dict[str, str], cpus: int | None
+) -> None:
+    assert cpu_quota(cgroup(files)) == cpus
+
+
+def test_usable_cpus_are_the_affinity_bounded_by_the_quota_and_never_none(cgroup: CgroupFiles) -> None:
+    allowed = len(os.sched_getaffinity(0))
+    assert usable_cpus(cgroup({})) == allowed
+    assert usable_cpus(cgroup({V2: "50000 100000"})) == 1
+    assert usable_cpus(cgroup({V2: f"{(allowed + 5) * 100000} 100000"})) == allowed
+    assert usable_cpus(cgroup({V2: "1 100000"})) == 1
+
+
+def test_usable_cpus_follow_a_narrowed_affinity(cgroup: CgroupFiles, one_cpu: None) -> None:
+    assert usable_cpus(cgroup({V2: "max 100000"})) == 1
 
 
 def test_make_settings_prints_the_configuration_or_the_one_line_that_stops_it(
@@ -629,3 +712,14 @@ def test_the_settings_tables_import_nothing_that_imports_them_back() -> None:
     assert package_imports("database_settings") == {"variables"}
     assert package_imports("variables") == set()
     assert "settings" in package_imports("database")
+
+
+@pytest.mark.slow
+def test_gunicorn_says_at_each_start_that_app_env_test_is_for_tests_only(
+    start_server: Callable[..., Server],
+) -> None:
+    def warnings(server: Server) -> list[str]:
+        return [line for line in server.logs().splitlines() if line.startswith("warning: APP_ENV:")]
+
+    assert len(warnings(start_server())) == 1
+    assert warnings(start_server(APP_ENV="production")) == []

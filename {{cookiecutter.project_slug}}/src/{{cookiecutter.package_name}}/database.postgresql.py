@@ -14,6 +14,8 @@ from __future__ import annotations
 import atexit
 import logging
 import multiprocessing
+import re
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -142,10 +144,19 @@ def prepare_database(settings: Settings, workers: int, worker_connections: int) 
             file=sys.stderr,
         )
     # In a child process, so that this one (the workers' parent) never imports psycopg.
-    with multiprocessing.get_context("fork").Pool(1) as child:
+    with multiprocessing.get_context("fork").Pool(1, initializer=default_signals) as child:
         problem = child.apply(schema_problem, (database,))
     if problem is not None:
         raise ConfigError("DATABASE_URL", problem)
+
+
+def default_signals() -> None:
+    """In the check's child: every signal back to its default action. On a reload the gunicorn
+    master's handlers are in place, and a child that inherited them would queue, for a loop it
+    never runs, the SIGTERM with which the pool ends it: the reload would wait forever."""
+    for signum in signal.valid_signals():
+        if callable(signal.getsignal(signum)):
+            signal.signal(signum, signal.SIG_DFL)
 
 
 def schema_problem(database: DatabaseSettings) -> str | None:

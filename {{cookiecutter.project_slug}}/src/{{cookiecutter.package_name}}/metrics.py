@@ -5,16 +5,18 @@ becomes a label (CWE-532, CWE-770), and ``GET /metrics`` needs the ``metrics:rea
 
 Under gunicorn, every worker writes its series to the directory the master prepared
 (prometheus_client's multiprocess mode, see serving.py) and a scrape, answered by any one
-worker, sums them all. Elsewhere (the test client, ``flask run``) the series are the process's
-own.
+worker, sums them all, reading the files in a native thread: a read on gevent's event loop
+would hold every connection of the worker until it is done. Elsewhere (the test client,
+``flask run``) the series are the process's own.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from flask import Blueprint, Flask, Response, current_app, request
 from prometheus_client import (
@@ -33,6 +35,9 @@ from .auth import caller, failure
 from .limits import limit
 from .logwriter import report_dropped_lines
 from .shapes import answers
+from .metricfiles import reading
+
+T = TypeVar("T")
 
 
 class Pooled(Protocol):
@@ -150,11 +155,42 @@ class Exposition:
     def text(self) -> bytes:
         if self.directory is None:
             return generate_latest(SERIES)
-        # A registry per scrape, as prometheus_client documents for multiprocess mode; the files
-        # of dead workers are read too, so their counts stay in the sums.
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=str(self.directory))
+        return off_the_loop(summed, self.directory)
+
+
+def summed(directory: Path) -> bytes:
+    """Every worker's series, the dead's included, summed: what the files hold between two folds."""
+    # A registry per scrape, as prometheus_client documents for multiprocess mode.
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(directory))
+    with reading(directory):
         return generate_latest(registry)
+
+
+def off_the_loop(task: Callable[[Path], T], directory: Path) -> T:
+    """``task(directory)`` in a thread of gevent's pool under gunicorn's gevent worker, which
+    patches ``threading`` before it loads the app; elsewhere in the calling thread."""
+    from gevent import monkey
+
+    if not monkey.is_module_patched("threading"):
+        return task(directory)
+    import gevent
+
+    returned: list[T] = []
+
+    def caught() -> Exception | None:
+        # An exception raised in a pool thread is printed by gevent's hub, outside the masked
+        # logs: hand it over instead, and raise it in the request, whose handler answers 500.
+        try:
+            returned.append(task(directory))
+        except Exception as error:  # noqa: BLE001 - raised again below, in the caller
+            return error
+        return None
+
+    error = gevent.get_hub().threadpool.apply(caught)
+    if error is not None:
+        raise error
+    return returned[0]
 
 
 blueprint = Blueprint("metrics", __name__)

@@ -16,14 +16,17 @@ such a client (the worker class is worker.py's):
   connection waits in the listen backlog until a slot frees.
 
 Metrics: each worker writes its series to one directory (prometheus_client's multiprocess
-mode), which the master prepares before the first fork and tidies as workers exit; a scrape
-answered by any worker sums them all.
+mode), which the master makes before the first fork, owns and removes at exit, and into which
+it folds the files of each worker that exits (metricfiles.py); a scrape answered by any worker
+sums them all.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import re
 import resource
 import shutil
 import signal
@@ -34,6 +37,7 @@ from types import FrameType
 from typing import Any
 
 from .keys import KeyRing
+from .metricfiles import LOCK, make_lock, retire
 from .settings import METRICS_DIR, ConfigError, Settings, export_metrics_dir, load_settings
 
 logger = logging.getLogger(__name__)
@@ -51,12 +55,20 @@ SPARE_DESCRIPTORS = 64
 # configuration; workers are forked from it and inherit them, so every worker serves exactly
 # what the master validated, and a reload that fails validation changes nothing.
 _serving: Settings | None = None
-# The metrics directory when this master made it (removed at exit). One the operator named is
-# kept, and emptied at the next start instead.
+# The settings in force before the last reload, for a reload refused once gunicorn resolved it.
+_previous: Settings | None = None
+# The metrics directory this master made, and removes at exit: always its own, never the
+# operator's, nor one that another master made.
 _made_metrics_dir: Path | None = None
 # What the last reload did, for log_reload: logging is configured anew only after gunicorn has
 # read its configuration, which is when reload_settings runs.
 _reloaded: tuple[str, dict[str, object]] | None = None
+# The name of such a directory. A successor started by USR2 inherits the environment of its
+# parent master, where this path stands in PROMETHEUS_MULTIPROC_DIR after any reload (gunicorn
+# reads the environment afresh on SIGHUP); the name and the fold lock inside tell it apart from a
+# directory the operator named, so that the successor makes its own beside it instead of sharing
+# one that its parent removes on retiring.
+MADE_BY_A_MASTER = re.compile(r"metrics-\d+-.+")
 
 
 def serving_settings() -> Settings:
@@ -73,7 +85,8 @@ def reload_settings() -> tuple[Settings, ConfigError | None]:
     At start a bad configuration raises. On a reload it returns the settings already in
     force with the error, so the service keeps serving the last configuration that worked.
     """
-    global _serving, _reloaded
+    global _serving, _previous, _reloaded
+    _previous = _serving
     try:
         fresh = load_settings()
         check_workers(fresh, fresh.workers)
@@ -111,6 +124,27 @@ def log_reload() -> None:
     _reloaded = None
     level = logging.INFO if "reason" not in fields else logging.ERROR
     logger.log(level, message, extra=fields)
+
+
+def restore_previous(refused: ConfigError) -> Settings:
+    """A reload refused on the values gunicorn resolved (``on_reload``): the settings in force
+    before it stay in force, for the workers forked next, and the reload's line says why."""
+    global _serving, _reloaded
+    if _previous is not None:
+        _serving = _previous
+    _reloaded = ("reload refused, still serving the previous configuration", {"reason": str(refused)})
+    return serving_settings()
+
+
+def warn_test_environment(settings: Settings) -> None:
+    """One line at every start under gunicorn with APP_ENV=test, which the test suite's servers
+    use: it serves plain HTTP without a proxy and accepts keys over it, where production refuses."""
+    if settings.app_env == "test":
+        print(
+            "warning: APP_ENV: test serves plain HTTP and accepts keys over it; "
+            "for the test suite only, never a deployment",
+            file=sys.stderr,
+        )
 
 
 def check_workers(settings: Settings, workers: int) -> None:
@@ -171,43 +205,56 @@ def _exit_at_once(signum: int, frame: FrameType | None) -> None:
 
 
 def start_metrics() -> None:
-    """The master, once, before the first fork: an empty directory for the workers' series.
+    """The master, before the first fork and on every reload: the directory its workers write
+    their series to, which it makes (mode 0700) and alone removes.
 
-    Files left by an earlier run would add its counts to this one's. Without
-    PROMETHEUS_MULTIPROC_DIR the directory is a private temporary one (mode 0700).
+    It is made inside PROMETHEUS_MULTIPROC_DIR when the operator names one (never emptied, never
+    removed: two masters may use it at once during a binary upgrade), else in the system's
+    temporary directory. A fresh directory per master also means that no earlier run's counts
+    are added to this one's. On a reload the same directory serves on, or a new one if it has
+    vanished (a cleaner of temporary files), so that no worker meets a missing directory.
     """
     global _serving, _made_metrics_dir
     settings = serving_settings()
-    try:
-        if settings.metrics_dir is None:
-            directory = _made_metrics_dir = Path(tempfile.mkdtemp(prefix="metrics-"))
-        else:
-            directory = settings.metrics_dir
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            for stale in directory.glob("*.db"):
-                stale.unlink()
-    except OSError as error:
-        raise ConfigError(METRICS_DIR, f"cannot prepare the directory ({type(error).__name__})") from None
-    export_metrics_dir(directory)
+    if _made_metrics_dir is None or not _made_metrics_dir.is_dir():
+        try:
+            _made_metrics_dir = make_metrics_dir(metrics_home(settings.metrics_dir))
+        except OSError as error:
+            raise ConfigError(METRICS_DIR, f"cannot prepare the directory ({type(error).__name__})") from None
+    export_metrics_dir(_made_metrics_dir)
     # Workers are forked with these settings: they serve the scrape from this directory.
-    _serving = dataclasses.replace(settings, metrics_dir=directory)
+    _serving = dataclasses.replace(settings, metrics_dir=_made_metrics_dir)
+
+
+def metrics_home(named: Path | None) -> Path | None:
+    """Where this master makes its directory: in the one the operator named, in the system's
+    temporary directory (None), or beside a directory another master made (inherited by USR2)."""
+    if named is not None and MADE_BY_A_MASTER.fullmatch(named.name) and (named / LOCK).is_file():
+        return named.parent
+    return named
+
+
+def make_metrics_dir(home: Path | None) -> Path:
+    """A new private directory (``tempfile.mkdtemp``: an unpredictable name, mode 0700) in
+    ``home``, created first (mode 0700) when it does not exist yet."""
+    if home is not None:
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory = Path(tempfile.mkdtemp(prefix=f"metrics-{os.getpid()}-", dir=home))
+    make_lock(directory)
+    return directory
 
 
 def worker_exited(pid: int) -> None:
-    """A worker is gone (crashed, killed or replaced): its live gauges leave the sums, while its
-    counters stay in them, so that no total ever goes backwards."""
+    """A worker is gone (crashed, killed, replaced, or past ``max_requests``): its live gauges
+    leave the sums, and its counts are folded into the files of the dead, so that they stay in
+    the totals (no total ever goes backwards) while the files a scrape reads stay few."""
     directory = serving_settings().metrics_dir
-    if directory is None:
-        return
-    # Imported here, after start_metrics: prometheus_client picks its mode from the environment
-    # when it is first imported, and every later worker is forked from this process.
-    from prometheus_client import multiprocess
-
-    multiprocess.mark_process_dead(pid, str(directory))
+    if directory is not None:
+        retire(directory, pid)
 
 
 def stop_metrics() -> None:
-    """The master, at exit: remove the directory it made (and nothing the operator named)."""
+    """The master, at exit: remove the directory it made, and nothing else."""
     if _made_metrics_dir is not None:
         shutil.rmtree(_made_metrics_dir, ignore_errors=True)
 

@@ -51,6 +51,10 @@ EVERY_IPV4 = ipaddress.IPv4Network("0.0.0.0/0")
 EVERY_IPV6 = ipaddress.IPv6Network("::/0")
 # Every IPv4 address, as a dual-stack socket (IPv4-mapped) and a NAT64 gateway spell it.
 IPV4_SPELLINGS = (ipaddress.IPv6Network("::ffff:0:0/96"), ipaddress.IPv6Network("64:ff9b::/96"))
+# The cgroup this process sees as its own (a container's, in a cgroup namespace).
+CGROUP = Path("/sys/fs/cgroup")
+# Workers by default with shared limits: one per usable CPU, up to this many.
+MOST_WORKERS = 8
 
 
 def rate_limits(text: str) -> tuple[RateLimitItem, ...]:
@@ -165,7 +169,7 @@ def _default_workers(values: Mapping[str, Any]) -> str:
     # In-memory limits are per process: more than one worker would multiply every limit.
     if not is_shared(values["ratelimit_storage_uri"]):
         return "1"
-    return str(min(values["cpu_count"], 8))
+    return str(min(values["cpu_count"], MOST_WORKERS))
 
 
 def _openapi_default(values: Mapping[str, Any]) -> str:
@@ -363,7 +367,50 @@ def load_settings() -> Settings:
     and values from the real environment win over ``.env``.
     """
     _load_dotenv()
-    return settings_from(os.environ, cpu_count=os.cpu_count() or 1)
+    return settings_from(os.environ, cpu_count=usable_cpus())
+
+
+def usable_cpus(cgroup: Path = CGROUP) -> int:
+    """The CPUs this process may use, at least one: those it may run on (its affinity, which
+    ``taskset`` or a container's cpuset narrows), and no more than its cgroup's CPU quota.
+    ``os.cpu_count()`` counts the host's: in a container limited to two CPUs on a 64-CPU host, it
+    would start eight workers, each throttled."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cpu_quota(cgroup)
+    return max(1, cpus if quota is None else min(cpus, quota))
+
+
+def cpu_quota(cgroup: Path) -> int | None:
+    """The cgroup's CPU bandwidth in whole CPUs, rounded up; None without a limit.
+
+    cgroup v2 writes ``<quota> <period>`` (or ``max <period>``) in ``cpu.max``; v1 the same two
+    numbers in ``cpu/cpu.cfs_quota_us`` (-1: no limit) and ``cpu/cpu.cfs_period_us``.
+    """
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()
+    except (OSError, ValueError):
+        try:
+            quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text()
+            period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text()
+        except OSError:
+            return None
+    try:
+        microseconds, per = int(quota), int(period)
+    except ValueError:  # "max", or a file this code does not know
+        return None
+    if microseconds <= 0 or per <= 0:
+        return None
+    return -(-microseconds // per)
+
+
+def health_target() -> tuple[str, Path | None]:
+    """BIND and TLS_CERT_FILE alone, by the same rules: where the health check calls, and the
+    certificate it trusts (None: plain HTTP, behind a proxy)."""
+    _load_dotenv()
+    variables = _variables()
+    bind: str = _value(variables["bind"], os.environ, {})
+    certificate: Path | None = _value(variables["tls_cert_file"], os.environ, {})
+    return bind, certificate
 
 
 def key_max_lifetime_days() -> int | None:

@@ -1,0 +1,16 @@
+"""The image (Dockerfile): its health check is the service's own (tests/test_healthcheck.py runs
+that command against a real gunicorn), never a copy that could call another port."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from .support import PROJECT
+
+
+def test_the_images_health_check_runs_the_services_own_check() -> None:
+    dockerfile = (PROJECT / "Dockerfile").read_text()
+    (command,) = re.findall(r"^HEALTHCHECK .*\\\n\s+CMD (\[.*\])$", dockerfile, flags=re.MULTILINE)
+    assert json.loads(command) == ["python", "-m", "{{ cookiecutter.package_name }}.healthcheck"]
+    assert re.search(r"^ENV .*PYTHONPATH=/app/src", dockerfile, flags=re.MULTILINE | re.DOTALL)
