@@ -27,8 +27,8 @@ from {{ cookiecutter.package_name }}.serving import (
     start_metrics,
     stop_metrics,
     stop_while_booting,
-    with_bind_hint,
     warn_test_environment,
+    with_bind_hint,
     worker_exited,
 )
 from {{ cookiecutter.package_name }}.settings import ConfigError, Settings

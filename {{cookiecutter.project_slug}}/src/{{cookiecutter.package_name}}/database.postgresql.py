@@ -14,7 +14,6 @@ from __future__ import annotations
 import atexit
 import logging
 import multiprocessing
-import re
 import signal
 import sys
 from collections.abc import Iterator

@@ -34,8 +34,8 @@ from .access import requires
 from .auth import caller, failure
 from .limits import limit
 from .logwriter import report_dropped_lines
-from .shapes import answers
 from .metricfiles import reading
+from .shapes import answers
 
 T = TypeVar("T")
 
