@@ -26,7 +26,7 @@ from {{ cookiecutter.package_name }}.serving import (
     restore_previous,
     warn_test_environment,
 )
-from {{ cookiecutter.package_name }}.settings import settings_from
+from {{ cookiecutter.package_name }}.settings import ConfigError, settings_from
 
 from .support import PROJECT, KeySet
 
@@ -80,7 +80,7 @@ def test_a_reload_refused_on_gunicorns_values_leaves_the_settings_before_it_in_f
     second, refused = reload_settings()
     assert refused is None
     assert serving.serving_settings() is second
-    assert restore_previous() is first
+    assert restore_previous(ConfigError("WEB_CONCURRENCY", "a start would refuse it")) is first
     assert serving.serving_settings() is first
 
 
