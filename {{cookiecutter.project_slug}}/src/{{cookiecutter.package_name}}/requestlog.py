@@ -48,6 +48,12 @@ class RequestLog:
                 "remote_addr": request.remote_addr,
                 "client_request_id": incoming if CLIENT_REQUEST_ID.fullmatch(incoming) else None,
             }
-            logger.info("%s %s %s", method, path, status, extra=extra)
+            # The record made and handled directly, through the two documented Logger methods
+            # logger.info() ends in: the same record and handlers, without the search of the
+            # call stack for a file and line that no formatter of the service writes.
+            record = logger.makeRecord(
+                logger.name, logging.INFO, __file__, 0, "%s %s %s", (method, path, status), None, extra=extra
+            )
+            logger.handle(record)
         # Lines logged after this one, on the same connection, belong to no request.
         request_id.set(None)
