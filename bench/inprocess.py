@@ -3,7 +3,7 @@
     python bench/inprocess.py [--requests 20000] [--rounds 3] [--path /v1/whoami ...]
                               [--hooks service] [--profile service] [--project BAKED_PROJECT]
 
-Bakes the template (or takes ``--project``), builds the three apps of run.py with memory://
+Bakes the template (or takes ``--project``), builds the four apps of run.py with memory://
 storage, and calls each as a WSGI application in a loop (no sockets, no gunicorn, no test
 client), in alternating rounds, under gevent's monkey-patching as gunicorn's gevent worker
 runs them. Times are CPU time of this process, so other work on a shared machine does not
@@ -93,7 +93,7 @@ def name_of(function: Callable[..., Any]) -> str:
 
 
 def build_apps(project: Path, work: Path) -> tuple[dict[str, WsgiApp], str]:
-    """The three apps, built as gunicorn builds them: the master configures logging (the
+    """The four apps, built as gunicorn builds them: the master configures logging (the
     service's gunicorn.conf.py does, so its handlers and their locks exist before the fork),
     then each gevent worker patches the standard library and loads its app."""
     db = work / "items.sqlite3"
@@ -106,14 +106,16 @@ def build_apps(project: Path, work: Path) -> tuple[dict[str, WsgiApp], str]:
         BENCH_TENANT=run.TENANT,
         ITEMS_DB=str(db),
         SEED_API_KEYS=",".join(raw),
+        MINIMAL_API_KEYS=",".join(raw),
         RATELIMIT_DEFAULT=run.NO_LIMIT,
     )
     bare = importlib.import_module("bare_app").app
+    minimal = importlib.import_module("minimal_app").app
     seed = importlib.import_module("seed_app").app
     settings = baked.module(project, "settings")
     env = {"APP_ENV": "test", "API_KEYS": entries, "ITEMS_DB": str(db), "RATELIMIT_DEFAULT": run.NO_LIMIT}
     service = baked.module(project, "app").create_app(settings.settings_from(env))
-    return {"bare": bare, "seed": seed, "service": service}, key
+    return {"bare": bare, "minimal": minimal, "seed": seed, "service": service}, key
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=20000, help="requests per app, path and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--path", action="append", help=f"repeatable (default: {' '.join(run.PATHS)})")
-    parser.add_argument("--profile", choices=["bare", "seed", "service"], help="profile it (first path)")
-    parser.add_argument("--hooks", choices=["seed", "service"], help="time its hooks (first path)")
+    parser.add_argument(
+        "--profile", choices=["bare", "minimal", "seed", "service"], help="profile it (first path)"
+    )
+    parser.add_argument("--hooks", choices=["minimal", "seed", "service"], help="time its hooks (first path)")
     baked.add_project_option(parser)
     args = parser.parse_args(argv)
     paths = args.path or list(run.PATHS)
@@ -145,7 +149,11 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr = real_stderr
     for (name, path), values in timings.items():
         best, bare = min(values), min(timings[("bare", path)])
-        print(f"{name:8} {path:11} {best * 1e6:7.1f} us/request  ({bare / best:.2f} of bare)")
+        minimal = min(timings[("minimal", path)])
+        print(
+            f"{name:8} {path:11} {best * 1e6:7.1f} us/request  "
+            f"({bare / best:.2f} of bare, {minimal / best:.2f} of minimal)"
+        )
     if args.profile:
         pstats.Stats(profiler, stream=sys.stdout).sort_stats("cumulative").print_stats(45)
     if args.hooks:

@@ -1,15 +1,16 @@
-"""Requests per second of a baked service against (a) bare Flask and (b) the seed-style stack.
+"""Requests per second of a baked service against (a) bare Flask, (m) the minimal stack and
+(b) the seed-style stack.
 
     python bench/run.py [--seconds 5] [--rounds 3] [--connections 8] [--markdown] [--project DIR]
 
 Bakes the template with its defaults into a temporary directory (or takes --project), starts a
-redis-server on a free port and five gunicorn servers on 127.0.0.1 (bare; seed and service,
-each with memory:// and redis:// storage), all with the same worker settings (gunicorn's
-gevent worker, the service's default) over plain HTTP, then measures ``GET /v1/whoami`` and
-``GET /v1/items`` with wrk (keep-alive, a valid key in X-API-Key), alternating the
-configurations in rounds. Prints the median req/s, the medians of the per-round ratios to (a)
-and (b), the worker CPU time per request, and the floor on /v1/whoami. Needs wrk and
-redis-server on PATH. Stops by itself.
+redis-server on a free port and eight gunicorn servers on 127.0.0.1 in two configurations:
+``memory://`` on one worker and Redis on two (bare, minimal, seed and service in each), all
+with gunicorn's gevent worker (the service's default) over plain HTTP. Then it measures
+``GET /v1/whoami`` and ``GET /v1/items`` with wrk (keep-alive, a valid key in X-API-Key),
+alternating the servers in rounds. Prints the median req/s, the medians of the per-round ratios
+to (a), (m) and (b) of the same configuration, the worker CPU time per request, and the floors
+on /v1/whoami. Needs wrk and redis-server on PATH. Stops by itself.
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ ITEMS = 10
 KEYS = 5  # configured keys; the benchmark presents the last one (the seed loop's worst case).
 # High enough that no configuration is ever limited during a run.
 NO_LIMIT = "1000000000 per hour"
-# On GET /v1/whoami the service must do at least this share of the seed-style stack's req/s.
-FLOOR = 0.85
-STORAGES = ("memory", "redis")
+# On GET /v1/whoami the service must do at least this share of the minimal stack's req/s.
+FLOORS = {"memory": 0.85, "redis": 0.90}
+STORAGES = tuple(FLOORS)
+APPS = ("bare", "minimal", "seed", "service")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -167,13 +169,17 @@ def redis_server(directory: Path) -> Iterator[str]:
         process.wait(timeout=10)
 
 
-def gunicorn_args(args: argparse.Namespace, port: int) -> list[str]:
+def workers(args: argparse.Namespace, storage: str) -> int:
+    return int(args.memory_workers if storage == "memory" else args.redis_workers)
+
+
+def gunicorn_args(args: argparse.Namespace, port: int, storage: str) -> list[str]:
     """The same settings for every configuration; the command line wins over any config file."""
     return [
         "--bind",
         f"127.0.0.1:{port}",
         "--workers",
-        str(args.workers),
+        str(workers(args, storage)),
         # The service's default worker model, for every app: a greenlet per connection.
         "--worker-class",
         "gevent",
@@ -186,10 +192,11 @@ def gunicorn_args(args: argparse.Namespace, port: int) -> list[str]:
 
 def start(name: str, cwd: Path, app: list[str], env: dict[str, str], args: argparse.Namespace) -> Server:
     port = free_port()
+    storage = name.rsplit("-", 1)[1]
     log = Path(env["BENCH_LOGS"]) / f"{name}.log"
     with log.open("ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", *gunicorn_args(args, port), *app],
+            [sys.executable, "-m", "gunicorn", *gunicorn_args(args, port, storage), *app],
             cwd=cwd,
             env=env,
             stdout=out,
@@ -222,15 +229,29 @@ def server_specs(
         # Plain HTTP: the service allows it outside production (TLS cost would dilute the ratios).
         "APP_ENV": "test",
         "API_KEYS": entries,
-        "WEB_CONCURRENCY": str(args.workers),
     }
     seed = {**env, **limits, "SEED_API_KEYS": ",".join(raw)}
-    specs = [("bare", plain, ["bare_app:app"], env)]
+    minimal = {**env, "MINIMAL_API_KEYS": ",".join(raw)}  # its own limit: 10^8 per minute
+    specs = []
     for storage, uri in (("memory", "memory://"), ("redis", redis_uri)):
-        specs.append((f"seed-{storage}", plain, ["seed_app:app"], {**seed, "RATELIMIT_STORAGE_URI": uri}))
+        stored = {"RATELIMIT_STORAGE_URI": uri}
+        specs.append((f"bare-{storage}", plain, ["bare_app:app"], env))
+        specs.append((f"minimal-{storage}", plain, ["minimal_app:app"], {**minimal, **stored}))
+        specs.append((f"seed-{storage}", plain, ["seed_app:app"], {**seed, **stored}))
         # The service reads its own gunicorn.conf.py (its logging, its access logger).
-        specs.append((f"service-{storage}", project, [], {**service, "RATELIMIT_STORAGE_URI": uri}))
-    wanted = {"bare", *args.configs} if args.configs else None
+        specs.append(
+            (
+                f"service-{storage}",
+                project,
+                [],
+                {**service, **stored, "WEB_CONCURRENCY": str(workers(args, storage))},
+            )
+        )
+    wanted = (
+        {f"bare-{name.rsplit('-', 1)[1]}" for name in args.configs} | set(args.configs)
+        if args.configs
+        else None
+    )
     return [spec for spec in specs if wanted is None or spec[0] in wanted]
 
 
@@ -264,9 +285,9 @@ def check(server: Server, key: str) -> None:
             raise BenchError(f"{server.name} {path}: {response.status} with a valid key")
         # The seed sends Flask-Limiter's X-RateLimit-* fields, the service the IETF RateLimit.
         fields = (response.getheader("X-RateLimit-Limit"), response.getheader("RateLimit"))
-        if server.name != "bare" and fields == (None, None):
+        if not server.name.startswith("bare") and fields == (None, None):
             raise BenchError(f"{server.name} {path}: no rate-limit headers")
-    if server.name != "bare" and get(server, "/v1/whoami", None).status != 401:
+    if not server.name.startswith("bare") and get(server, "/v1/whoami", None).status != 401:
         raise BenchError(f"{server.name}: /v1/whoami without a key is not 401")
 
 
@@ -293,35 +314,35 @@ def measure(servers: Sequence[Server], key: str, args: argparse.Namespace) -> Re
     for number in range(args.rounds):
         # Rotate the order each round, so no configuration always runs first or last.
         order = [*servers[number % len(servers) :], *servers[: number % len(servers)]]
-        for path in PATHS:
+        for path in args.paths:
             for server in order:
                 results.add(server.name, path, wrk(server, path, key, args.seconds, args.connections))
         print(f"round {number + 1}/{args.rounds} done", file=sys.stderr)
     return results
 
 
-def seed_of(name: str) -> str | None:
-    """The seed-style configuration with the same storage as a service configuration."""
-    return name.replace("service-", "seed-", 1) if name.startswith("service-") else None
+def ratio_cell(results: Results, name: str, path: str, to: str, names: Sequence[str]) -> str:
+    """The median per-round ratio of ``name`` to the app ``to`` of the same configuration."""
+    other = f"{to}-{name.rsplit('-', 1)[1]}"
+    if name == other or other not in names:
+        return ""
+    return f"{results.ratio(name, path, other):.2f}"
 
 
-def table(results: Results, names: Sequence[str], markdown: bool) -> str:
-    rows = [
-        ("configuration", "path", "req/s (median)", "min-max", "ratio to (a)", "ratio to (b)", "CPU us/req")
-    ]
-    for path in PATHS:
+def table(results: Results, names: Sequence[str], paths: Sequence[str], markdown: bool) -> str:
+    head = ("configuration", "path", "req/s (median)", "min-max")
+    rows = [(*head, "ratio to (a)", "ratio to (m)", "ratio to (b)", "CPU us/req")]
+    for path in paths:
         for name in names:
             values = results.rps[(name, path)]
             flag = " (!)" if results.errors[(name, path)] else ""
-            seed = seed_of(name)
             rows.append(
                 (
                     name,
                     path,
                     f"{results.median(name, path):.0f}{flag}",
                     f"{min(values):.0f}-{max(values):.0f}",
-                    f"{results.ratio(name, path):.2f}",
-                    f"{results.ratio(name, path, seed):.2f}" if seed is not None and seed in names else "",
+                    *(ratio_cell(results, name, path, to, names) for to in ("bare", "minimal", "seed")),
                     f"{statistics.median(results.cpu_us[(name, path)]):.0f}",
                 )
             )
@@ -333,21 +354,28 @@ def table(results: Results, names: Sequence[str], markdown: bool) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)
 
 
-def verdict(results: Results) -> str:
-    """The floor: on GET /v1/whoami the service does at least FLOOR of (b)'s req/s, per storage."""
+def verdict(results: Results, args: argparse.Namespace) -> str:
+    """The floors: on GET /v1/whoami the service does at least FLOORS[storage] of (m)'s req/s."""
     path = "/v1/whoami"
     have = {name for name, _ in results.rps}
     parts = []
-    for storage in STORAGES:
-        service, seed = f"service-{storage}", f"seed-{storage}"
-        if {service, seed} <= have:
-            ratio = results.ratio(service, path, seed)
-            parts.append(f"{storage}: {ratio:.2f} of (b) {'PASS' if ratio >= FLOOR else 'FAIL'}")
-    return f"floor on {path} (the service at least {FLOOR} of (b)): " + "; ".join(parts)
+    for storage, floor in FLOORS.items():
+        service, minimal, bare = f"service-{storage}", f"minimal-{storage}", f"bare-{storage}"
+        if {service, minimal, bare} <= have and path in args.paths:
+            pairs = zip(results.rps[(service, path)], results.rps[(minimal, path)], strict=True)
+            ratios = [mine / other for mine, other in pairs]
+            ratio = statistics.median(ratios)
+            parts.append(
+                f"{storage} ({workers(args, storage)} worker(s)): {ratio:.2f} of (m) "
+                f"(rounds {min(ratios):.2f}-{max(ratios):.2f}), "
+                f"{results.ratio(service, path, bare):.2f} of (a); "
+                f"floor {floor} {'PASS' if ratio >= floor else 'FAIL'}"
+            )
+    return f"floors on {path}, the service against the minimal stack (m):\n  " + "\n  ".join(parts)
 
 
 def budget(args: argparse.Namespace) -> int:
-    runs = args.rounds * len(PATHS) * 5
+    runs = args.rounds * len(args.paths) * 8
     return 300 + runs * (args.seconds + 10)
 
 
@@ -379,8 +407,8 @@ def run(args: argparse.Namespace) -> int:
         results = measure(servers, key, args)
         names = [server.name for server in servers]
         print(describe(args))
-        print(table(results, names, args.markdown))
-        print(verdict(results))
+        print(table(results, names, args.paths, args.markdown))
+        print(verdict(results, args))
         if any(results.errors.values()):
             print("(!) some responses were not 2xx: those figures are not comparable", file=sys.stderr)
             return 1
@@ -397,8 +425,8 @@ def describe(args: argparse.Namespace) -> str:
     )
     return (
         f"{os.cpu_count()} CPUs ({model}); Python {platform.python_version()}, {versions}\n"
-        f"gunicorn --workers {args.workers} --worker-class gevent --worker-connections "
-        f"{args.worker_connections}, plain HTTP; "
+        f"gunicorn --worker-class gevent --worker-connections {args.worker_connections}, plain HTTP, "
+        f"--workers {args.memory_workers} with memory://, {args.redis_workers} with Redis; "
         f"wrk -t1 -c{args.connections}, {args.seconds}s per measurement, {args.rounds} rounds"
     )
 
@@ -408,7 +436,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=5, help="length of one measurement")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
     parser.add_argument("--connections", type=int, default=8, help="wrk keep-alive connections")
-    parser.add_argument("--workers", type=int, default=1, help="gunicorn workers, for every server")
+    parser.add_argument("--memory-workers", type=int, default=1, help="gunicorn workers with memory://")
+    parser.add_argument("--redis-workers", type=int, default=2, help="gunicorn workers with Redis")
+    parser.add_argument(
+        "--paths", type=lambda text: text.split(","), default=list(PATHS), help="comma-separated"
+    )
     parser.add_argument(
         "--worker-connections", type=int, default=1000, help="gevent connections per worker, every server"
     )
@@ -417,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--configs",
         type=lambda text: text.split(","),
-        help="only these, e.g. bare,seed-memory,service-memory",
+        help="only these (and bare of the same storage), e.g. minimal-memory,service-memory",
     )
     try:
         return run(parser.parse_args(argv))

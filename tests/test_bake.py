@@ -244,11 +244,11 @@ def test_log_masking_costs_a_small_part_of_a_request(default_bake: Path) -> None
 
 
 def test_stack_benchmark_runs_against_bare_flask(default_bake: Path) -> None:
-    """Runs bench/inprocess.py on a bake (the service, the seed-style stack and bare Flask in one
+    """Runs bench/inprocess.py on a bake (the service, the minimal and seed-style stacks and bare Flask in one
     process): printed figures; fails only if it breaks or the service becomes grossly slower."""
     output = run_in(default_bake, *bench("inprocess.py", default_bake, "--requests", "1000", "--rounds", "2"))
     print(output)
-    ratios = re.findall(r"^service .* \(([\d.]+) of bare\)$", output, flags=re.MULTILINE)
+    ratios = re.findall(r"^service .* \(([\d.]+) of bare, [\d.]+ of minimal\)$", output, flags=re.MULTILINE)
     assert len(ratios) == 2
     assert all(float(ratio) > 0.1 for ratio in ratios), output
 

@@ -4,10 +4,11 @@ whenever it was registered, is reached without the checks its declaration asks f
 Before the view, in this order: a request id; paths that must reach no route (doubled or
 encoded slashes, a slash a route does not have); a key in the URL (400); the caller; unmatched
 paths, counted per address (429 past RATELIMIT_UNMATCHED); the route's declared access (401,
-403), each failure counted per address (429 past RATELIMIT_AUTH_FAILURES); and the budgets that
-span every route (a key's own limit, its tenant's). Flask-Limiter's check of the route's own limit
-runs right after, in its own hook. After the view: the quota fields, ``Cache-Control: no-store``,
-the request id, the metrics and one request line.
+403), each failure counted per address (429 past RATELIMIT_AUTH_FAILURES); the budgets that span
+every route (a key's own limit, its tenant's); and the route's own limit. Flask-Limiter's check
+runs right after, in its own hook, and counts the route's limit only when the gate could not
+(see limits.py). After the view: the quota fields, ``Cache-Control: no-store``, the request id,
+the metrics and one request line.
 
 One hook each way, rather than one per concern: Flask calls every hook through a wrapper of its
 own, a cost paid per hook and per request.
@@ -115,10 +116,10 @@ class Gate:
 
     def _spend(self, identified: Caller | None) -> Response | None:
         if identified is not None:
-            return self.budgets.spanning(identified)
-        if is_exempt():
-            return None
-        return self.budgets.failures_spent()
+            refused = self.budgets.spanning(identified)
+        else:
+            refused = None if is_exempt() else self.budgets.failures_spent()
+        return refused if refused is not None else self.limits.count_route()
 
     def _unauthorized(self) -> Response:
         g.auth_failure = failure() or "missing"

@@ -1,12 +1,15 @@
 """Rate limits per key id (never the key), per tenant and per client address, so no client can
 starve the others and key guessing stays slow (CWE-307, CWE-770, API4:2023).
 
-Two layers, both in the storage RATELIMIT_STORAGE_URI names:
+Two layers, both in the storage RATELIMIT_STORAGE_URI names, both counted by the request gate in
+one pass through Flask-Limiter's strategy in use (``Limiter.limiter``):
 
-* Flask-Limiter counts each route's limit per caller: RATELIMIT_DEFAULT, or the route's own
-  ``@limit``, per key id, or per address for a caller without a valid key. ``@limit`` and
-  ``@exempt`` are read from the view when a request arrives, so they hold however and whenever
-  the route was registered.
+* each route's limit per caller: RATELIMIT_DEFAULT, or the route's own ``@limit``, per key id,
+  or per address for a caller without a valid key, under the storage keys Flask-Limiter's own
+  check writes. ``@limit`` and ``@exempt`` are read from the view when a request arrives, so they
+  hold however and whenever the route was registered. While Flask-Limiter counts in its
+  in-memory fallback, or when the storage fails, its own check counts the route's limit instead:
+  it owns the fallback and the probing that brings the storage back.
 * :class:`Budgets` spans every route: failed authentications and unmatched paths (404, 405) per
   address, a key's own ``limit=`` per key id, and RATELIMIT_TENANT per tenant. Each is counted in
   one atomic step of the storage when it is spent, so requests in flight together never overdraw it.
@@ -14,7 +17,8 @@ Two layers, both in the storage RATELIMIT_STORAGE_URI names:
 Storage keys look like ``LIMITS:LIMITER/key:<key id>/...`` or ``.../addr:<address>/...``: nothing
 in them can be turned back into a key. Answers carry the IETF ``RateLimit-Policy`` and
 ``RateLimit`` fields (draft-ietf-httpapi-ratelimit-headers) from Flask-Limiter's documented
-``RequestLimit``, and ``Retry-After`` only with a 429.
+``RequestLimit`` when its check counted, from the same window statistics of the strategy when the
+gate did, and ``Retry-After`` only with a 429.
 """
 
 from __future__ import annotations
@@ -225,11 +229,28 @@ class RouteLimits:
     def __init__(self, default: str) -> None:
         self.default = default
         self.default_items = frozenset(rate_limits(default))
+        # One budget per route and limit text: bounded by the code, never by what clients send.
+        self.budgets: dict[tuple[str, str], Budget] = {}
 
     def provider(self) -> str:
         # Called by Flask-Limiter for every request, with the request in context.
         value: str = getattr(_view(), RATE_LIMIT, self.default)
         return value
+
+    def budget(self) -> Budget | None:
+        """This request's route limit as a budget (None when the route is exempt), scoped by the
+        endpoint as Flask-Limiter scopes a route's limits: the same counters either way."""
+        view = _view()
+        if getattr(view, EXEMPT, False):
+            return None
+        endpoint = request.endpoint or ""
+        text: str = getattr(view, RATE_LIMIT, self.default)
+        known = self.budgets.get((endpoint, text))
+        if known is None:
+            items = sorted(rate_limits(text))
+            base = "default" if all(item in self.default_items for item in items) else endpoint
+            known = self.budgets[(endpoint, text)] = Budget(endpoint, _named(base, items))
+        return known
 
     def state(self, limiter: Limiter) -> tuple[Policies, tuple[int, str, float] | None]:
         """The policies Flask-Limiter applied to this request, and what is left of the current
@@ -255,9 +276,37 @@ class Limits:
 
     def attach(self, app: Flask) -> None:
         """Flask-Limiter's own hooks; from then on, its strategy in use is the configured one."""
+        self.limiter.request_filter(counted)
         self.limiter.init_app(app)
         self.primary = self.limiter.limiter
         app.extensions["limits"] = self
+
+    def count_route(self) -> Response | None:
+        """Spend the route's limit for this caller, 429 when it is spent.
+
+        Flask-Limiter's own check resolves every limit of the route anew on each request (its
+        blueprint and exemption lookups, a parse of the limit) and costs more than the rest of
+        the gate together; here a route's limit is worked out once. Left to that check (which
+        then counts, falls back and probes the storage as documented): a request while the
+        fallback counts, and one that met a storage error here.
+        """
+        if self.on_fallback():
+            return None
+        route = self.routes.budget()
+        if route is None:
+            g.route_counted = True
+            return None
+        identity = limit_key()
+        strategy = self.limiter.limiter
+        try:
+            # In order, up to the first one spent, as Flask-Limiter stops at the first breach.
+            within = all(strategy.hit(item, identity, route.name) for _, item in route.policies)
+        except StorageError:
+            return None
+        g.route_counted = True
+        g.budgets = [(route, identity), *g.get("budgets", ())]  # the route's policy first
+        # The fields of this 429 are added after the view, with every budget this request spent.
+        return None if within else problem(429)
 
     def add_fields(self, response: Response) -> None:
         """The IETF fields: every policy that applied to this request, and the one with the least
@@ -278,6 +327,12 @@ class Limits:
         """True while Flask-Limiter counts in this process's memory because its storage failed:
         ``Limiter.limiter`` is then the fallback's strategy, not the one configured."""
         return self.limiter.limiter is not self.primary
+
+
+def counted() -> bool:
+    """Flask-Limiter's request filter: True when the gate has counted this request's route limit
+    (or found the route exempt), so that its own check does not count it a second time."""
+    return bool(g.get("route_counted", False))
 
 
 def prepare_limits(settings: Settings) -> Limits:

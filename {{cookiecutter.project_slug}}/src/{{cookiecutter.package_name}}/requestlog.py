@@ -50,6 +50,10 @@ class RequestLog:
                 "client_request_id": incoming if CLIENT_REQUEST_ID.fullmatch(incoming) else None,
             }
             # The path only in its field: a client's long path is written, cut, once per line.
-            logger.info("request", extra=extra)
+            # The record is made and handled directly, through the two documented Logger methods
+            # logger.info() ends in: the same record and handlers, without the search of the
+            # call stack for a file and line that no formatter of the service writes.
+            record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, "request", (), None, extra=extra)
+            logger.handle(record)
         # Lines logged after this one, on the same connection, belong to no request.
         request_id.set(None)
