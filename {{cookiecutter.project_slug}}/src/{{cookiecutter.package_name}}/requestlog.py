@@ -53,7 +53,9 @@ class RequestLog:
             # The record is made and handled directly, through the two documented Logger methods
             # logger.info() ends in: the same record and handlers, without the search of the
             # call stack for a file and line that no formatter of the service writes.
-            record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, "request", (), None, extra=extra)
+            record = logger.makeRecord(
+                logger.name, logging.INFO, __file__, 0, "request", (), None, extra=extra
+            )
             logger.handle(record)
         # Lines logged after this one, on the same connection, belong to no request.
         request_id.set(None)
