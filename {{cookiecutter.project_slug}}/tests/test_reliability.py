@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import http.client
+import json
 import logging
 import os
 import secrets
@@ -167,10 +168,14 @@ def test_a_reload_that_a_start_would_refuse_on_gunicorns_own_values_keeps_the_pr
     redis_server.command(b"FLUSHALL")
     assert [status(server, client_context, keys.reader) for _ in range(4)] == [200] * 4
     assert redis_server.command(b"DBSIZE") != b":0\r\n", "the new workers count in memory"
-    refusals = [line for line in server.logs().splitlines() if "reload refused" in line]
-    assert refusals == [
-        "error: RATELIMIT_STORAGE_URI: memory:// with 4 workers multiplies every rate limit by 4; "
-        "use redis:// or one worker; reload refused, still serving the previous configuration"
+    refusals = [json.loads(line) for line in server.logs().splitlines() if "reload refused" in line]
+    assert [(line["level"], line["message"], line["reason"]) for line in refusals] == [
+        (
+            "ERROR",
+            "reload refused, still serving the previous configuration",
+            "RATELIMIT_STORAGE_URI: memory:// with 4 workers multiplies every rate limit by 4; "
+            "use redis:// or one worker",
+        )
     ]
 
 

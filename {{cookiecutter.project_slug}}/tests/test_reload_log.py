@@ -131,5 +131,7 @@ def test_a_reload_logs_one_json_line_naming_the_ids_it_changed_and_a_refused_one
     for key in (keys.reader, keys.writer, keys.other_tenant):
         assert key.secret[len(KEY_PREFIX) + 1 :][:12] not in logs
         assert key.key.digest.hex() not in logs
-    # Every line the master and its workers wrote is JSON: no plain-text refusal beside it.
-    assert [line for line in logs.splitlines() if line.strip() and not line.startswith("{")] == []
+    # Every line the master and its workers wrote is JSON: no plain-text refusal beside it. The
+    # one plain line is the start's warning that APP_ENV=test, which these servers use, is unsafe.
+    plain = [line for line in logs.splitlines() if line.strip() and not line.startswith("{")]
+    assert [line for line in plain if not line.startswith("warning: APP_ENV: test ")] == []
