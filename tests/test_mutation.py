@@ -94,6 +94,18 @@ HAND_MADE = {
         ],
         "tests/test_errors.py::test_a_key_sent_as_request_id_is_neither_echoed_nor_logged",
     ),
+    # A 500 whose detail quotes the exception ("no such table: items") tells a client the schema.
+    "500-detail-quotes-the-exception": (
+        f"src/{PACKAGE}/errors.py",
+        [
+            (
+                "return problem(error.code or 500, headers=headers)",
+                'return problem(error.code or 500, str(getattr(error, "original_exception", "")) or None,'
+                " headers=headers)",
+            )
+        ],
+        "tests/test_transport.py::test_security_headers_and_problem_json_on_500_without_internals",
+    ),
     "client-request-id-prefix-only": (
         f"src/{PACKAGE}/requestlog.py",
         [("CLIENT_REQUEST_ID.fullmatch(incoming)", "CLIENT_REQUEST_ID.match(incoming)")],
