@@ -276,6 +276,36 @@ def test_a_guarded_blueprint_gets_the_scopes_it_declares(make_app, keys: KeySet)
     assert client.get("/test-only/reports", headers=bearer(keys.no_scopes)).get_json() == {"reports": []}
 
 
+def test_a_write_needs_the_one_scope_declared_when_no_write_scope_is_given(make_app, keys: KeySet) -> None:
+    """``requires("s")`` and ``guard(bp, read="s")`` ask for "s" of every method, writes included:
+    a missing write scope never means that any key may write."""
+    reports = guard(Blueprint("test-guarded", __name__, url_prefix="/test-only/guarded"), read="reports:read")
+    reports.add_url_rule("", "add_report", lambda: ({"added": True}, 201), methods=["POST"])
+    app = make_app()
+    app.register_blueprint(reports)
+    app.add_url_rule(
+        "/test-only/required",
+        "add_required",
+        requires("reports:read")(lambda: ({"added": True}, 201)),
+        methods=["POST"],
+    )
+    client = app.test_client()
+    for path in ("/test-only/guarded", "/test-only/required"):
+        assert client.post(path, headers=bearer(keys.writer)).status_code == 403
+        assert client.post(path, headers=bearer(keys.no_scopes)).status_code == 201
+
+
+def test_a_guarded_blueprint_is_declared_on_an_app_without_the_gate() -> None:
+    """The OpenAPI document reads the declarations from an app that has only the routes."""
+    reports = guard(Blueprint("test-bare", __name__), read="reports:read", write="reports:write")
+    reports.add_url_rule("/test-only/bare", "list_reports", lambda: {})
+    app = Flask(__name__)
+    app.register_blueprint(reports)
+    declared = Declarations(app).of("test-bare.list_reports")
+    assert declared is not None
+    assert (declared.read, declared.write) == ("reports:read", "reports:write")
+
+
 def test_a_plain_blueprint_registered_after_the_start_is_closed(make_app, keys: KeySet) -> None:
     """A Blueprint as every Flask tutorial writes it, added after create_app(): no declaration,
     so no one gets in, with a key or without."""

@@ -42,9 +42,6 @@ class Access:
         """The scope this method needs; None: any valid key will do."""
         return self.read if method in READING else self.write
 
-    def scopes(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(s for s in (self.read, self.write) if s is not None))
-
 
 PUBLIC = Access(public=True)
 
