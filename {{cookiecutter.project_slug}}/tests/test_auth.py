@@ -295,6 +295,16 @@ def test_a_write_needs_the_one_scope_declared_when_no_write_scope_is_given(make_
         assert client.post(path, headers=bearer(keys.no_scopes)).status_code == 201
 
 
+def test_a_write_needs_the_write_scope_declared_beside_a_read_scope(make_app, keys: KeySet) -> None:
+    app = make_app()
+    view = requires(read="reports:read", write="items:write")(lambda: ({"added": True}, 201))
+    app.add_url_rule("/test-only/split", "add_split", view, methods=["GET", "POST"])
+    client = app.test_client()
+    assert client.post("/test-only/split", headers=bearer(keys.no_scopes)).status_code == 403
+    assert client.post("/test-only/split", headers=bearer(keys.writer)).status_code == 201
+    assert client.get("/test-only/split", headers=bearer(keys.writer)).status_code == 403
+
+
 def test_a_guarded_blueprint_is_declared_on_an_app_without_the_gate() -> None:
     """The OpenAPI document reads the declarations from an app that has only the routes."""
     reports = guard(Blueprint("test-bare", __name__), read="reports:read", write="reports:write")
@@ -380,6 +390,7 @@ def test_an_undeclared_route_stops_the_start_naming_its_endpoint(
     assert "\n" not in message
     assert "test-reports.list_reports" in message
     assert "/test-only/reports" in message
+    assert message.endswith("add @public, @requires(...) or guard(blueprint, ...)")
 
 
 def test_every_route_of_the_service_declares_its_access(app: Flask) -> None:

@@ -36,6 +36,7 @@ def test_body_that_is_not_json_is_400(client: FlaskClient, keys: KeySet) -> None
         "/v1/items", headers=bearer(keys.writer), data=b"\xff\xfe{not json", content_type="application/json"
     )
     assert response.status_code == 400
+    assert response.get_json()["detail"] == "The request body is not valid JSON."
 
 
 @pytest.mark.parametrize(
@@ -59,7 +60,7 @@ def test_a_lone_surrogate_is_400_not_500(client: FlaskClient, keys: KeySet, body
         "/v1/items", headers=bearer(keys.writer), data=body, content_type="application/json"
     )
     assert response.status_code == 400
-    assert "Unicode" in response.get_json()["detail"]
+    assert response.get_json()["detail"] == "The request body holds text that is not valid Unicode."
 
 
 def test_a_surrogate_pair_is_just_text(client: FlaskClient, keys: KeySet) -> None:
@@ -116,3 +117,12 @@ def test_a_body_slower_than_its_deadline_is_a_408_that_closes_the_connection(
     assert response.status_code == 408
     assert response.content_type == "application/problem+json"
     assert response.headers["Connection"] == "close"
+
+
+def test_a_body_of_exactly_the_size_limit_is_accepted(make_app, keys: KeySet) -> None:
+    client = make_app(MAX_CONTENT_LENGTH="1024").test_client()
+    data = b'{"name": "fits"}'.ljust(1024)  # whitespace after a JSON document is still JSON
+    response = client.post(
+        "/v1/items", headers=bearer(keys.writer), data=data, content_type="application/json"
+    )
+    assert response.status_code == 201
