@@ -316,6 +316,20 @@ def test_a_guarded_blueprint_is_declared_on_an_app_without_the_gate() -> None:
     assert (declared.read, declared.write) == ("reports:read", "reports:write")
 
 
+def test_a_nested_blueprint_is_declared_by_its_own_guard_else_by_the_nearest_guarded_parent() -> None:
+    parent = guard(Blueprint("test-parent", __name__), read="reports:read")
+    guarded = guard(Blueprint("test-guarded", __name__), read="items:read")
+    plain = Blueprint("test-plain", __name__)
+    for child in (guarded, plain):
+        child.add_url_rule(f"/test-only/{child.name}", "show", lambda: {})
+        parent.register_blueprint(child)
+    app = Flask(__name__)
+    app.register_blueprint(parent)
+    declarations = Declarations(app)
+    found = [declarations.of(f"test-parent.{child}.show") for child in ("test-guarded", "test-plain")]
+    assert [access.read if access else None for access in found] == ["items:read", "reports:read"]
+
+
 def test_a_plain_blueprint_registered_after_the_start_is_closed(make_app, keys: KeySet) -> None:
     """A Blueprint as every Flask tutorial writes it, added after create_app(): no declaration,
     so no one gets in, with a key or without."""
