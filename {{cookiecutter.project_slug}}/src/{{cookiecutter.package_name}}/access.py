@@ -76,7 +76,7 @@ def guard(blueprint: Blueprint, *, read: str | None, write: str | None = None) -
         # Under its dotted name ("parent.child"), as Flask names a nested blueprint's endpoints
         # (BlueprintSetupState.add_url_rule): under its own name alone, a nested blueprint's
         # guard would never be found, and its parent's scopes would stand in for its own.
-        name = f"{state.name_prefix}.{state.name}".lstrip(".")
+        name = f"{state.name_prefix}.{state.name}" if state.name_prefix else state.name
         state.app.extensions.setdefault(EXTENSION, {})[name] = declared
 
     blueprint.record_once(remember)
