@@ -58,11 +58,11 @@ _SESSION_STARTED = time.time()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """The mutation score of the security core and its survivors, when this run measured them."""
+    """The mutation score of make mutate's scope and its survivors, when this run measured them."""
     report = TEMPLATE / "reports" / "mutation.txt"
     if not report.is_file() or report.stat().st_mtime < _SESSION_STARTED:
         return
-    terminalreporter.section("mutation testing of the security core (reports/mutation.txt)")
+    terminalreporter.section("mutation testing (reports/mutation.txt)")
     shown = ("SURVIVED", "accepted", "BROKEN", "    why:", "no longer needed")
     for line in report.read_text(encoding="utf-8").splitlines():
         if line.startswith(shown) or " killed (" in line or " unexplained, in " in line:

@@ -1,6 +1,6 @@
-"""Mutation testing of a bake: mutmut's pass over the security core (`make mutate`, sampled to fit
-CI) leaves no unexplained survivor, and the hand-made mutants that mutmut cannot make (module
-constants, code outside the core) fail the bake's own tests. The score and every survivor go to
+"""Mutation testing of a bake: mutmut's pass over every module in `make mutate`'s scope (sampled
+to fit CI) leaves no unexplained survivor, and the hand-made mutants that mutmut cannot make
+(module constants, code outside that scope) fail the bake's own tests. The score and every survivor go to
 reports/mutation.txt, and the end of `make test` prints them."""
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from .conftest import TEMPLATE
 REPORT = TEMPLATE / "reports" / "mutation.txt"
 PACKAGE = "acme_widgets_api"
 # Tenths of mutmut's mutants that CI tries (`make mutate` in a bake tries them all): the mutants
-# whose number ends in 0 or 1, spread over every function of the core.
+# whose number ends in 0 or 1, spread over every function in the scope. Measured on 2026-12-07
+# with the widened scope: 500 mutants in 555 s on 2 loaded cores, within the 12 minutes the
+# template suite allows this test.
 SAMPLE = 2
 
 
@@ -93,6 +95,18 @@ HAND_MADE = {
             )
         ],
         "tests/test_errors.py::test_a_key_sent_as_request_id_is_neither_echoed_nor_logged",
+    ),
+    # A 500 whose detail quotes the exception ("no such table: items") tells a client the schema.
+    "500-detail-quotes-the-exception": (
+        f"src/{PACKAGE}/errors.py",
+        [
+            (
+                "return problem(error.code or 500, headers=headers)",
+                'return problem(error.code or 500, str(getattr(error, "original_exception", "")) or None,'
+                " headers=headers)",
+            )
+        ],
+        "tests/test_transport.py::test_security_headers_and_problem_json_on_500_without_internals",
     ),
     "client-request-id-prefix-only": (
         f"src/{PACKAGE}/requestlog.py",

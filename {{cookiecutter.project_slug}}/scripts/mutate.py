@@ -1,4 +1,4 @@
-"""Mutation testing of the security core, so a check that no test can fail does not pass for a
+"""Mutation testing of the service, so a check that no test can fail does not pass for a
 tested one.
 
 mutmut breaks the modules that ``[tool.mutmut]`` in pyproject.toml names, one small edit at a
@@ -7,7 +7,7 @@ fails this run, unless mutation-equivalents.toml lists it with the reason it cha
 Entries name the module, the function and the line before and after the edit, never a line
 number or mutmut's index, so they keep matching while unrelated code around them changes.
 
-    python scripts/mutate.py                  # the whole core (make mutate)
+    python scripts/mutate.py                  # every module it mutates (make mutate)
     python scripts/mutate.py keys proxy       # only these modules
     python scripts/mutate.py --sample 3       # mutants whose number ends in 0, 1 or 2: about 30%
 """
@@ -35,11 +35,17 @@ EQUIVALENTS = PROJECT / "mutation-equivalents.toml"
 
 def _core() -> tuple[str, ...]:
     """The modules that [tool.mutmut] in pyproject.toml mutates, named as mutmut names them in the
-    package: "src/*/auth.py" is "auth", "src/*/keys/*.py" is "keys" (its __init__), "keys.cli"..."""
-    config = tomllib.loads((PROJECT / "pyproject.toml").read_text(encoding="utf-8"))
+    package: "src/*/auth.py" is "auth", "src/*/keys/*.py" is "keys" (its __init__), "keys.cli"...
+    Paths are matched as mutmut matches them: only_mutate, less do_not_mutate, with fnmatch."""
+    config = tomllib.loads((PROJECT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["mutmut"]
     package = PROJECT / "src" / PACKAGE
-    paths = {path for pattern in config["tool"]["mutmut"]["only_mutate"] for path in PROJECT.glob(pattern)}
-    names = {".".join(path.relative_to(package).with_suffix("").parts) for path in paths}
+    names = set()
+    for path in package.rglob("*.py"):
+        relative = path.relative_to(PROJECT).as_posix()
+        if any(fnmatch.fnmatch(relative, pattern) for pattern in config["only_mutate"]) and not any(
+            fnmatch.fnmatch(relative, pattern) for pattern in config.get("do_not_mutate", [])
+        ):
+            names.add(".".join(path.relative_to(package).with_suffix("").parts))
     return tuple(sorted(name.removesuffix(".__init__") for name in names))
 
 
@@ -144,7 +150,10 @@ def describe(name: str) -> Mutant:
 
 def _module(name: str) -> str:
     match = MUTANT_NAME.fullmatch(name)
-    return match["module"].removeprefix(f"{PACKAGE}.") if match else ""
+    if match is None:
+        return ""
+    # mutmut names the package's own __init__ after the package.
+    return "__init__" if match["module"] == PACKAGE else match["module"].removeprefix(f"{PACKAGE}.")
 
 
 def accepted_equivalents() -> list[dict[str, str]]:
@@ -217,7 +226,11 @@ def patterns_for(modules: list[str], sample: int | None) -> list[str]:
     if sample is None and not modules:
         return []
     last_digit = "" if sample is None else f"__mutmut_*[0-{sample - 1}]"
-    return [f"{PACKAGE}.{module}.*{last_digit}" for module in sorted(modules or CORE)]
+    # The package's own __init__ has no module name of its own: its mutants are "<package>.x_...".
+    return [
+        f"{PACKAGE}.x*{last_digit}" if module == "__init__" else f"{PACKAGE}.{module}.*{last_digit}"
+        for module in sorted(modules or CORE)
+    ]
 
 
 def run(patterns: list[str], max_children: int) -> dict[str, str]:

@@ -276,6 +276,60 @@ def test_a_guarded_blueprint_gets_the_scopes_it_declares(make_app, keys: KeySet)
     assert client.get("/test-only/reports", headers=bearer(keys.no_scopes)).get_json() == {"reports": []}
 
 
+def test_a_write_needs_the_one_scope_declared_when_no_write_scope_is_given(make_app, keys: KeySet) -> None:
+    """``requires("s")`` and ``guard(bp, read="s")`` ask for "s" of every method, writes included:
+    a missing write scope never means that any key may write."""
+    reports = guard(Blueprint("test-guarded", __name__, url_prefix="/test-only/guarded"), read="reports:read")
+    reports.add_url_rule("", "add_report", lambda: ({"added": True}, 201), methods=["POST"])
+    app = make_app()
+    app.register_blueprint(reports)
+    app.add_url_rule(
+        "/test-only/required",
+        "add_required",
+        requires("reports:read")(lambda: ({"added": True}, 201)),
+        methods=["POST"],
+    )
+    client = app.test_client()
+    for path in ("/test-only/guarded", "/test-only/required"):
+        assert client.post(path, headers=bearer(keys.writer)).status_code == 403
+        assert client.post(path, headers=bearer(keys.no_scopes)).status_code == 201
+
+
+def test_a_write_needs_the_write_scope_declared_beside_a_read_scope(make_app, keys: KeySet) -> None:
+    app = make_app()
+    view = requires(read="reports:read", write="items:write")(lambda: ({"added": True}, 201))
+    app.add_url_rule("/test-only/split", "add_split", view, methods=["GET", "POST"])
+    client = app.test_client()
+    assert client.post("/test-only/split", headers=bearer(keys.no_scopes)).status_code == 403
+    assert client.post("/test-only/split", headers=bearer(keys.writer)).status_code == 201
+    assert client.get("/test-only/split", headers=bearer(keys.writer)).status_code == 403
+
+
+def test_a_guarded_blueprint_is_declared_on_an_app_without_the_gate() -> None:
+    """The OpenAPI document reads the declarations from an app that has only the routes."""
+    reports = guard(Blueprint("test-bare", __name__), read="reports:read", write="reports:write")
+    reports.add_url_rule("/test-only/bare", "list_reports", lambda: {})
+    app = Flask(__name__)
+    app.register_blueprint(reports)
+    declared = Declarations(app).of("test-bare.list_reports")
+    assert declared is not None
+    assert (declared.read, declared.write) == ("reports:read", "reports:write")
+
+
+def test_a_nested_blueprint_is_declared_by_its_own_guard_else_by_the_nearest_guarded_parent() -> None:
+    parent = guard(Blueprint("test-parent", __name__), read="reports:read")
+    guarded = guard(Blueprint("test-guarded", __name__), read="items:read")
+    plain = Blueprint("test-plain", __name__)
+    for child in (guarded, plain):
+        child.add_url_rule(f"/test-only/{child.name}", "show", lambda: {})
+        parent.register_blueprint(child)
+    app = Flask(__name__)
+    app.register_blueprint(parent)
+    declarations = Declarations(app)
+    found = [declarations.of(f"test-parent.{child}.show") for child in ("test-guarded", "test-plain")]
+    assert [access.read if access else None for access in found] == ["items:read", "reports:read"]
+
+
 def test_a_plain_blueprint_registered_after_the_start_is_closed(make_app, keys: KeySet) -> None:
     """A Blueprint as every Flask tutorial writes it, added after create_app(): no declaration,
     so no one gets in, with a key or without."""
@@ -350,6 +404,7 @@ def test_an_undeclared_route_stops_the_start_naming_its_endpoint(
     assert "\n" not in message
     assert "test-reports.list_reports" in message
     assert "/test-only/reports" in message
+    assert message.endswith("add @public, @requires(...) or guard(blueprint, ...)")
 
 
 def test_every_route_of_the_service_declares_its_access(app: Flask) -> None:

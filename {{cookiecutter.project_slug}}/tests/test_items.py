@@ -226,6 +226,15 @@ def test_a_page_holds_at_most_what_the_client_asks_and_at_most_100(app: Flask, h
     assert too_many.get_json()["errors"][0]["pointer"] == "limit"
 
 
+def test_a_page_that_ends_on_the_last_item_says_there_is_no_next_page(app: Flask, holders: Holders) -> None:
+    store = app.extensions["stores"]["items"]
+    for n in range(3):
+        store.add("acme", f"item {n}")
+    response = app.test_client().get(f"{PATH}?limit=3", headers=bearer(holders.reader))
+    assert len(response.get_json()["items"]) == 3
+    assert response.get_json()["next"] is None
+
+
 @pytest.mark.parametrize(
     "cursor", ["zz", "MjAyNi0wMS0wMQ", "A" * 129, "1" * 9 + "a" * 32, "1" * 10 + "A" * 32, "1" * 42 + "a"]
 )

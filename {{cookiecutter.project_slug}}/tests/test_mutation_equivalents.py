@@ -1,5 +1,5 @@
 """mutation-equivalents.toml stays true: each mutant it accepts as changing nothing names a module
-of the security core, a function of that module, a line that function still has, and a reason.
+that make mutate mutates, a function of that module, a line that function still has, and a reason.
 
 `make mutate` matches survivors against these entries; this checks them in the fast suite, so an
 edit that removes or rewrites an accepted line is noticed without a mutation run.
@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import ast
 import tomllib
+from fnmatch import fnmatch
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MUTMUT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["mutmut"]
 (PACKAGE,) = [path for path in (ROOT / "src").iterdir() if (path / "__init__.py").is_file()]
-# Each mutated file by its module's name in the package, as mutmut names it ("keys.cli").
+# Each mutated file by its module's name in the package, as mutmut names it ("keys.cli"): the
+# paths that only_mutate matches and do_not_mutate does not, matched as mutmut matches them.
 CORE = {
     ".".join(path.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__"): path
-    for pattern in MUTMUT["only_mutate"]
-    for path in ROOT.glob(pattern)
+    for path in PACKAGE.rglob("*.py")
+    if any(fnmatch(path.relative_to(ROOT).as_posix(), glob) for glob in MUTMUT["only_mutate"])
+    and not any(fnmatch(path.relative_to(ROOT).as_posix(), glob) for glob in MUTMUT.get("do_not_mutate", []))
 }
 
 

@@ -266,7 +266,9 @@ EVERY_SCOPE = mint(
     scopes={
         scope
         for rule in ROUTES.url_map.iter_rules()
-        for scope in (Declarations(ROUTES).of(rule.endpoint) or Access()).scopes()
+        for access in [Declarations(ROUTES).of(rule.endpoint) or Access()]
+        for scope in (access.read, access.write)
+        if scope is not None
     },
 )
 

@@ -122,3 +122,25 @@ def test_the_same_models_describe_the_route(orders: Flask) -> None:
     (limit,) = operation["parameters"]
     assert (limit["name"], limit["in"], limit["schema"]["maximum"]) == ("limit", "query", 100)
     assert set(operation["responses"]) >= {"201", "400", "401", "408", "413", "415", "422", "429", "500"}
+
+
+def test_each_stacked_answer_describes_the_route_with_its_own_model_and_words(make_app) -> None:
+    app = make_app()
+
+    @requires()
+    @answers(200, Order, "The order.")
+    @answers(202, Address, "Where the order goes, once it is placed.")
+    def show(order_id: str) -> dict[str, object]:
+        return {}
+
+    app.add_url_rule("/test-only/orders/<order_id>", "show_order", show)
+    responses = document(app)["paths"]["/test-only/orders/{order_id}"]["get"]["responses"]
+    described = {
+        status: (answer["description"], answer["content"]["application/json"]["schema"]["$ref"])
+        for status, answer in responses.items()
+        if status in ("200", "202")
+    }
+    assert described == {
+        "200": ("The order.", "#/components/schemas/Order"),
+        "202": ("Where the order goes, once it is placed.", "#/components/schemas/Address"),
+    }

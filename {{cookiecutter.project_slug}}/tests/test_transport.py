@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 import trustme
 
+from {{ cookiecutter.package_name }}.errors import DETAILS
+
 from .database import Databases
 from .support import KeySet, Server, bearer, free_port, raw_exchange, run_gunicorn, wait_until_serving
 
@@ -535,6 +537,9 @@ def test_security_headers_and_problem_json_on_500_without_internals(
     assert "sqlite" not in text.lower()
     assert "postgres" not in text.lower()
     assert keys.other_tenant.secret not in text
+    # The failure's message ("no such table: items", or PostgreSQL's "relation ... does not
+    # exist") names the schema: `detail` is the fixed text, with nothing of it.
+    assert json.loads(body)["detail"] == DETAILS[500]
 
 
 @pytest.mark.parametrize(

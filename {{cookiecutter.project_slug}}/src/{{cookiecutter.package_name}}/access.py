@@ -42,9 +42,6 @@ class Access:
         """The scope this method needs; None: any valid key will do."""
         return self.read if method in READING else self.write
 
-    def scopes(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(s for s in (self.read, self.write) if s is not None))
-
 
 PUBLIC = Access(public=True)
 
@@ -76,7 +73,11 @@ def guard(blueprint: Blueprint, *, read: str | None, write: str | None = None) -
     declared = Access(read=read, write=read if write is None else write)
 
     def remember(state: BlueprintSetupState) -> None:
-        state.app.extensions.setdefault(EXTENSION, {})[state.name] = declared
+        # Under its dotted name ("parent.child"), as Flask names a nested blueprint's endpoints
+        # (BlueprintSetupState.add_url_rule): under its own name alone, a nested blueprint's
+        # guard would never be found, and its parent's scopes would stand in for its own.
+        name = f"{state.name_prefix}.{state.name}" if state.name_prefix else state.name
+        state.app.extensions.setdefault(EXTENSION, {})[name] = declared
 
     blueprint.record_once(remember)
     return blueprint

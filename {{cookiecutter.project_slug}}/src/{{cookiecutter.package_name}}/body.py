@@ -48,7 +48,7 @@ def json_body() -> Any:
         fail(415)
     try:
         with gevent.Timeout(BODY_TIMEOUT, SlowBody):
-            data = request.get_data(cache=True)
+            data = request.get_data()
     except SlowBody:
         fail(408, headers={"Connection": "close"})
     except ClientDisconnected:  # fewer bytes than Content-Length said
