@@ -334,7 +334,7 @@ def database_outage(
         (
             "database down: routes without it answer as usual",
             all(a[2] == 200 for a in others),
-            f"{sum(a[2] == 200 for a in others)} of {len(others)} answered 200",
+            f"{sum(a[2] == 200 for a in others)} of {len(others)} answered 200 ({dict(Counter(a[2] for a in others))})",
         ),
         (
             "database back: items served again by themselves",

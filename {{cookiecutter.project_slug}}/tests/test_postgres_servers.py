@@ -163,8 +163,9 @@ def test_a_reload_onto_a_role_that_can_become_a_superuser_is_refused_and_items_a
     assert [call(server, client_context, keys.reader, "/v1/items")[0] for _ in range(3)] == [200] * 3
     refusals = [line for line in server.logs().splitlines() if "reload refused" in line]
     assert len(refusals) == 1, refusals
-    assert refusals[0].startswith("error: DATABASE_URL: its role is, or can become, a superuser")
-    assert refusals[0].endswith("; reload refused, still serving the previous configuration")
+    refused = json.loads(refusals[0])
+    assert refused["message"] == "reload refused, still serving the previous configuration"
+    assert refused["reason"].startswith("DATABASE_URL: its role is, or can become, a superuser")
     assert above["DATABASE_URL"].split("@")[0].rsplit(":", 1)[1] not in server.logs()
 
 
