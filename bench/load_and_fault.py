@@ -332,9 +332,11 @@ def database_outage(
             f"(limit {timeout:.0f} s)",
         ),
         (
+            # As usual: 200, or the 429 of the keys' own limits (the load's earlier phases drew on
+            # them too); never a 5xx, a hang or a refusal the outage caused.
             "database down: routes without it answer as usual",
-            all(a[2] == 200 for a in others),
-            f"{sum(a[2] == 200 for a in others)} of {len(others)} answered 200 ({dict(Counter(a[2] for a in others))})",
+            bool(others) and all(a[2] in (200, 429) for a in others),
+            f"{len(others)} answers: {dict(Counter(a[2] for a in others))}",
         ),
         (
             "database back: items served again by themselves",
