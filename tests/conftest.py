@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,29 @@ from cookiecutter.main import cookiecutter
 TEMPLATE = Path(__file__).resolve().parents[1]
 
 Bake = Callable[..., Path]
+
+
+@pytest.fixture(autouse=True)
+def one_heavy_test_at_a_time(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Tests marked ``xdist_group("heavy")`` (whole suites, load and attacks, each bounding a latency
+    under attacks of its own) run one at a time across xdist's workers: two at once on two cores
+    measure each other, not the service. xdist's loadgroup alone does not keep them apart: it sends
+    the cases of a parametrized test to different workers. An exclusive lock on a file in the run's
+    shared temporary directory does, whatever the scheduling."""
+    marker = request.node.get_closest_marker("xdist_group")
+    if marker is None or "heavy" not in (*marker.args, marker.kwargs.get("name")):
+        yield
+        return
+    # Every worker's base directory sits in the same directory of the run (pytest-of-<user>/pytest-N).
+    lock = tmp_path_factory.getbasetemp().parent / "heavy.lock"
+    with lock.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)
 
 
 @pytest.fixture
