@@ -72,7 +72,11 @@ def test_schemathesis_finds_no_server_error_and_no_departure_from_the_document(
     output = (result.stdout + result.stderr).replace(key, "[KEY]")
     keep("schemathesis.txt", output)
     assert result.returncode == 0, output[-6000:]
-    assert "No issues found" in output
+    assert "Failures:" not in output, output[-6000:]
+    # The one warning allowed: the holders' revocation route answers 429 past its 20 a minute per
+    # address, as it must, so most of what the fuzzer sends it is refused before the route.
+    only_the_revocation_limited = "Rate limited: 1 operation" in output and "- POST /v1/keys/revoke" in output
+    assert "No issues found" in output or only_the_revocation_limited, output[-6000:]
 
 
 LOAD_AND_FAULT = str(TEMPLATE / "bench" / "load_and_fault.py")

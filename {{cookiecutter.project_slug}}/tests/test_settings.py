@@ -27,6 +27,7 @@ from {{ cookiecutter.package_name }}.settings import (
     flag,
     key_max_lifetime_days,
     load_database_settings,
+    load_key_ring,
     load_settings,
     read,
     settings_from,
@@ -675,6 +676,20 @@ def test_under_a_maximum_lifetime_keys_expiring_within_it_or_already_expired_sta
 def test_a_malformed_maximum_lifetime_is_named(env: dict[str, str], value: str) -> None:
     error = refused(lifetime_env(env, expiring("soon", 1), days=value))
     assert error.variable == "KEY_MAX_LIFETIME_DAYS"
+
+
+def test_the_keys_command_reads_the_configured_keys_by_the_services_rules(
+    monkeypatch: pytest.MonkeyPatch, keys: KeySet
+) -> None:
+    """What `keys revoke` and `keys report` check ids against: API_KEYS alone, parsed as the
+    service parses it, and refused as the service refuses it."""
+    monkeypatch.setenv("APP_ENV", "production")
+    monkeypatch.delenv("API_KEYS_FILE", raising=False)
+    monkeypatch.setenv("API_KEYS", f"{keys.reader.entry}\n{keys.writer.entry}")
+    assert {key.key_id for key in load_key_ring()} == {keys.reader.key.key_id, keys.writer.key.key_id}
+    monkeypatch.setenv("API_KEYS", keys.reader.secret)
+    with pytest.raises(ConfigError, match=r"^API_KEYS: "):
+        load_key_ring()
 
 
 def test_the_keys_command_reads_the_maximum_lifetime_by_the_services_rules(
