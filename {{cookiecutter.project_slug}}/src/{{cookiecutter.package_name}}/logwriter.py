@@ -36,6 +36,10 @@ CLOSE_WAIT = 5.0
 def native(module: str, name: str) -> Any:
     """The standard library's own ``module.name``, even where gevent's monkey-patching replaced
     it (``get_original`` returns the unpatched object, or the current one if nothing patched it)."""
+    # Relies on gevent's documented get_original returning the unpatched objects after
+    # patch_all(); test_log_writer.py's fast (patched subprocess)
+    # test_under_gevent_a_stalled_reader_does_not_freeze_the_event_loop fails on a release where
+    # the writer would run on the loop.
     monkey = sys.modules.get("gevent.monkey")
     if monkey is not None:
         return monkey.get_original(module, name)

@@ -274,6 +274,12 @@ def deferred_tls(context: ssl.SSLContext) -> ssl.SSLContext:
         options["do_handshake_on_connect"] = False
         return PendingTLS(sock, lambda: wrap(sock, *args, **options))
 
+    # Set on this one instance, not on a class: the context's class is whatever gunicorn's factory
+    # made (gevent's SSLContext once the worker patched ssl), and a subclass defined here, at
+    # import in the master before any patching, would be the blocking one. gevent's server calls
+    # this as ``wrap_socket(sock, server_side=True)``: test_fairness.py's fast
+    # test_gevents_server_hands_the_worker_the_connection_untouched_and_the_worker_secures_it
+    # fails on a gevent release that calls it otherwise or serves the socket without it.
     context.wrap_socket = wrap_socket  # type: ignore[assignment]
     return context
 
