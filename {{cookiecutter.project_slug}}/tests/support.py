@@ -109,6 +109,36 @@ def raw_exchange(port: int, context: ssl.SSLContext, data: bytes, source: str = 
     return answer
 
 
+def keys_command(
+    *args: str, env: Mapping[str, str] | None = None, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """``python -m <package>.keys ...`` from the project root, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "{{ cookiecutter.package_name }}.keys", *args],
+        cwd=PROJECT,
+        env=server_env(env or {}),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def refused_start(settings: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """``python -m gunicorn`` from the project root with ``settings``, for a start that must stop
+    by itself; its output (the timeout turns a start that serves instead into a failure)."""
+    return subprocess.run(
+        [sys.executable, "-m", "gunicorn"],
+        cwd=PROJECT,
+        env=server_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def server_env(overrides: Mapping[str, str]) -> dict[str, str]:
     # The caller's own metrics directory would be shared, and emptied, by every server a test starts.
     environ = {

@@ -10,7 +10,6 @@ import signal
 import ssl
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, MintedKey, mint, parse_entry, parse_network, refused_from
 
-from .support import PROJECT, KeySet, Server, bearer, free_port, run_gunicorn, server_env
+from .support import KeySet, Server, bearer, free_port, keys_command, run_gunicorn
 
 pytestmark = pytest.mark.slow
 
@@ -47,22 +46,6 @@ def call(
         return response.status, response.headers, json.loads(response.read())
     finally:
         connection.close()
-
-
-def keys_command(
-    *args: str, stdin: str = "", env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """``python -m <package>.keys ...`` from the project root, as an operator runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "{{ cookiecutter.package_name }}.keys", *args],
-        cwd=PROJECT,
-        env=server_env(env or {}),
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
 
 
 def minute(when: dt.datetime) -> str:

@@ -10,8 +10,6 @@ import json
 import logging
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -29,7 +27,7 @@ from {{ cookiecutter.package_name }}.settings import database_settings_from, set
 from {{ cookiecutter.package_name }}.stores import StoreUnavailable
 from {{ cookiecutter.package_name }}.stores.key_records import KeyRecords, opened
 
-from .support import PROJECT, KeySet, bearer, server_env
+from .support import KeySet, bearer, keys_command
 
 UTC = dt.UTC
 
@@ -201,19 +199,6 @@ def test_until_the_revocations_are_read_once_a_valid_key_gets_503_not_a_pass(
 # --- the keys command -----------------------------------------------------------------------------
 
 
-def keys_command(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m <package>.keys ...`` from the project root, as an operator runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "{{ cookiecutter.package_name }}.keys", *args],
-        cwd=PROJECT,
-        env=server_env(dict(env)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def log_lines(stderr: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
 
@@ -221,7 +206,7 @@ def log_lines(stderr: str) -> list[dict[str, Any]]:
 def test_keys_revoke_records_the_id_and_logs_one_json_line_saying_who_and_where(
     env: dict[str, str], records: KeyRecords, keys: KeySet
 ) -> None:
-    done = keys_command(env, "revoke", "--id", "reader", "--reason", "leaked in a CI log")
+    done = keys_command("revoke", "--id", "reader", "--reason", "leaked in a CI log", env=env)
     assert done.returncode == 0, done.stderr
     assert "revoked reader" in done.stdout
     assert "note:" not in done.stdout  # reader is configured
@@ -230,13 +215,13 @@ def test_keys_revoke_records_the_id_and_logs_one_json_line_saying_who_and_where(
     assert (line["key_id"], line["reason"], line["revoked_by"]) == ("reader", "leaked in a CI log", "cli")
     assert (line["user"], line["host"]) == (getpass.getuser(), socket.gethostname())
     assert records.revocations()["reader"].reason == "leaked in a CI log"
-    again = keys_command(env, "revoke", "--id", "reader")
+    again = keys_command("revoke", "--id", "reader", env=env)
     assert (again.returncode, log_lines(again.stderr)) == (0, [])
     assert "revoked already" in again.stdout
 
 
 def test_keys_revoke_accepts_an_id_no_entry_has_and_says_so(env: dict[str, str], records: KeyRecords) -> None:
-    done = keys_command(env, "revoke", "--id", "gone-already")
+    done = keys_command("revoke", "--id", "gone-already", env=env)
     assert done.returncode == 0, done.stderr
     assert "note: no entry of the service's keys has the id gone-already" in done.stdout
     assert records.revoked_ids() == frozenset({"gone-already"})
@@ -244,12 +229,12 @@ def test_keys_revoke_accepts_an_id_no_entry_has_and_says_so(env: dict[str, str],
 
 def test_keys_unrevoke_undoes_a_revocation_and_logs_it(env: dict[str, str], records: KeyRecords) -> None:
     records.revoke("reader", reason=None, revoked_by="holder", at=dt.datetime.now(UTC))
-    done = keys_command(env, "unrevoke", "--id", "reader")
+    done = keys_command("unrevoke", "--id", "reader", env=env)
     assert done.returncode == 0, done.stderr
     (line,) = log_lines(done.stderr)
     assert (line["message"], line["key_id"], line["unrevoked_by"]) == ("key unrevoked", "reader", "cli")
     assert records.revoked_ids() == frozenset()
-    again = keys_command(env, "unrevoke", "--id", "reader")
+    again = keys_command("unrevoke", "--id", "reader", env=env)
     assert (again.returncode, again.stdout.strip()) == (0, "reader was not revoked: nothing changed")
 
 

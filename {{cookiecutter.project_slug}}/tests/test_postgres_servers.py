@@ -38,7 +38,7 @@ from .support import (
     Server,
     bearer,
     free_port,
-    server_env,
+    refused_start,
     wait_until_serving,
 )
 
@@ -71,15 +71,7 @@ def test_a_service_on_an_empty_database_refuses_to_start_naming_alembic_upgrade_
     empty = databases.new(migrated=False)
     try:
         settings = {**env, **empty, "TLS_CERT_FILE": str(tls_files[0]), "TLS_KEY_FILE": str(tls_files[1])}
-        result = subprocess.run(
-            [sys.executable, "-m", "gunicorn"],
-            cwd=PROJECT,
-            env=server_env(settings),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = refused_start(settings)
     finally:
         databases.drop(empty)
     assert result.returncode != 0
@@ -116,15 +108,7 @@ def test_a_service_whose_role_row_level_security_would_not_bind_refuses_to_start
         "TLS_CERT_FILE": str(tls_files[0]),
         "TLS_KEY_FILE": str(tls_files[1]),
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "gunicorn"],
-        cwd=PROJECT,
-        env=server_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = refused_start(settings)
     assert result.returncode != 0
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     errors = [line for line in lines if "DATABASE_URL" in line]

@@ -8,12 +8,10 @@ from __future__ import annotations
 import json
 import signal
 import ssl
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ import pytest
 
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, MintedKey, mint, parse_entry
 
-from .support import PROJECT, KeySet, Server, bearer, server_env
+from .support import KeySet, Server, bearer, keys_command
 
 pytestmark = pytest.mark.slow
 
@@ -46,18 +44,6 @@ def call(
 
 def statuses(servers: tuple[Server, ...], context: ssl.SSLContext, key: MintedKey) -> list[int]:
     return [call(server, context, "/v1/whoami", key)[0] for server in servers for _ in range(PROBES)]
-
-
-def keys_command(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "{{ cookiecutter.package_name }}.keys", *args],
-        cwd=PROJECT,
-        env=server_env(dict(env)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def refusing_by_the_deadline(
@@ -100,7 +86,7 @@ def test_keys_revoke_takes_a_key_off_two_servers_within_the_deadline_and_a_resta
 ) -> None:
     servers = (start_server(*WORKERS), start_server(*WORKERS))
     assert statuses(servers, client_context, keys.reader) == [200] * 2 * PROBES
-    done = keys_command(env, "revoke", "--id", "reader", "--reason", "leaked in a CI log")
+    done = keys_command("revoke", "--id", "reader", "--reason", "leaked in a CI log", env=env)
     revoked_at = time.monotonic()
     assert done.returncode == 0, done.stderr
     took = refusing_by_the_deadline(servers, client_context, keys.reader, 401, revoked_at)
@@ -119,7 +105,7 @@ def test_keys_revoke_takes_a_key_off_two_servers_within_the_deadline_and_a_resta
     servers = (start_server(*WORKERS), servers[1])
     assert statuses(servers[:1], client_context, keys.reader) == [401] * PROBES
 
-    done = keys_command(env, "unrevoke", "--id", "reader")
+    done = keys_command("unrevoke", "--id", "reader", env=env)
     unrevoked_at = time.monotonic()
     assert done.returncode == 0, done.stderr
     took = refusing_by_the_deadline(servers, client_context, keys.reader, 200, unrevoked_at)
@@ -162,7 +148,7 @@ def test_keys_report_shows_the_last_use_a_server_recorded_and_null_for_a_key_nev
     rows: dict[str, dict[str, Any]] = {}
 
     def reported() -> bool:
-        done = keys_command(env, "report", "--json")
+        done = keys_command("report", "--json", env=env)
         assert done.returncode == 0, done.stderr
         rows.update({row["id"]: row for row in json.loads(done.stdout)})
         return rows["reader"]["last_used"] is not None
@@ -173,7 +159,7 @@ def test_keys_report_shows_the_last_use_a_server_recorded_and_null_for_a_key_nev
         time.sleep(0.5)
     assert rows["reader"]["last_used"].endswith("Z")
     assert rows["writer"]["last_used"] is None
-    stale = keys_command(env, "report", "--json", "--stale", "1")
+    stale = keys_command("report", "--json", "--stale", "1", env=env)
     assert {row["id"] for row in json.loads(stale.stdout)} == set(rows) - {"reader"}
 
 
@@ -193,13 +179,13 @@ def test_the_incident_runbook_works_as_written(
     assert call(server, client_context, "/v1/whoami", keys.reader)[0] == 200  # used before the leak
 
     # 1. Revoke it.
-    done = keys_command(operator, "revoke", "--id", "reader", "--reason", "in a public repository")
+    done = keys_command("revoke", "--id", "reader", "--reason", "in a public repository", env=operator)
     assert done.returncode == 0, done.stderr
     refusing_by_the_deadline((server,), client_context, keys.reader, 401, time.monotonic())
 
     # 2. Roll its holder, and HUP.
     rolled = keys_command(
-        operator, "roll", "--file", str(keys_file), "--id", "reader", "--overlap", "1", "--json"
+        "roll", "--file", str(keys_file), "--id", "reader", "--overlap", "1", "--json", env=operator
     )
     assert rolled.returncode == 0, rolled.stderr
     successor = MintedKey(json.loads(rolled.stdout)["key"], parse_entry(json.loads(rolled.stdout)["entry"]))
@@ -211,7 +197,7 @@ def test_the_incident_runbook_works_as_written(
     assert call(server, client_context, "/v1/whoami", keys.reader)[0] == 401
 
     # 3. Check its last use.
-    report = keys_command(operator, "report", "--json")
+    report = keys_command("report", "--json", env=operator)
     assert report.returncode == 0, report.stderr
     rows = {row["id"]: row for row in json.loads(report.stdout)}
     assert rows["reader"]["last_used"] is not None

@@ -32,7 +32,7 @@ from {{ cookiecutter.package_name }}.settings import ConfigError, Settings, sett
 from {{ cookiecutter.package_name }}.stores import StoreUnavailable
 
 from .database import Databases
-from .support import PROJECT, KeySet, Server, bearer, server_env
+from .support import PROJECT, KeySet, Server, bearer, refused_start, server_env
 
 PRIVATE = 0o600
 # The legitimate client and the writers speak from their own loopback addresses.
@@ -134,15 +134,7 @@ def test_a_file_the_service_cannot_migrate_stops_gunicorn_with_one_line(
     unwritable.write_text("")
     settings = {**env, "ITEMS_DB": str(unwritable / "items.sqlite3")}
     settings.update(TLS_CERT_FILE=str(tls_files[0]), TLS_KEY_FILE=str(tls_files[1]))
-    result = subprocess.run(
-        [sys.executable, "-m", "gunicorn"],
-        cwd=PROJECT,
-        env=server_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = refused_start(settings)
     assert result.returncode != 0
     lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     errors = [line for line in lines if "ITEMS_DB" in line]
