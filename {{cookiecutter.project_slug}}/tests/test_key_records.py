@@ -182,6 +182,49 @@ def test_revocations_read_before_the_database_failed_stay_in_force(
     assert client.get("/v1/whoami", headers=bearer(keys.writer)).status_code == 200
 
 
+class Overtaken:
+    """Records whose first read of the revoked ids is overtaken: it answers (without the
+    revocation) only after the second read (with it) has answered."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.lock = threading.Lock()
+        self.second_answered = threading.Event()
+
+    def revoked_ids(self) -> frozenset[str]:
+        with self.lock:
+            self.calls += 1
+            call = self.calls
+        if call == 1:
+            assert self.second_answered.wait(10)
+            return frozenset()
+        if call == 2:
+            self.second_answered.set()
+            return frozenset({"reader"})
+        raise StoreUnavailable(2)
+
+    def revoke(self, key_id: str, *, reason: str | None, revoked_by: str, at: dt.datetime) -> object:
+        raise AssertionError("not reported")
+
+    def record_uses(self, uses: dict[str, dt.datetime]) -> None:
+        pass
+
+
+def test_a_read_that_started_earlier_never_replaces_a_later_one(make_app: Callable[..., Flask]) -> None:
+    # The first request and the poller's first turn read at once; the older answer arrives last,
+    # and every read after it fails: the revocation the later read saw must stay in force.
+    records = Overtaken()
+    watch = KeyWatch(records, make_app().extensions["keywatch"].ring, poll_seconds=0.05)
+    watch.start()
+    try:
+        assert watch.revoked("reader") is True
+    finally:
+        watch.close()  # joins the poller: whatever its overtaken read does, it has done
+    assert records.calls >= 2
+    assert watch.revoked("reader") is True
+    assert watch.revoked("writer") is False
+
+
 def test_until_the_revocations_are_read_once_a_valid_key_gets_503_not_a_pass(
     make_app: Callable[..., Flask], keys: KeySet, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -113,6 +113,7 @@ class KeyWatch:
         self.configured = frozenset(key.key_id for key in ring)
         self._lock = threading.Lock()
         self._revoked: frozenset[str] | None = None  # None until the first read
+        self._read_at = float("-inf")  # when the read that set _revoked started
         # Reported by holders here: refused at once, before and after the writer records them,
         # until a read that started after the write includes them (or not: keys unrevoke).
         self._reports: dict[str | None, Origin] = {}
@@ -168,13 +169,18 @@ class KeyWatch:
 
     def _read(self) -> frozenset[str]:
         started = time.monotonic()
-        revoked = self._revoked = self.records.revoked_ids()
+        read = self.records.revoked_ids()
         with self._lock:
+            # The first request and the poller may read at once: a slow read that started before
+            # a revocation must not replace a later read that includes it.
+            if started < self._read_at and self._revoked is not None:
+                return self._revoked
+            self._revoked, self._read_at = read, started
             for key_id, recorded in list(self._recorded.items()):
                 if recorded < started:
                     del self._recorded[key_id]
-        revocations_read(len(revoked & self.configured), time.time())
-        return revoked
+        revocations_read(len(read & self.configured), time.time())
+        return read
 
     def _poll(self) -> None:
         self._read()
