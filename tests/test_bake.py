@@ -99,20 +99,31 @@ def test_every_combination_bakes_lints_and_passes_its_fast_suite(bake: Bake, con
     run_in(project, *python("-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow"))
 
 
-# One at a time, and never beside the load tests: each runs attacks with processes of their own
-# (thousands of connections from one address) against a server whose latency it bounds, and two
-# at once on two cores measure each other, not the service.
-@pytest.mark.xdist_group("heavy")
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
-def test_full_generated_suite_passes_with_real_processes(bake: Bake, database: str) -> None:
-    """After `make resource NAME=orders`, as a team's first change: the suite holds the new
-    resource to every rule of the reference one. With REQUIRE_POSTGRES=1, the PostgreSQL bake
-    starts its own server (as root, through runuser as the postgres user) and fails rather than
-    skip where it cannot."""
+def test_fast_suite_holds_a_new_resource_to_every_rule_of_the_reference_one(
+    bake: Bake, database: str
+) -> None:
+    """After `make resource NAME=orders`, as a team's first change: every fast test that walks the
+    routes (scopes, tenants, shapes, the document, limits) walks the new resource's too."""
     project = bake(database=database)
     run_in(project, "make", "resource", "NAME=orders", f"PYTHON={sys.executable}")
     assert (project / "tests" / "test_orders.py").is_file()
-    output = run_in(project, *python("-m", "pytest", "-q", "-p", "no:cacheprovider"))
+    output = run_in(project, *python("-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow"))
+    assert " passed" in output and "skipped" not in output, output[-2000:]
+
+
+# One at a time, and never beside the load tests: each runs attacks with processes of their own
+# (thousands of connections from one address) against a server whose latency it bounds, and two
+# at once on two cores measure each other, not the service. The fast tier of the same bakes runs
+# in the test above and in the combinations', outside this lock.
+@pytest.mark.xdist_group("heavy")
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_slow_suite_passes_with_real_processes(bake: Bake, database: str) -> None:
+    """With REQUIRE_POSTGRES=1, the PostgreSQL bake starts its own server (as root, through runuser
+    as the postgres user) and fails rather than skip where it cannot, as the Redis tests do."""
+    project = bake(database=database)
+    run_in(project, "make", "resource", "NAME=orders", f"PYTHON={sys.executable}")
+    output = run_in(project, *python("-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow"))
     assert " passed" in output and "skipped" not in output, output[-2000:]
 
 
