@@ -384,6 +384,16 @@ def test_an_address_that_spent_its_failures_gets_429_on_every_route_but_exempt_o
     assert client.get("/healthz").status_code == 200
 
 
+def test_a_caller_without_a_key_where_none_is_needed_spends_no_failure(make_app) -> None:
+    """Only a failed authentication spends the failure budget: a public route or an unmatched
+    path, asked without a key, is checked against it and never charged."""
+    client = make_app(RATELIMIT_AUTH_FAILURES="2 per hour").test_client()
+    assert statuses(client, 3, "/nowhere") == [404, 404, 404]
+    reports = [client.post("/v1/keys/revoke", json={"key": "nothing"}).status_code for _ in range(3)]
+    assert reports == [202, 202, 202]
+    assert statuses(client, 3) == [401, 401, 429]
+
+
 def test_retry_after_is_never_less_than_a_second(make_app, keys: KeySet) -> None:
     # A one-second window always has less than a whole second left: rounded down, that is 0.
     client = make_app(RATELIMIT_DEFAULT="1 per second").test_client()
