@@ -20,6 +20,7 @@ import pytest
 from flask import Flask
 
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, KeyRing
+from {{ cookiecutter.package_name }}.keys.__main__ import _records as command_records
 from {{ cookiecutter.package_name }}.keys.cli import main
 from {{ cookiecutter.package_name }}.keys.records import Records, Service
 from {{ cookiecutter.package_name }}.keywatch import KeyWatch
@@ -279,6 +280,18 @@ def test_keys_unrevoke_undoes_a_revocation_and_logs_it(env: dict[str, str], reco
     assert records.revoked_ids() == frozenset()
     again = keys_command("unrevoke", "--id", "reader", env=env)
     assert (again.returncode, again.stdout.strip()) == (0, "reader was not revoked: nothing changed")
+
+
+def test_the_keys_command_opens_the_database_the_services_settings_name(
+    env: dict[str, str], records: KeyRecords, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What ``python -m`` opens for revoke, unrevoke and report is the database the service's
+    workers read, from the same variables: a revocation made there reaches every worker."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with command_records() as opened_by_command:
+        opened_by_command.revoke("reader", reason=None, revoked_by="cli", at=dt.datetime.now(UTC))
+    assert records.revoked_ids() == frozenset({"reader"})
 
 
 def service_of(env: Mapping[str, str]) -> Service:

@@ -14,12 +14,13 @@ from flask.testing import FlaskClient
 from limits import parse_many
 from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 
+from {{ cookiecutter.package_name }} import limits as limits_module
 from {{ cookiecutter.package_name }}.access import public, requires
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, MintedKey, mint
 from {{ cookiecutter.package_name }}.limits import exempt, limit
 from {{ cookiecutter.package_name }}.settings import Invalid
 
-from .support import KeySet, bearer
+from .support import KeySet, bearer, free_port
 
 
 def from_address(address: str) -> dict[str, dict[str, str]]:
@@ -105,6 +106,47 @@ def test_a_redis_that_stops_answering_costs_seconds_never_a_hang_or_a_500(make_a
             sender.join(max(0, deadline - time.monotonic()))
         # Closing the listener resets any connection still waiting: no thread outlives the test.
     assert statuses == [200, 200]
+
+
+def test_while_the_storage_is_down_each_route_limit_is_counted_in_memory_with_its_fields(
+    make_app, keys: KeySet
+) -> None:
+    """Nothing listens at the storage's address: Flask-Limiter counts in this process's memory
+    instead, and the answers name the same policies, and what is left of them, as ever."""
+    app = make_app(
+        RATELIMIT_STORAGE_URI=f"redis://127.0.0.1:{free_port()}/0",
+        RATELIMIT_DEFAULT="2 per minute;50 per hour",
+    )
+    client = app.test_client()
+    answers = [client.get("/v1/whoami", headers=bearer(keys.reader)) for _ in range(3)]
+    assert app.extensions["limits"].on_fallback()
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert {a.headers["RateLimit-Policy"] for a in answers} == {
+        '"default-60s";q=2;w=60, "default-3600s";q=50;w=3600'
+    }
+    assert [quota(a)[:2] for a in answers] == [("default-60s", 1), ("default-60s", 0), ("default-60s", 0)]
+    assert "Retry-After" in answers[2].headers
+    created = client.post("/v1/items", headers=bearer(keys.writer), json={"name": "x"})
+    assert created.status_code == 201
+    assert created.headers["RateLimit-Policy"] == '"items.create_item";q=30;w=60'
+    assert quota(created)[:2] == ("items.create_item", 29)
+
+
+def test_a_routes_limit_is_worked_out_once_not_on_every_request(
+    make_app, keys: KeySet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gate parses a route's limit on its first request only: the cost of each request after
+    it stays that of a lookup, however long the limit's text."""
+    client = make_app(RATELIMIT_DEFAULT="10 per second;100 per hour").test_client()
+    first = client.get("/v1/whoami", headers=bearer(keys.reader))
+
+    def parsed_again(text: str) -> None:
+        raise AssertionError(f"the limit {text!r} was parsed again")
+
+    monkeypatch.setattr(limits_module, "rate_limits", parsed_again)
+    again = client.get("/v1/whoami", headers=bearer(keys.reader))
+    assert (first.status_code, again.status_code) == (200, 200)
+    assert again.headers["RateLimit-Policy"] == first.headers["RateLimit-Policy"]
 
 
 def test_retry_after_goes_only_with_429(make_app, keys: KeySet) -> None:
@@ -340,6 +382,16 @@ def test_an_address_that_spent_its_failures_gets_429_on_every_route_but_exempt_o
     assert statuses(client, 2) == [401, 401]
     assert client.get("/nowhere").status_code == 429
     assert client.get("/healthz").status_code == 200
+
+
+def test_a_caller_without_a_key_where_none_is_needed_spends_no_failure(make_app) -> None:
+    """Only a failed authentication spends the failure budget: a public route or an unmatched
+    path, asked without a key, is checked against it and never charged."""
+    client = make_app(RATELIMIT_AUTH_FAILURES="2 per hour").test_client()
+    assert statuses(client, 3, "/nowhere") == [404, 404, 404]
+    reports = [client.post("/v1/keys/revoke", json={"key": "nothing"}).status_code for _ in range(3)]
+    assert reports == [202, 202, 202]
+    assert statuses(client, 3) == [401, 401, 429]
 
 
 def test_retry_after_is_never_less_than_a_second(make_app, keys: KeySet) -> None:

@@ -16,9 +16,8 @@ one pass through Flask-Limiter's strategy in use (``Limiter.limiter``):
 
 Storage keys look like ``LIMITS:LIMITER/key:<key id>/...`` or ``.../addr:<address>/...``: nothing
 in them can be turned back into a key. Answers carry the IETF ``RateLimit-Policy`` and
-``RateLimit`` fields (draft-ietf-httpapi-ratelimit-headers) from Flask-Limiter's documented
-``RequestLimit`` when its check counted, from the same window statistics of the strategy when the
-gate did, and ``Retry-After`` only with a 429.
+``RateLimit`` fields (draft-ietf-httpapi-ratelimit-headers), read from the window statistics of
+the strategy in use whichever check counted, and ``Retry-After`` only with a 429.
 """
 
 from __future__ import annotations
@@ -252,18 +251,6 @@ class RouteLimits:
             known = self.budgets[(endpoint, text)] = Budget(endpoint, _named(base, items))
         return known
 
-    def state(self, limiter: Limiter) -> tuple[Policies, tuple[int, str, float] | None]:
-        """The policies Flask-Limiter applied to this request, and what is left of the current
-        one (its name, the requests left, when it resets), through its documented RequestLimit."""
-        current = limiter.current_limit
-        if current is None:
-            return (), None
-        items = sorted(applied.limit for applied in limiter.current_limits)
-        base = "default" if all(item in self.default_items for item in items) else request.endpoint or "route"
-        policies = _named(base, items)
-        name = next((name for name, item in policies if item == current.limit), policies[0][0])
-        return policies, (current.remaining, name, float(current.reset_at))
-
 
 class Limits:
     """Everything rate limiting hands the request gate: the limiter, the budgets, the fields."""
@@ -290,13 +277,16 @@ class Limits:
         then counts, falls back and probes the storage as documented): a request while the
         fallback counts, and one that met a storage error here.
         """
-        if self.on_fallback():
-            return None
         route = self.routes.budget()
         if route is None:
             g.route_counted = True
             return None
         identity = limit_key()
+        # The route's policy first in the quota fields, read after the view from whichever
+        # strategy counted it: this one, or Flask-Limiter's check with the same storage keys.
+        g.budgets = [(route, identity), *g.get("budgets", ())]
+        if self.on_fallback():
+            return None
         strategy = self.limiter.limiter
         try:
             # In order, up to the first one spent, as Flask-Limiter stops at the first breach.
@@ -304,7 +294,6 @@ class Limits:
         except StorageError:
             return None
         g.route_counted = True
-        g.budgets = [(route, identity), *g.get("budgets", ())]  # the route's policy first
         # The fields of this 429 are added after the view, with every budget this request spent.
         return None if within else problem(429)
 
@@ -313,8 +302,9 @@ class Limits:
         left; unless a budget's 429 carries its own."""
         if response.status_code == 429 and "RateLimit" in response.headers:
             return
+        policies: Policies = ()
+        least: tuple[int, str, float] | None = None
         try:
-            policies, least = self.routes.state(self.limiter)
             for budget_policies, states in self.budgets.states():
                 policies += budget_policies
                 least = min(least, *states) if least is not None else min(states)
