@@ -4,14 +4,21 @@ where nothing healthy answers."""
 
 from __future__ import annotations
 
+import http.server
+import re
+import socket
+import ssl
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import gunicorn.config
 import pytest
+import trustme
 
-from {{ cookiecutter.package_name }}.healthcheck import GUNICORN_PORT, address, main
+from {{ cookiecutter.package_name }}.healthcheck import GUNICORN_PORT, TIMEOUT, address, connection, main
 
 from .support import PROJECT, Server, free_port, server_env
 
@@ -44,6 +51,7 @@ def test_the_check_calls_what_gunicorn_binds_and_loopback_for_every_address(
         ("unix:/run/api.sock", "BIND: names a socket; the health check calls a TCP address"),
         ("fd://3", "BIND: names a socket; the health check calls a TCP address"),
         ("127.0.0.1:https", "BIND: the port is not a number"),
+        ("[::1]]:9443", "BIND: the port is not a number"),
     ],
 )
 def test_a_bind_the_check_cannot_call_is_named(bind: str, problem: str) -> None:
@@ -114,3 +122,110 @@ def test_a_check_that_cannot_succeed_fails_with_one_line(
         monkeypatch.setenv(name, value)
     assert main() == 1
     assert capsys.readouterr().err == f"unhealthy: {said}\n"
+
+
+class Answering(http.server.BaseHTTPRequestHandler):
+    """A stand-in for the service: it answers the status its server holds, and keeps what it was
+    asked."""
+
+    server: Service
+
+    def do_GET(self) -> None:
+        self.server.asked.append((self.command, self.path, self.headers.get("Connection")))
+        self.send_response(self.server.status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Nothing on the test's stderr, which the check's one line is compared with."""
+
+
+class Service(http.server.ThreadingHTTPServer):
+    def __init__(self, status: int, context: ssl.SSLContext | None) -> None:
+        super().__init__(("127.0.0.1", 0), Answering)
+        self.status, self.context = status, context
+        self.asked: list[tuple[str, str, str | None]] = []
+
+    def get_request(self) -> tuple[socket.socket, object]:
+        connection, peer = super().get_request()
+        if self.context is not None:
+            connection = self.context.wrap_socket(connection, server_side=True)
+        return connection, peer
+
+
+@pytest.fixture
+def serve(ca: trustme.CA, tmp_path: Path) -> Iterator[Callable[..., tuple[Service, Path | None]]]:
+    """A service on loopback, over TLS with a certificate for another name than the address the
+    check calls (the file holds that certificate alone, not its issuer), or over plain HTTP."""
+    services: list[Service] = []
+
+    def start(status: int = 200, *, tls: bool = True) -> tuple[Service, Path | None]:
+        context, certificate = None, None
+        if tls:
+            issued = ca.issue_cert("api.example.test")
+            certificate = tmp_path / "cert.pem"
+            issued.cert_chain_pems[0].write_to_path(str(certificate))
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            issued.configure_cert(context)
+        service = Service(status, context)
+        services.append(service)
+        threading.Thread(target=service.serve_forever, daemon=True).start()
+        return service, certificate
+
+    yield start
+    for service in services:
+        service.shutdown()
+        service.server_close()
+
+
+def run_check(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], service: Service, certificate: Path | None
+) -> int:
+    monkeypatch.delenv("TLS_CERT_FILE", raising=False)
+    for name, value in {**env, "BIND": f"0.0.0.0:{service.server_address[1]}"}.items():
+        monkeypatch.setenv(name, value)
+    if certificate is not None:
+        monkeypatch.setenv("TLS_CERT_FILE", str(certificate))
+    return main()
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["tls", "plain"])
+def test_the_check_passes_on_a_200_from_the_service_over_its_own_transport(
+    serve: Callable[..., tuple[Service, Path | None]],
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tls: bool,
+) -> None:
+    # Over TLS, the check trusts the service's own certificate, however it is named: the check
+    # calls an address, and the file holds no issuer to chain to.
+    service, certificate = serve(tls=tls)
+    assert run_check(monkeypatch, env, service, certificate) == 0
+    assert capsys.readouterr().err == ""
+    # One GET of /healthz, which asks the service not to keep the connection open after it.
+    assert service.asked == [("GET", "/healthz", "close")]
+
+
+def test_a_service_that_answers_other_than_200_is_unhealthy(
+    serve: Callable[..., tuple[Service, Path | None]],
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    service, certificate = serve(503)
+    assert run_check(monkeypatch, env, service, certificate) == 1
+    assert capsys.readouterr().err == "unhealthy: GET /healthz answered 503\n"
+
+
+def test_the_check_gives_up_before_the_images_healthcheck_stops_it() -> None:
+    # Stopped by Docker, the check would print nothing; giving up first, it says why in one line.
+    allowed = re.search(r"HEALTHCHECK .*--timeout=(\d+)s", (PROJECT / "Dockerfile").read_text("utf-8"))
+    assert allowed is not None
+    assert int(allowed[1]) > TIMEOUT
+    assert connection("127.0.0.1:8443", None).timeout == TIMEOUT
+
+
+def test_a_bind_without_a_port_is_called_on_gunicorns_default_port() -> None:
+    default = gunicorn.config.Config().bind
+    assert default == [f"127.0.0.1:{GUNICORN_PORT}"]
+    assert address("127.0.0.1") == ("127.0.0.1", GUNICORN_PORT)

@@ -97,6 +97,14 @@ def test_another_tenants_item_is_not_found(client: FlaskClient, holders: Holders
     assert response.get_json()["detail"] == missing.get_json()["detail"]
 
 
+def test_a_tenant_named_in_the_query_is_ignored(client: FlaskClient, holders: Holders) -> None:
+    # The tenant is the key's, never the client's to name: another tenant's item stays not found.
+    theirs = create(client, holders.other_tenant)
+    tenant = holders.other_tenant.key.tenant
+    response = client.get(f"{PATH}/{theirs['id']}?tenant={tenant}", headers=bearer(holders.reader))
+    assert response.status_code == 404
+
+
 def test_a_read_only_key_cannot_create_items(client: FlaskClient, holders: Holders) -> None:
     response = client.post(PATH, headers=bearer(holders.reader), json={"name": "nope"})
     assert response.status_code == 403

@@ -14,12 +14,14 @@ import ssl
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
+import gevent
 import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
@@ -30,6 +32,7 @@ from {{ cookiecutter.package_name }} import database
 from {{ cookiecutter.package_name }}.keys import MintedKey
 from {{ cookiecutter.package_name }}.settings import ConfigError, Settings, settings_from
 from {{ cookiecutter.package_name }}.stores import StoreUnavailable
+from {{ cookiecutter.package_name }}.stores.connections import Database, _GeventThreads
 
 from .database import Databases
 from .support import PROJECT, KeySet, Server, bearer, refused_start, server_env
@@ -149,6 +152,25 @@ def test_a_database_that_workers_cannot_share_stops_the_start(env: dict[str, str
     assert raised.value.variable == "ITEMS_DB"
 
 
+def test_a_file_that_a_newer_release_migrated_stops_the_master_with_one_line_naming_items_db(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rolled back to this release after a newer one migrated the file: Alembic cannot find the
+    file's revision, and the master says so in one line instead of a traceback."""
+    monkeypatch.setattr(database, "_migrated", None)  # this process has no master
+    path = env["ITEMS_DB"]
+    database.apply_migrations(path)
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE alembic_version SET version_num = 'f0f0f0f0f0f0'")
+    with pytest.raises(ConfigError) as refused:
+        database.prepare_database(settings_from(env), 2, 1000)
+    assert str(refused.value) == "ITEMS_DB: cannot be migrated (CommandError)"
+    assert refused.value.__cause__ is None
+    assert refused.value.__suppress_context__
+    # Its workers would migrate the file themselves, and fail the same way.
+    assert database.migrates_itself(path)
+
+
 # --- the file's mode -------------------------------------------------------------------------
 
 
@@ -259,6 +281,109 @@ def test_queued_writes_wait_one_budget_from_their_request_not_one_each_in_turn(
         holder.close()
     assert failures == [StoreUnavailable] * 5
     assert seconds < 6, seconds
+
+
+# --- threads ---------------------------------------------------------------------------------
+
+
+def test_without_gevent_a_call_runs_in_the_callers_own_thread(env: dict[str, str]) -> None:
+    database.apply_migrations(env["ITEMS_DB"])
+    database_ = Database(env["ITEMS_DB"])
+    try:
+        assert database_.read(lambda db: threading.get_ident()) == threading.get_ident()
+    finally:
+        database_.close()
+
+
+GEVENT_WORKER = """\
+from gevent import monkey
+
+monkey.patch_all()  # as gunicorn's gevent worker does before it loads the app
+
+import sys
+
+from %(package)s.stores.connections import Database
+
+native = monkey.get_original("threading", "get_ident")
+database = Database(sys.argv[1])
+print("off the loop:", database.read(lambda db: native()) != native())
+print("wrote:", database.write(lambda db: db.execute("DELETE FROM items").rowcount))
+database.close()
+"""
+
+
+def test_under_gevent_a_call_runs_in_a_native_thread_off_the_event_loop(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """In a process patched as gunicorn's gevent worker patches it, a call runs in a thread of
+    the database's own pool, where SQLite may wait for its lock without stopping the loop."""
+    database.apply_migrations(env["ITEMS_DB"])
+    with sqlite3.connect(env["ITEMS_DB"]) as db:
+        db.execute("INSERT INTO items VALUES ('1', 'acme', 'one', '2026-01-01')")
+    script = tmp_path / "gevent_worker.py"
+    script.write_text(GEVENT_WORKER % {"package": "{{ cookiecutter.package_name }}"})
+    result = subprocess.run(
+        [sys.executable, str(script), env["ITEMS_DB"]],
+        env=server_env({}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["off the loop: True", "wrote: 1"], result.stdout
+
+
+def until(done: Callable[[], bool]) -> None:
+    """Let gevent's loop run until ``done()``; fails after a minute."""
+    deadline = time.monotonic() + 60
+    while not done():
+        assert time.monotonic() < deadline
+        gevent.sleep(0.01)
+
+
+def test_under_gevent_a_call_hands_back_its_answer_or_its_own_error_and_then_its_connection() -> None:
+    threads = _GeventThreads(2)
+    given_back: list[str] = []
+    try:
+        assert threads.run(threading.get_ident, lambda: given_back.append("ident")) != threading.get_ident()
+        assert given_back == ["ident"]
+        assert threads.run(lambda: "answer", lambda: given_back.append("answer")) == "answer"
+        error = sqlite3.OperationalError("no such table: items")
+
+        def failing() -> None:
+            raise error
+
+        with pytest.raises(sqlite3.OperationalError) as raised:
+            threads.run(failing, lambda: given_back.append("error"))
+        assert raised.value is error
+        assert given_back == ["ident", "answer", "error"]
+    finally:
+        threads.close()
+
+
+def test_under_gevent_a_killed_callers_connection_goes_back_once_its_thread_is_done() -> None:
+    """A stop past its grace period kills the greenlet, not the thread that still uses the
+    connection."""
+    threads = _GeventThreads(1)
+    started, release = threading.Event(), threading.Event()
+    given_back: list[str] = []
+
+    def working() -> None:
+        started.set()
+        release.wait(60)
+
+    try:
+        first = gevent.spawn(threads.run, working, lambda: given_back.append("first"))
+        until(started.is_set)
+        first.kill()
+        gevent.sleep(0.1)
+        assert given_back == []  # the thread still works with the connection
+        release.set()
+        until(lambda: given_back == ["first"])
+    finally:
+        release.set()
+        threads.close()
 
 
 # --- a real gunicorn -------------------------------------------------------------------------

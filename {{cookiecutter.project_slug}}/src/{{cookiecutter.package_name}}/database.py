@@ -10,7 +10,6 @@ generated for PostgreSQL has its own version of this module with the same names.
 from __future__ import annotations
 
 import atexit
-import logging
 import sqlite3
 import sys
 from typing import Any
@@ -50,8 +49,7 @@ def prepare_database(settings: Settings, workers: int, worker_connections: int) 
     """In the gunicorn master, before any worker starts: migrate once, so that a file the
     service cannot write stops the start with one line instead of failing every worker."""
     global _migrated
-    # Before Alembic's first import, which logs lines of its own: failure is one line.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Alembic logs at WARNING only (stores/connections.py says so on import): failure is one line.
     from alembic.util import CommandError
 
     path = settings.database.items_db
