@@ -14,6 +14,9 @@ import re
 import signal
 import ssl
 import stat
+import subprocess
+import sys
+import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -38,11 +41,12 @@ from {{ cookiecutter.package_name }}.metrics import (
     UNMATCHED,
     database_pool,
     database_unavailable,
+    off_the_loop,
     summed,
 )
 from {{ cookiecutter.package_name }}.settings import METRICS_DIR, ConfigError, export_metrics_dir, settings_from
 
-from .support import KeySet, Server, bearer, children, free_port, run_gunicorn
+from .support import PROJECT, KeySet, Server, bearer, children, free_port, run_gunicorn, server_env
 
 Sample = tuple[str, frozenset[tuple[str, str]]]
 SERIES = (
@@ -274,16 +278,20 @@ def test_fallback_gauge_is_1_while_the_limit_storage_does_not_answer(
 
 def test_what_a_store_reports_of_its_pool_and_outages_is_scraped(app: Flask, scraper: MintedKey) -> None:
     client = app.test_client()
-    # The counter lives as long as the process: other tests may have counted outages already.
+    # The series live as long as the process: other tests may have counted outages already, and
+    # reported a pool state, so each state below differs from the one before in every number.
     before = value(scrape(client, scraper), "api_database_unavailable_total")
-    database_pool(in_use=3, idle=2, waiting=1)
     database_unavailable()
     database_unavailable()
-    samples = scrape(client, scraper)
-    pool = {
-        state: value(samples, "api_database_pool", state=state) for state in ("in_use", "idle", "waiting")
-    }
-    assert pool == {"in_use": 3, "idle": 2, "waiting": 1}
+    states = ("in_use", "idle", "waiting")
+    for report in ((3, 2, 1), (7, 0, 4)):
+        database_pool(*report)
+        samples = scrape(client, scraper)
+        pool = {state: value(samples, "api_database_pool", state=state) for state in states}
+        assert pool == dict(zip(states, report, strict=True))
+        assert {labels for name, labels in samples if name == "api_database_pool"} == {
+            frozenset({("state", state)}) for state in states
+        }
     assert value(samples, "api_database_unavailable_total") == before + 2
 
 
@@ -404,6 +412,147 @@ def test_a_file_that_cannot_be_folded_stays_counted_and_the_master_carries_on(
     retire(metrics_dir, broken)
     assert (metrics_dir / f"counter_{broken}.db").exists()
     assert capsys.readouterr().err == "warning: metrics: could not fold a worker's files (RuntimeError)\n"
+
+
+def test_a_scrape_sums_the_files_in_the_metrics_directory_of_the_settings(
+    make_app: Callable[..., Flask],
+    scraper: MintedKey,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    dead_pids: Iterator[int],
+) -> None:
+    given, elsewhere = tmp_path / "given", tmp_path / "elsewhere"
+    for directory in (given, elsewhere):
+        directory.mkdir()
+    make_lock(given)
+    monkeypatch.setenv(METRICS_DIR, str(given))
+    worked(next(dead_pids), 3, {"+Inf": 3})
+    monkeypatch.setenv(METRICS_DIR, str(elsewhere))  # the environment is not where a scrape reads
+    client = make_app(**{METRICS_DIR: str(given)}).test_client()
+    assert value(scrape(client, scraper), "api_requests_total", route="/v1/whoami") == 3
+
+
+def test_the_lock_of_a_metrics_directory_is_private_to_the_service(metrics_dir: Path) -> None:
+    assert stat.S_IMODE((metrics_dir / LOCK).stat().st_mode) == 0o600
+
+
+def test_an_exited_workers_live_gauges_leave_the_sums(
+    metrics_dir: Path,
+    dead_pids: Iterator[int],
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tmp_path = tmp_path_factory.mktemp("elsewhere")
+    stays, exits = next(dead_pids), next(dead_pids)
+    for pid in (stays, exits):
+        values = MultiProcessValue(lambda pid=pid: pid)
+        values("gauge", "api_workers", "api_workers", (), (), "Workers.", multiprocess_mode="livesum").set(1)
+        values.close_all_files()
+    assert value(scraped(metrics_dir), "api_workers") == 2
+    monkeypatch.setenv(METRICS_DIR, str(tmp_path))  # the master names the directory itself
+    retire(metrics_dir, exits)
+    assert value(scraped(metrics_dir), "api_workers") == 1
+
+
+def timed(pid: int, count: float) -> None:
+    """The files of a worker that timed requests but counted none: a histogram's alone."""
+    values = MultiProcessValue(lambda: pid)
+    values("histogram", "api_seconds", "api_seconds_bucket", ("le",), ("+Inf",), "Seconds.").inc(count)
+    values.close_all_files()
+
+
+def test_a_workers_files_fold_only_once_its_process_id_runs_nothing_else_or_it_just_exited(
+    metrics_dir: Path, dead_pids: Iterator[int]
+) -> None:
+    """gunicorn may give an exited worker's id to its replacement, which writes on in the same
+    files: those wait until it exits. The worker that just exited folds even if its id runs."""
+    running = subprocess.Popen(["sleep", "60"])  # a process id in use, as a replacement's
+    try:
+        worked(running.pid, 3, {"+Inf": 3})
+        with reading(metrics_dir):  # its exit is not folded now: it waits for a later one
+            retire(metrics_dir, running.pid)
+        dead = next(dead_pids)
+        timed(dead, 4)
+        totals = scraped(metrics_dir)
+        retire(metrics_dir, dead)
+        assert sorted(path.name for path in metrics_dir.glob("*.db")) == [
+            f"counter_{running.pid}.db",
+            f"histogram_{running.pid}.db",
+            "histogram_dead.db",
+        ]
+        assert scraped(metrics_dir) == totals
+        retire(metrics_dir, running.pid)  # it exits for good (its id runs on here)
+        assert sorted(path.name for path in metrics_dir.glob("*.db")) == [
+            "counter_dead.db",
+            "histogram_dead.db",
+        ]
+        assert scraped(metrics_dir) == totals
+        with pytest.raises(subprocess.TimeoutExpired):  # asked whether it ran, never signalled
+            running.wait(timeout=1)
+    finally:
+        running.kill()
+        running.wait()
+
+
+def unreadable(directory: Path) -> bytes:
+    raise LookupError(directory.name)
+
+
+# As gunicorn's gevent worker runs a scrape: threading patched, a greenlet ticking beside it.
+PATCHED_SCRAPE = """
+    import sys, time
+    from gevent import monkey; monkey.patch_all()
+    import gevent
+    from pathlib import Path
+    from {package}.metrics import off_the_loop
+    pause = monkey.get_original("time", "sleep")
+    ticks = []
+    def tick():
+        while True:
+            ticks.append(time.monotonic())
+            gevent.sleep(0.005)
+    gevent.spawn(tick)
+    gevent.sleep(0)
+    def read(directory):
+        pause(0.5)  # files the kernel is slow to read
+        return directory.name
+    def fail(directory):
+        raise LookupError(directory.name)
+    print(off_the_loop(read, Path(sys.argv[1])), len(ticks))
+    try:
+        off_the_loop(fail, Path(sys.argv[1]))
+    except LookupError as error:
+        print("raised", error)
+"""
+
+
+def test_a_scrape_reads_the_files_beside_gevents_event_loop_and_hands_back_the_text_or_the_error(
+    tmp_path: Path,
+) -> None:
+    """Under gunicorn's gevent worker the read runs in a native thread, so the worker's other
+    connections keep being served; its text, or its exception, comes back to the request."""
+    assert off_the_loop(lambda directory: directory.name, tmp_path) == tmp_path.name
+    with pytest.raises(LookupError, match=tmp_path.name):
+        off_the_loop(unreadable, tmp_path)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(PATCHED_SCRAPE.format(package="{{ cookiecutter.package_name }}")),
+            str(tmp_path),
+        ],
+        cwd=PROJECT,
+        env=server_env({}),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    (name, ticks), raised = (line.split(maxsplit=1) for line in result.stdout.splitlines())
+    assert name == tmp_path.name
+    assert int(ticks) > 10  # the event loop ran on while the read waited (on it: 1 tick)
+    assert raised == ["raised", tmp_path.name]
 
 
 # --- Two real gunicorn workers ----------------------------------------------------------------
