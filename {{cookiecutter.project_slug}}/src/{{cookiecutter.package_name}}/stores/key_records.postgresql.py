@@ -11,6 +11,7 @@ The key itself never reaches the database, only its id.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -101,6 +102,11 @@ class KeyRecords:
 def opened(settings: DatabaseSettings) -> Iterator[KeyRecords]:
     """The records for the ``keys`` command: one connection, closed afterwards. The schema is
     not migrated here: migrations run as their own role (``alembic upgrade head``)."""
+    # A database the command cannot reach is one line naming DATABASE_URL; the pool's warning
+    # at each attempt to connect would bury it under lines of its own.
+    pool_logger = logging.getLogger("psycopg.pool")
+    level = pool_logger.level
+    pool_logger.setLevel(logging.ERROR)
     database = Database(
         settings.url,
         max_size=1,
@@ -111,3 +117,4 @@ def opened(settings: DatabaseSettings) -> Iterator[KeyRecords]:
         yield KeyRecords(database)
     finally:
         database.close()
+        pool_logger.setLevel(level)
