@@ -235,7 +235,8 @@ def test_what_a_view_declares_is_documented_as_declared(make_app: Callable[..., 
     assert response.status_code == 200
     paths = response.get_json()["paths"]
     found = paths["/test-only/{box_id}/find"]
-    assert found["parameters"] == [{"name": "box_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    path_parameter = {"name": "box_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    assert found["parameters"] == [path_parameter]
     operation = found["get"]
     assert {(p["name"], p["in"], p["required"]) for p in operation["parameters"]} == {
         ("colour", "query", True),
