@@ -165,17 +165,17 @@ def test_an_operation_is_named_summed_up_and_tagged_from_its_view_and_blueprint(
     """operationId: the view's name in camelCase; summary: the first line of its docstring less
     the final period, or nothing; tag: its blueprint's full name, "service" outside any."""
 
-    def read_what_box_x_holds() -> dict[str, str]:
-        """Read what box X holds.
+    def read_what_is_in_box_x() -> dict[str, str]:
+        """Read what is in box X.
 
         Not in the summary."""
         return {}
 
     app = make_app(OPENAPI_ENABLED="true")
-    app.add_url_rule("/test-only/box", "box", read_what_box_x_holds)
+    app.add_url_rule("/test-only/box", "box", read_what_is_in_box_x)
     app.add_url_rule("/test-only/bare", "bare", lambda: {})
     outer, inner = Blueprint("outer", __name__), Blueprint("inner", __name__)
-    inner.add_url_rule("/nested", "nested", read_what_box_x_holds)
+    inner.add_url_rule("/nested", "nested", read_what_is_in_box_x)
     outer.register_blueprint(inner)
     app.register_blueprint(outer, url_prefix="/test-only")
     paths = app.test_client().get("/openapi.json").get_json()["paths"]
@@ -184,9 +184,9 @@ def test_an_operation_is_named_summed_up_and_tagged_from_its_view_and_blueprint(
         for path in ("/test-only/box", "/test-only/bare", "/test-only/nested")
     }
     assert described == {
-        "/test-only/box": ("readWhatBoxXHolds", "Read what box X holds", ["service"]),
+        "/test-only/box": ("readWhatIsInBoxX", "Read what is in box X", ["service"]),
         "/test-only/bare": ("<lambda>", "", ["service"]),
-        "/test-only/nested": ("readWhatBoxXHolds", "Read what box X holds", ["outer.inner"]),
+        "/test-only/nested": ("readWhatIsInBoxX", "Read what is in box X", ["outer.inner"]),
     }
 
 
