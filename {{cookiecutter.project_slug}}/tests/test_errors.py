@@ -82,6 +82,15 @@ def test_unhandled_exception_is_a_500_problem_without_details(failing_app: Flask
     assert "request_id" in str(body["detail"])
 
 
+def test_unhandled_exception_is_a_500_problem_also_in_debug_mode(failing_app: Flask, keys: KeySet) -> None:
+    """As `flask run --debug` serves: the error still reaches the problem handler; Flask would
+    otherwise let it through to the debugger, traceback and all."""
+    failing_app.debug = True
+    response = failing_app.test_client().get("/test-only/explode", headers=bearer(keys.reader))
+    assert_problem(response, 500)
+    assert "boom" not in response.get_data(as_text=True)
+
+
 def test_unhandled_exception_is_logged_once_with_its_traceback(
     failing_app: Flask, keys: KeySet, caplog: pytest.LogCaptureFixture
 ) -> None:

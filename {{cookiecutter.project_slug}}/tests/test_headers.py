@@ -15,6 +15,7 @@ EXPECTED = {
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
+NOT_SENT = {"Permissions-Policy", "Document-Policy", "Feature-Policy", "Location", "Set-Cookie"}
 
 
 @pytest.fixture
@@ -43,6 +44,9 @@ def test_security_headers_are_on_every_response(limited: FlaskClient, keys: KeyS
     for name, value in EXPECTED.items():
         assert response.headers[name] == value, name
     assert response.headers["Strict-Transport-Security"] == "max-age=31536000; includeSubDomains"
+    # A JSON API uses no browser feature: no policy is built and sent with every response.
+    for name in NOT_SENT:
+        assert name not in response.headers, name
 
 
 def test_hsts_preload_is_an_option(make_app, keys: KeySet) -> None:

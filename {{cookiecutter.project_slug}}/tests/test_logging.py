@@ -791,6 +791,28 @@ def test_configure_applies_the_line_limit_it_is_given(capsys: pytest.CaptureFixt
     assert 2000 < len(line) <= 2048
 
 
+@pytest.mark.usefixtures("process_logging")
+@pytest.mark.parametrize("app_env", ["test", "development"])
+def test_an_app_served_without_gunicorn_logs_as_its_settings_say(
+    make_app: Callable[..., Flask], capsys: pytest.CaptureFixture[str], key: MintedKey, app_env: str
+) -> None:
+    """Under `flask run` or another server the app sets up logging itself, from its settings: masked
+    lines, JSON but in development, nothing below LOG_LEVEL, none longer than LOG_LINE_LIMIT."""
+    logging.getLogger().handlers.clear()
+    make_app(APP_ENV=app_env, LOG_LEVEL="WARNING", LOG_LINE_LIMIT="2048")
+    logging.getLogger("tests.configured.app").info("below the level")
+    logging.getLogger("tests.configured.app").warning("app sees %s %s", key.secret, "a" * 5000)
+    err = capsys.readouterr().err
+    assert "below the level" not in err
+    (line,) = [line for line in err.splitlines() if "app sees" in line]
+    assert_masked(line, key.secret)
+    assert 2000 < len(line) <= 2048
+    if app_env == "development":
+        assert re.match(rf"\d\d:\d\d:\d\d WARNING tests\.configured\.app: app sees {re.escape(MASK)} a", line)
+    else:
+        assert json.loads(line)["message"].startswith(f"app sees {MASK} a")
+
+
 def test_extra_fields_inside_containers_and_objects_keep_what_holds_no_secret(emit: Emit) -> None:
     class Shown:
         def __str__(self) -> str:

@@ -359,6 +359,17 @@ def scraped(directory: Path) -> dict[Sample, float]:
     return parse(summed(directory).decode())
 
 
+def test_an_app_given_a_metrics_directory_scrapes_the_sums_of_its_files(
+    make_app: Callable[..., Flask], metrics_dir: Path, dead_pids: Iterator[int], scraper: MintedKey
+) -> None:
+    """As a worker forked by the master serves a scrape: from every worker's files, not only
+    from the series of the process that answers."""
+    worked(next(dead_pids), 3, {"+Inf": 3})
+    worked(next(dead_pids), 4, {"+Inf": 4})
+    client = make_app(**{METRICS_DIR: str(metrics_dir)}).test_client()
+    assert value(scrape(client, scraper), "api_requests_total", route="/v1/whoami") == 7
+
+
 def test_the_files_of_workers_that_exited_fold_into_one_per_kind_and_every_total_stays(
     metrics_dir: Path, dead_pids: Iterator[int]
 ) -> None:

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask
+from flask import Blueprint, Flask
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate
+from pydantic import BaseModel
 
+import {{ cookiecutter.package_name }} as package
 from {{ cookiecutter.package_name }} import __version__
 from {{ cookiecutter.package_name }}.access import Access, Declarations
 from {{ cookiecutter.package_name }}.api import routes_only
@@ -27,6 +29,7 @@ from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, mint, parse_network
 from {{ cookiecutter.package_name }}.limits import EXEMPT
 from {{ cookiecutter.package_name }}.openapi import document, main
 from {{ cookiecutter.package_name }}.settings import ConfigError, settings_from
+from {{ cookiecutter.package_name }}.shapes import accepts, answers
 from {{ cookiecutter.package_name }}.stores import StoreUnavailable
 
 from .support import PROJECT, KeySet, bearer
@@ -104,12 +107,36 @@ def test_the_service_and_make_openapi_describe_the_same_routes(make_app: Callabl
 
 
 def test_make_openapi_writes_the_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # One member a line, indented by two: a change of the routes reads as a small diff.
+    expected = json.dumps(DOCUMENT, indent=2) + "\n"
     assert main([]) == 0
-    assert json.loads(capsys.readouterr().out) == DOCUMENT
-    written = tmp_path / "docs" / "openapi.json"
+    assert capsys.readouterr().out == expected
+    written = tmp_path / "new" / "docs" / "openapi.json"
+    assert main(["--output", str(written)]) == 0
+    assert written.read_text(encoding="utf-8") == expected
+    assert [p.name for p in written.parent.iterdir()] == ["openapi.json"]
+
+
+def test_make_openapi_replaces_the_document_whole_and_takes_over_a_dead_runs_scratch_file(
+    tmp_path: Path,
+) -> None:
+    """A run that died between writing and replacing left its scratch file: the next run writes
+    through it and leaves the directory as it should be, the new document alone."""
+    written = tmp_path / "openapi.json"
+    written.write_text("{}", encoding="utf-8")
+    (tmp_path / "openapi.json.partial").write_text('{"half', encoding="utf-8")
     assert main(["--output", str(written)]) == 0
     assert json.loads(written.read_text(encoding="utf-8")) == DOCUMENT
-    assert [p.name for p in written.parent.iterdir()] == ["openapi.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["openapi.json"]
+
+
+def test_make_openapi_help_names_the_command_and_what_it_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["--help"])
+    assert stopped.value.code == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith(f"usage: python -m {main.__module__} ")
+    assert "Print the document of the service's routes" in shown
 
 
 def test_make_openapi_runs_as_a_module(tmp_path: Path) -> None:
@@ -130,6 +157,102 @@ def test_a_route_added_after_the_start_is_in_the_served_document(make_app: Calla
     app.add_url_rule("/test-only/late", "late", lambda: {})
     served = app.test_client().get("/openapi.json").get_json()
     assert served["paths"]["/test-only/late"]["get"]["security"][0]["bearerAuth"] == ["(undeclared)"]
+
+
+def test_an_operation_is_named_summed_up_and_tagged_from_its_view_and_blueprint(
+    make_app: Callable[..., Flask],
+) -> None:
+    """operationId: the view's name in camelCase; summary: the first line of its docstring less
+    the final period, or nothing; tag: its blueprint's full name, "service" outside any."""
+
+    def read_what_is_in_box_x() -> dict[str, str]:
+        """Read what is in box X.
+
+        Not in the summary."""
+        return {}
+
+    app = make_app(OPENAPI_ENABLED="true")
+    app.add_url_rule("/test-only/box", "box", read_what_is_in_box_x)
+    app.add_url_rule("/test-only/bare", "bare", lambda: {})
+    outer, inner = Blueprint("outer", __name__), Blueprint("inner", __name__)
+    inner.add_url_rule("/nested", "nested", read_what_is_in_box_x)
+    outer.register_blueprint(inner)
+    app.register_blueprint(outer, url_prefix="/test-only")
+    paths = app.test_client().get("/openapi.json").get_json()["paths"]
+    described = {
+        path: (paths[path]["get"]["operationId"], paths[path]["get"]["summary"], paths[path]["get"]["tags"])
+        for path in ("/test-only/box", "/test-only/bare", "/test-only/nested")
+    }
+    assert described == {
+        "/test-only/box": ("readWhatIsInBoxX", "Read what is in box X", ["service"]),
+        "/test-only/bare": ("<lambda>", "", ["service"]),
+        "/test-only/nested": ("readWhatIsInBoxX", "Read what is in box X", ["outer.inner"]),
+    }
+
+
+def test_a_shape_that_holds_another_documents_both(make_app: Callable[..., Flask]) -> None:
+    class Part(BaseModel):
+        name: str
+
+    class Crate(BaseModel):
+        parts: list[Part]
+
+    @accepts(body=Crate)
+    def pack(crate: Crate) -> dict[str, str]:
+        return {}
+
+    app = make_app(OPENAPI_ENABLED="true")
+    app.add_url_rule("/test-only/pack", "pack", pack, methods=["POST"])
+    served = app.test_client().get("/openapi.json").get_json()
+    validate(served)
+    schemas = served["components"]["schemas"]
+    assert schemas["Crate"]["properties"]["parts"]["items"] == {"$ref": "#/components/schemas/Part"}
+    assert schemas["Part"]["properties"]["name"]["type"] == "string"
+
+
+def test_what_a_view_declares_is_documented_as_declared(make_app: Callable[..., Flask]) -> None:
+    class Filter(BaseModel):
+        colour: str
+        limit: int = 10
+
+    class Nothing(BaseModel):
+        pass
+
+    @answers(400)
+    @answers(200)
+    @accepts(query=Filter)
+    def find(query: Filter, box_id: str) -> dict[str, str]:
+        return {}
+
+    @accepts(query=Nothing)
+    def nothing(query: Nothing) -> dict[str, str]:
+        return {}
+
+    app = make_app(OPENAPI_ENABLED="true")
+    app.add_url_rule("/test-only/<box_id>/find", "find", find)
+    app.add_url_rule("/test-only/nothing", "nothing", nothing)
+    response = app.test_client().get("/openapi.json")
+    assert response.status_code == 200
+    paths = response.get_json()["paths"]
+    found = paths["/test-only/{box_id}/find"]
+    path_parameter = {"name": "box_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    assert found["parameters"] == [path_parameter]
+    operation = found["get"]
+    assert {(p["name"], p["in"], p["required"]) for p in operation["parameters"]} == {
+        ("colour", "query", True),
+        ("limit", "query", False),
+    }
+    assert operation["responses"]["400"] == {"$ref": "#/components/responses/BadRequest"}
+    assert operation["responses"]["200"]["description"] == ""
+    assert paths["/test-only/nothing"]["get"]["parameters"] == []
+
+
+def test_the_title_is_the_project_name_and_the_summary_the_whole_description(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(package, "__doc__", "Widgets API: counts widgets: all of them")
+    info = document(ROUTES)["info"]
+    assert (info["title"], info["summary"]) == ("Widgets API", "counts widgets: all of them")
 
 
 def test_both_key_headers_are_security_schemes() -> None:

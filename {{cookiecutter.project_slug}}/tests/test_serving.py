@@ -16,7 +16,7 @@ import pytest
 from gunicorn.config import Config
 from gunicorn.glogging import Logger
 
-from {{ cookiecutter.package_name }} import serving
+from {{ cookiecutter.package_name }} import create_app, serving
 from {{ cookiecutter.package_name }}.metricfiles import LOCK
 from {{ cookiecutter.package_name }}.serving import (
     MADE_BY_A_MASTER,
@@ -28,7 +28,7 @@ from {{ cookiecutter.package_name }}.serving import (
 )
 from {{ cookiecutter.package_name }}.settings import ConfigError, settings_from
 
-from .support import PROJECT, KeySet
+from .support import PROJECT, KeySet, bearer
 
 
 @pytest.fixture
@@ -69,6 +69,22 @@ def test_a_directory_that_another_master_made_is_never_taken_for_the_operators(t
 
 
 # --- Reloads ---------------------------------------------------------------------------------
+
+
+def test_an_app_built_without_settings_serves_those_the_master_validated(
+    master: dict[str, str], keys: KeySet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a gunicorn worker builds it: from the master's settings, not from an environment read
+    again (which a failed reload may have left other)."""
+    reload_settings()
+    monkeypatch.setenv("API_KEYS", keys.no_scopes.entry)
+    app = create_app()
+    try:
+        response = app.test_client().get("/v1/whoami", headers=bearer(keys.reader))
+        assert response.status_code == 200
+    finally:
+        app.extensions["keywatch"].close()
+        app.extensions["stores"].close()
 
 
 def test_a_reload_refused_on_gunicorns_values_leaves_the_settings_before_it_in_force(

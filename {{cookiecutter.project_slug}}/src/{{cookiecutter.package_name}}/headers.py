@@ -27,9 +27,7 @@ def install_headers(app: Flask, settings: Settings) -> None:
         content_security_policy=CSP,
         frame_options="DENY",
         referrer_policy="no-referrer",
-        session_cookie_secure=True,
-        # Browser features a JSON API never uses: no policy to build on every response.
+        # Browser features a JSON API never uses: no policy to build on every response. (No
+        # Document-Policy nor Feature-Policy either: Talisman sends none unless given one.)
         permissions_policy={},
-        document_policy={},
-        feature_policy={},
     )

@@ -309,13 +309,14 @@ def _security(access: Access, method: str) -> list[dict[str, list[str]]]:
 
 def _path_parameters(rule: Rule) -> Iterator[dict[str, Any]]:
     for name in rule.arguments:
-        yield {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        # apispec marks every path parameter required, as OpenAPI demands.
+        yield {"name": name, "in": "path", "schema": {"type": "string"}}
 
 
 def _query_parameters(model: type[BaseModel]) -> Iterator[dict[str, Any]]:
     schema = model.model_json_schema()
     required = set(schema.get("required", ()))
-    for name, field in schema.get("properties", {}).items():
+    for name, field in schema["properties"].items():
         parameter = {"name": name, "in": "query", "required": name in required, "schema": field}
         if "description" in field:
             parameter["description"] = field["description"]
