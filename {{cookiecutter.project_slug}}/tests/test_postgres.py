@@ -61,14 +61,42 @@ def test_a_password_the_driver_would_misread_stops_the_start_without_echoing_it(
 
 @pytest.mark.parametrize(
     "url",
-    ["mysql://items:pw@db/items", "postgresql://items:pw@db", "postgresql://items:pw@db:port/items", "items"],
-    ids=["scheme", "no-database", "port", "not-a-url"],
+    [
+        "mysql://items:pw@db/items",
+        "postgresql://items:pw@db",
+        "postgresql://items:pw@db/",
+        "postgresql://items:pw@db:port/items",
+        "postgresql://items:pw@db:0/items",
+        "postgresql://items:pw@db/it@ems",
+        "items",
+    ],
+    ids=["scheme", "no-database", "only-a-slash", "port", "port-zero", "at-sign-in-the-path", "not-a-url"],
 )
 def test_a_database_url_libpq_cannot_use_is_named(env: dict[str, str], url: str) -> None:
     env["DATABASE_URL"] = url
     with pytest.raises(ConfigError, match=r"^DATABASE_URL: ") as raised:
         settings_from(env)
     assert "pw" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://items:pw@db:1/items",
+        "postgresql://items:pw@db/X",
+        "postgresql://items:pw@db/items?application_name=a://b",
+    ],
+    ids=["port-one", "one-letter-database", "scheme-separator-in-the-query"],
+)
+def test_a_database_url_libpq_reads_as_written_is_taken_as_it_is(env: dict[str, str], url: str) -> None:
+    env["DATABASE_URL"] = url
+    assert settings_from(env).database.url == url
+
+
+def test_a_password_in_the_query_is_not_shown_even_when_it_holds_a_question_mark(env: dict[str, str]) -> None:
+    env["DATABASE_URL"] = f"postgresql://items@db.internal/items?password={PASSWORD}?x&sslmode=require"
+    shown = settings_from(env).describe()["DATABASE_URL"]
+    assert shown == "postgresql://***@db.internal/items?password=***&sslmode=require"
 
 
 def test_a_missing_database_url_is_named(env: dict[str, str]) -> None:
