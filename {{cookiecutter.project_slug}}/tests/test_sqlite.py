@@ -312,6 +312,21 @@ database.close()
 """
 
 
+def run_script(script: Path, source: str, items_db: str) -> subprocess.CompletedProcess[str]:
+    """``source`` (for this package) run as a script of its own on ``items_db``; it must succeed."""
+    script.write_text(source % {"package": "{{ cookiecutter.package_name }}"})
+    result = subprocess.run(
+        [sys.executable, str(script), items_db],
+        env=server_env({}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 def test_under_gevent_a_call_runs_in_a_native_thread_off_the_event_loop(
     env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -320,17 +335,7 @@ def test_under_gevent_a_call_runs_in_a_native_thread_off_the_event_loop(
     database.apply_migrations(env["ITEMS_DB"])
     with sqlite3.connect(env["ITEMS_DB"]) as db:
         db.execute("INSERT INTO items VALUES ('1', 'acme', 'one', '2026-01-01')")
-    script = tmp_path / "gevent_worker.py"
-    script.write_text(GEVENT_WORKER % {"package": "{{ cookiecutter.package_name }}"})
-    result = subprocess.run(
-        [sys.executable, str(script), env["ITEMS_DB"]],
-        env=server_env({}),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_script(tmp_path / "gevent_worker.py", GEVENT_WORKER, env["ITEMS_DB"])
     assert result.stdout.splitlines() == ["off the loop: True", "wrote: 1"], result.stdout
 
 
@@ -512,17 +517,7 @@ def test_a_connection_goes_back_only_once_its_thread_is_done_even_if_the_caller_
     period) does not free the writer connection for another call while that thread still uses
     it: the next write waits, then both writes land, and neither fails."""
     make_app()  # migrates the file
-    script = tmp_path / "killed_caller.py"
-    script.write_text(KILLED_CALLER % {"package": "{{ cookiecutter.package_name }}"})
-    result = subprocess.run(
-        [sys.executable, str(script), env["ITEMS_DB"]],
-        env=server_env({}),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_script(tmp_path / "killed_caller.py", KILLED_CALLER, env["ITEMS_DB"])
     assert result.stdout.splitlines() == ["second waited: True", "rows: ['first', 'second']"], result.stdout
 
 
