@@ -11,6 +11,7 @@ from flask.testing import FlaskClient
 from {{ cookiecutter.package_name }} import requestlog
 from {{ cookiecutter.package_name }}.access import Declarations, UndeclaredRoute, guard, public, requires
 from {{ cookiecutter.package_name }}.api import BLUEPRINTS
+from {{ cookiecutter.package_name }}.auth import current_caller
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, MintedKey, mint, parse_network
 
 from .support import KeySet, bearer
@@ -443,3 +444,20 @@ def test_the_key_id_is_left_for_the_access_log_in_the_wsgi_environ(app: Flask, k
     app.wsgi_app = recording
     assert app.test_client().get("/v1/whoami", headers=bearer(keys.reader)).status_code == 200
     assert seen["app.key_id"] == "reader"
+
+
+def test_current_caller_in_a_view_that_declares_no_key_says_what_to_declare(make_app) -> None:
+    """A programming error, met on the first request in development: its message names the fix."""
+    app = make_app()
+    with app.test_request_context("/"), pytest.raises(RuntimeError) as raised:
+        current_caller()
+    assert str(raised.value) == "current_caller() in a view that declares no key: declare @requires(...)"
+
+
+def test_the_request_line_of_a_request_without_a_key_names_no_key_id(
+    client: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO):
+        assert client.get("/v1/whoami").status_code == 401
+    (line,) = [r for r in caplog.records if r.name.endswith("requestlog")]
+    assert line.key_id is None

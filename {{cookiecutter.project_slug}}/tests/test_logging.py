@@ -467,6 +467,17 @@ def test_the_key_id_stays_visible(emit: Emit, key: MintedKey) -> None:
     assert "key_id=reader" in emit("ok", extra={"key_id": "reader"}, formatter=TextFormatter())
 
 
+def test_a_name_as_long_as_the_limit_stays_and_a_longer_one_is_masked() -> None:
+    masking = MaskSecrets(KEY_PREFIX, limit=24)
+    at_limit, over = (
+        logging.makeLogRecord({"key_id": Name("n" * 24)}),
+        logging.makeLogRecord({"key_id": Name("n" * 25)}),
+    )
+    masking.filter(at_limit)
+    masking.filter(over)
+    assert (at_limit.key_id, over.key_id) == ("n" * 24, MASK)
+
+
 # Names the key ring accepts although they start like a key: they hold no whole key.
 LOOKALIKE_NAMES = [f"{KEY_PREFIX}_{name}" for name in ("integrations", "corporation1", "Billing2026Team")]
 

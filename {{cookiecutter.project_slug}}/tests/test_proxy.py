@@ -7,6 +7,8 @@ import logging
 import pytest
 from flask.testing import FlaskClient
 
+from {{ cookiecutter.package_name }}.proxy import client_address
+
 from .support import KeySet, bearer
 
 PROXY = "10.0.0.5"
@@ -122,3 +124,17 @@ def test_a_hop_that_is_not_an_address_is_refused_not_given_a_budget(make_app, ho
         assert response.status_code == 400
         assert response.content_type == "application/problem+json"
         assert hop not in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    "hop", ["[2001:db8::1]x", "[2001:db8::1]]:443", "[2001:db8::1]:", "[2001:db8::1]:44a"]
+)
+def test_a_bracketed_hop_followed_by_anything_but_a_port_is_unreadable(hop: str) -> None:
+    assert client_address(hop) is None
+
+
+@pytest.mark.parametrize(
+    ("hop", "address"), [("[2001:db8::1]", "2001:db8::1"), ("[2001:db8::1]:443", "2001:db8::1")]
+)
+def test_a_bracketed_hop_with_or_without_a_port_is_its_address(hop: str, address: str) -> None:
+    assert client_address(hop) == address

@@ -18,6 +18,7 @@ from {{ cookiecutter.package_name }}.database_settings import DatabaseSettings
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, MintedKey, format_expiry, mint
 from {{ cookiecutter.package_name }}.serving import check_workers
 from {{ cookiecutter.package_name }}.settings import (
+    MOST_WORKERS,
     ConfigError,
     Invalid,
     Settings,
@@ -738,3 +739,22 @@ def test_gunicorn_says_at_each_start_that_app_env_test_is_for_tests_only(
 
     assert len(warnings(start_server())) == 1
     assert warnings(start_server(APP_ENV="production")) == []
+
+
+def test_the_services_default_workers_count_the_cpus_it_may_use(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, keys: KeySet, database_env: dict[str, str]
+) -> None:
+    """With limits shared on Redis, a worker per CPU the process may use (its affinity, under its
+    cgroup's quota), as gunicorn reads the settings: not one, and not the host's count."""
+    monkeypatch.chdir(tmp_path)
+    for name, value in database_env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("APP_ENV", "development")
+    monkeypatch.setenv("API_KEYS", keys.reader.entry)
+    monkeypatch.delenv("API_KEYS_FILE", raising=False)
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    monkeypatch.setenv("RATELIMIT_STORAGE_URI", "redis://127.0.0.1:6379/0")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    usable = usable_cpus()
+    assert usable > 1, "this test needs a CPU quota of two CPUs or more to tell the count from one"
+    assert load_settings().workers == min(usable, MOST_WORKERS)

@@ -32,8 +32,9 @@ def client_address(hop: str) -> str | None:
     or ``[v6]:port``; None for anything else, which would give every distinct text a budget."""
     host = hop
     if hop.startswith("["):
-        host, bracket, _ = hop[1:].partition("]")
-        if not bracket:
+        host, bracket, port = hop[1:].partition("]")
+        # Only a port may follow: "[v6]x" names no address a proxy writes.
+        if not bracket or (port and not (port[:1] == ":" and port[1:].isdigit() and port[1:].isascii())):
             return None
     elif hop.count(":") == 1:
         host = hop.partition(":")[0]
