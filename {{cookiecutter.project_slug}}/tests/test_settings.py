@@ -343,16 +343,23 @@ def test_migrations_read_the_database_settings_from_the_environment(
     assert load_database_settings() == database_settings_from(database_env)
 
 
+def in_development(
+    monkeypatch: pytest.MonkeyPatch, directory: Path, database_env: dict[str, str], api_keys: str
+) -> None:
+    """The process's own environment, as `make run` gives it, run from ``directory``."""
+    monkeypatch.chdir(directory)
+    for name, value in database_env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("APP_ENV", "development")
+    monkeypatch.setenv("API_KEYS", api_keys)
+    monkeypatch.delenv("API_KEYS_FILE", raising=False)
+
+
 def test_real_environment_wins_over_dot_env(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, keys: KeySet, database_env: dict[str, str]
 ) -> None:
     (tmp_path / ".env").write_text(f"API_KEYS={keys.writer.entry}\n")
-    monkeypatch.chdir(tmp_path)
-    for name, value in database_env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("APP_ENV", "development")
-    monkeypatch.setenv("API_KEYS", keys.reader.entry)
-    monkeypatch.delenv("API_KEYS_FILE", raising=False)
+    in_development(monkeypatch, tmp_path, database_env, keys.reader.entry)
     assert [k.key_id for k in load_settings().keys] == ["reader"]
 
 
@@ -746,12 +753,7 @@ def test_the_services_default_workers_count_the_cpus_it_may_use(
 ) -> None:
     """With limits shared on Redis, a worker per CPU the process may use (its affinity, under its
     cgroup's quota), as gunicorn reads the settings: not one, and not the host's count."""
-    monkeypatch.chdir(tmp_path)
-    for name, value in database_env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("APP_ENV", "development")
-    monkeypatch.setenv("API_KEYS", keys.reader.entry)
-    monkeypatch.delenv("API_KEYS_FILE", raising=False)
+    in_development(monkeypatch, tmp_path, database_env, keys.reader.entry)
     monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
     monkeypatch.setenv("RATELIMIT_STORAGE_URI", "redis://127.0.0.1:6379/0")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
