@@ -295,4 +295,5 @@ def test_the_suite_passes_against_the_next_flask_limiter_release(default_bake: P
     pytest = ("-m", "pytest", "-q", "-p", "no:cacheprovider")
     for selection in (("-m", "not slow"), ("tests/test_limits_redis.py",)):
         output = run_in(default_bake, *python(*pytest, *selection), env=env)
-        assert " passed" in output and "failed" not in output, output[-2000:]
+        # The summary's count, not the word: a test's name may say "failed" (--durations lists them).
+        assert " passed" in output and not re.search(r"\b\d+ failed\b", output), output[-2000:]
