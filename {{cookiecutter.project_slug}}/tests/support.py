@@ -10,7 +10,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -50,6 +50,15 @@ class KeySet:
 
 def bearer(key: MintedKey) -> dict[str, str]:
     return {"Authorization": f"Bearer {key.secret}"}
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 30) -> None:
+    """Wait for what another thread or process does (a log line, a worker's poll), up to
+    ``timeout`` seconds, which only a failure ever waits out."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
 
 
 def free_port() -> int:

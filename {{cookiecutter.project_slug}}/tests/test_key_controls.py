@@ -19,7 +19,7 @@ import pytest
 
 from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, MintedKey, mint, parse_entry, parse_network, refused_from
 
-from .support import KeySet, Server, bearer, free_port, keys_command, run_gunicorn
+from .support import KeySet, Server, bearer, eventually, free_port, keys_command, run_gunicorn
 
 pytestmark = pytest.mark.slow
 
@@ -50,13 +50,6 @@ def call(
 
 def minute(when: dt.datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%MZ")
-
-
-def eventually(condition: Callable[[], bool], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
 
 
 def start_failure(overrides: dict[str, str], tmp_path: Path) -> tuple[int, str]:

@@ -28,16 +28,9 @@ from {{ cookiecutter.package_name }}.settings import database_settings_from, set
 from {{ cookiecutter.package_name }}.stores import StoreUnavailable
 from {{ cookiecutter.package_name }}.stores.key_records import KeyRecords, opened
 
-from .support import KeySet, bearer, keys_command
+from .support import KeySet, bearer, eventually, keys_command
 
 UTC = dt.UTC
-
-
-def eventually(condition: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -46,7 +46,17 @@ from {{ cookiecutter.package_name }}.metrics import (
 )
 from {{ cookiecutter.package_name }}.settings import METRICS_DIR, ConfigError, export_metrics_dir, settings_from
 
-from .support import PROJECT, KeySet, Server, bearer, children, free_port, run_gunicorn, server_env
+from .support import (
+    PROJECT,
+    KeySet,
+    Server,
+    bearer,
+    children,
+    eventually,
+    free_port,
+    run_gunicorn,
+    server_env,
+)
 
 Sample = tuple[str, frozenset[tuple[str, str]]]
 SERIES = (
@@ -746,20 +756,13 @@ def test_worker_restarts_leave_a_bounded_number_of_files_and_totals_that_never_g
     # room for a worker being replaced while a scrape counted; the dead's, one file per kind.
     assert most <= 3, sorted(path.name for path in files())
     assert len([path for path in files() if path.name.endswith("_dead.db")]) <= 2
-    eventually_true(lambda: per_kind(files()) <= 2)
+    eventually(lambda: per_kind(files()) <= 2)
 
 
 def per_kind(paths: list[Path]) -> int:
     """The most files that one kind of series has among the live workers' (kind_<pid>.db)."""
     kinds = Counter(path.name.rsplit("_", 1)[0] for path in paths if not path.name.endswith("_dead.db"))
     return max(kinds.values(), default=0)
-
-
-def eventually_true(condition: Callable[[], bool], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
 
 
 def waiting_on(path: Path) -> bool:
@@ -789,7 +792,7 @@ def test_a_scrape_waiting_on_the_files_leaves_its_worker_serving(
         fcntl.flock(descriptor, fcntl.LOCK_EX)
         with ThreadPoolExecutor(max_workers=1) as pool:
             scrape = pool.submit(call, server, client_context, "/metrics", scraper)
-            eventually_true(lambda: waiting_on(lock))
+            eventually(lambda: waiting_on(lock))
             assert [call(server, client_context, "/healthz", keys.reader)[0] for _ in range(3)] == [200] * 3
             assert not scrape.done(), "the scrape did not wait for the files"
             fcntl.flock(descriptor, fcntl.LOCK_UN)

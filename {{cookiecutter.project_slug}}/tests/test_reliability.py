@@ -33,6 +33,7 @@ from .support import (
     RedisServer,
     Server,
     children,
+    eventually,
     free_port,
     run_gunicorn,
     wait_until_serving,
@@ -49,14 +50,6 @@ def status(server: Server, context: ssl.SSLContext, key: MintedKey | None, path:
         return connection.getresponse().status
     finally:
         connection.close()
-
-
-def eventually(condition: Callable[[], bool], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.1)
 
 
 class Hammer(threading.Thread):

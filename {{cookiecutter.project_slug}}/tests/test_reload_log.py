@@ -21,7 +21,7 @@ from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, KeyRing, MintedKey,
 from {{ cookiecutter.package_name }}.keys.entries import parse_expiry
 from {{ cookiecutter.package_name }}.serving import key_changes
 
-from .support import KeySet, Server, bearer
+from .support import KeySet, Server, bearer, eventually
 
 KEY = mint(KEY_PREFIX, key_id="ci", scopes=["items:read"], tenant="acme")
 CHANGES = {
@@ -74,13 +74,6 @@ def json_lines(server: Server, message: str) -> list[dict[str, Any]]:
         for line in (json.loads(text) for text in server.logs().splitlines() if text.startswith("{"))
         if line["message"] == message
     ]
-
-
-def eventually(condition: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
 
 
 def write_keys(path: Path, *lines: str) -> None:

@@ -27,7 +27,7 @@ from {{ cookiecutter.package_name }}.keys import KEY_PREFIX, MintedKey, mint
 from {{ cookiecutter.package_name }}.keywatch import KeyWatch, Origin
 from {{ cookiecutter.package_name }}.stores.key_records import KeyRecords
 
-from .support import KeySet, bearer
+from .support import KeySet, bearer, eventually
 
 FRAGMENT = 12  # the masking filter's shortest key piece
 
@@ -39,13 +39,6 @@ def watch_of(app: Flask) -> KeyWatch:
 
 def records_of(app: Flask) -> KeyRecords:
     return KeyRecords(app.extensions["stores"].database)
-
-
-def eventually(condition: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def revoke(app: Flask, key_id: str, reason: str | None = "leaked") -> None:

@@ -4,6 +4,7 @@ its own address (to dodge rate limits) or scheme (to get HSTS on plain HTTP)."""
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,8 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Set in the environ when a trusted proxy reported a client that is not an address: the request
 # gate refuses it (400), since it can be counted against no client's budget.
+# What may follow "[v6]" in a hop: its port, in ASCII digits.
+PORT = re.compile(r":[0-9]+")
 UNREADABLE_CLIENT = "app.forwarded_client_unreadable"
 
 
@@ -34,7 +37,7 @@ def client_address(hop: str) -> str | None:
     if hop.startswith("["):
         host, bracket, port = hop[1:].partition("]")
         # Only a port may follow: "[v6]x" names no address a proxy writes.
-        if not bracket or (port and not (port[:1] == ":" and port[1:].isdigit() and port[1:].isascii())):
+        if not bracket or (port and not PORT.fullmatch(port)):
             return None
     elif hop.count(":") == 1:
         host = hop.partition(":")[0]
